@@ -1,0 +1,31 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Checkpack",
+    products: [
+        .library(name: "Checkpack", targets: ["Checkpack"]),
+        .executable(name: "checkpack", targets: ["checkpack"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // CRC32C with a hardware path (SSE4.2 / ARMv8 CRC) chosen at run time.
+        .target(name: "CCRC32C"),
+        .systemLibrary(
+            name: "CZstd", pkgConfig: "libzstd",
+            providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(
+            name: "CZlib", pkgConfig: "zlib",
+            providers: [.apt(["zlib1g-dev"])]),
+        .target(name: "Checkpack", dependencies: ["CCRC32C", "CZstd", "CZlib"]),
+        .executableTarget(
+            name: "checkpack",
+            dependencies: [
+                "Checkpack",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .testTarget(name: "CheckpackTests", dependencies: ["Checkpack", "CCRC32C"]),
+    ]
+)

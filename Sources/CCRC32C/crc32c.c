@@ -1,0 +1,125 @@
+// CRC32C (Castagnoli polynomial, reflected 0x82F63B78).
+// Portable path: slicing-by-8 tables built once. Hardware path: the SSE4.2
+// `crc32` instruction on x86-64 or the ARMv8 CRC extension on aarch64, chosen
+// once at run time so one binary runs on any CPU of the architecture.
+#include "crc32c.h"
+
+#include <pthread.h>
+#include <string.h>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <nmmintrin.h>
+#elif defined(__aarch64__)
+#include <arm_acle.h>
+#include <sys/auxv.h>
+#ifndef HWCAP_CRC32
+#define HWCAP_CRC32 (1 << 7)
+#endif
+#endif
+
+#define POLY 0x82F63B78u
+
+static uint32_t table[8][256];
+static pthread_once_t table_once = PTHREAD_ONCE_INIT;
+
+static void build_table(void) {
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ POLY : c >> 1;
+        table[0][n] = c;
+    }
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = table[0][n];
+        for (int s = 1; s < 8; s++) {
+            c = table[0][c & 0xFF] ^ (c >> 8);
+            table[s][n] = c;
+        }
+    }
+}
+
+static uint32_t portable(uint32_t crc, const unsigned char *p, size_t n) {
+    while (n > 0 && ((uintptr_t)p & 7) != 0) {
+        crc = table[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+        n--;
+    }
+    while (n >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        // Little-endian load: the reflected CRC consumes the low byte first.
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        word = __builtin_bswap64(word);
+#endif
+        uint32_t lo = (uint32_t)word ^ crc;
+        uint32_t hi = (uint32_t)(word >> 32);
+        crc = table[7][lo & 0xFF] ^ table[6][(lo >> 8) & 0xFF] ^
+              table[5][(lo >> 16) & 0xFF] ^ table[4][lo >> 24] ^
+              table[3][hi & 0xFF] ^ table[2][(hi >> 8) & 0xFF] ^
+              table[1][(hi >> 16) & 0xFF] ^ table[0][hi >> 24];
+        p += 8;
+        n -= 8;
+    }
+    while (n-- > 0) crc = table[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    return crc;
+}
+
+uint32_t ckpk_crc32c_update_portable(uint32_t crc, const void *data, size_t length) {
+    pthread_once(&table_once, build_table);
+    return ~portable(~crc, (const unsigned char *)data, length);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2")))
+static uint32_t hardware(uint32_t crc, const unsigned char *p, size_t n) {
+    uint64_t c = crc;
+    while (n > 0 && ((uintptr_t)p & 7) != 0) { c = _mm_crc32_u8((uint32_t)c, *p++); n--; }
+    while (n >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        c = _mm_crc32_u64(c, word);
+        p += 8;
+        n -= 8;
+    }
+    while (n-- > 0) c = _mm_crc32_u8((uint32_t)c, *p++);
+    return (uint32_t)c;
+}
+
+static int detect(void) {
+    unsigned int a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    return (c & bit_SSE4_2) != 0;
+}
+#elif defined(__aarch64__)
+__attribute__((target("+crc")))
+static uint32_t hardware(uint32_t crc, const unsigned char *p, size_t n) {
+    while (n > 0 && ((uintptr_t)p & 7) != 0) { crc = __crc32cb(crc, *p++); n--; }
+    while (n >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        crc = __crc32cd(crc, word);
+        p += 8;
+        n -= 8;
+    }
+    while (n-- > 0) crc = __crc32cb(crc, *p++);
+    return crc;
+}
+
+static int detect(void) { return (getauxval(AT_HWCAP) & HWCAP_CRC32) != 0; }
+#else
+static uint32_t hardware(uint32_t crc, const unsigned char *p, size_t n) { return portable(crc, p, n); }
+static int detect(void) { return 0; }
+#endif
+
+static int has_hardware = -1;
+static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
+static void run_detect(void) { has_hardware = detect(); }
+
+int ckpk_crc32c_uses_hardware(void) {
+    pthread_once(&detect_once, run_detect);
+    return has_hardware;
+}
+
+uint32_t ckpk_crc32c_update(uint32_t crc, const void *data, size_t length) {
+    if (ckpk_crc32c_uses_hardware()) return ~hardware(~crc, (const unsigned char *)data, length);
+    return ckpk_crc32c_update_portable(crc, data, length);
+}

@@ -1,0 +1,18 @@
+#ifndef CHECKPACK_CRC32C_H
+#define CHECKPACK_CRC32C_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/// Extends a finished CRC32C (Castagnoli, reflected, init and xor-out 0xFFFFFFFF)
+/// over `length` more bytes. Start a new checksum with `crc = 0`.
+/// Uses the CPU's CRC instruction when it has one.
+uint32_t ckpk_crc32c_update(uint32_t crc, const void *data, size_t length);
+
+/// The same function computed with the portable table code only.
+uint32_t ckpk_crc32c_update_portable(uint32_t crc, const void *data, size_t length);
+
+/// 1 when `ckpk_crc32c_update` uses a hardware instruction on this CPU.
+int ckpk_crc32c_uses_hardware(void);
+
+#endif

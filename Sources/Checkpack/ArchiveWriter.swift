@@ -1,0 +1,403 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Settings of an `ArchiveWriter`; each entry may override codec and level.
+public struct WriterOptions: Sendable {
+    public var codec: Codec = .zstd
+    /// Compression level; nil means the codec's default.
+    public var level: Int32? = nil
+    /// Frames are cut every `frameSize` bytes (and at item boundaries).
+    public var frameSize: Int = WriterOptions.defaultFrameSize
+    /// Cores used to compress frames.
+    public var threads: Int = WriterOptions.availableCores
+    /// Replace an existing file at the destination.
+    public var overwrite = false
+
+    public static let defaultFrameSize = 2 << 20
+    public static var availableCores: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+
+    public init(codec: Codec = .zstd, level: Int32? = nil, frameSize: Int = WriterOptions.defaultFrameSize,
+                threads: Int = WriterOptions.availableCores, overwrite: Bool = false) {
+        self.codec = codec
+        self.level = level
+        self.frameSize = frameSize
+        self.threads = threads
+        self.overwrite = overwrite
+    }
+
+    func validate() throws {
+        guard (Format.minFrameSize...Format.maxFrameSize).contains(frameSize) else {
+            throw CheckpackError(.invalidArgument, "frame size \(frameSize) is outside \(Format.minFrameSize)...\(Format.maxFrameSize)")
+        }
+        guard threads >= 1 else { throw CheckpackError(.invalidArgument, "threads must be at least 1") }
+        try validateLevel(level, codec: codec)
+    }
+}
+
+func validateLevel(_ level: Int32?, codec: Codec) throws {
+    if let level, !codec.levels.contains(level) {
+        throw CheckpackError(.invalidArgument, "level \(level) is outside \(codec.levels) for \(codec)")
+    }
+}
+
+/// Writes an archive front to back: entries are added one after another,
+/// each from memory, from a file, or piece by piece. Frames are compressed in
+/// parallel with a bounded number in flight. The archive is built in a
+/// temporary file beside the destination and renamed into place by `finish()`;
+/// a writer that fails or is dropped unfinished leaves nothing at the destination.
+public final class ArchiveWriter {
+    public let path: String
+    public let options: WriterOptions
+    /// Called on the writing thread with the total entry bytes written so far.
+    public var onProgress: ((UInt64) -> Void)?
+
+    private var file: SystemFile?
+    private var output: BufferedOutput
+    private var index = IndexBuilder()
+    private var pipeline: OrderedPipeline<Record>!
+    private var tree = TreeCheck()
+    private var open: OpenEntry?
+    private var finished = false
+    private var bytesIn: UInt64 = 0
+
+    /// What flows, in order, from the producer to the file.
+    private enum Record: Sendable {
+        case entryStart([UInt8])
+        case frame(FrameHeader, payload: ArraySlice<UInt8>)
+        case entryEnd([UInt8])
+    }
+
+    /// The entry being written.
+    private struct OpenEntry {
+        var name: String
+        var record: [UInt8]
+        var codec: Codec
+        var level: Int32
+        var size: UInt64 = 0
+        var frames: UInt64 = 0
+        var crc: UInt32 = 0
+        var boundaries: [UInt64] = []
+        var buffer: [UInt8] = []
+    }
+
+    /// State the sink keeps while records reach the file.
+    private var sinkEntryOffset: UInt64 = 0
+    private var sinkEntryFirstFrame: UInt64 = 0
+    private var sinkEntryRecord: [UInt8] = []
+
+    public init(path: String, options: WriterOptions = WriterOptions()) throws {
+        try options.validate()
+        if !options.overwrite, FileSystem.exists(path) {
+            throw CheckpackError(.invalidArgument, "already exists (use --force to replace it)", path: path)
+        }
+        self.path = path
+        self.options = options
+        let file = try FileSystem.temporaryFile(beside: path, suffix: "ckpk-tmp")
+        _ = fchmod(file.descriptor, 0o666 & ~FileSystem.umaskBits)   // mkstemp makes it 0600
+        self.file = file
+        self.output = BufferedOutput(file: file)
+        self.pipeline = OrderedPipeline(threads: options.threads, maxPending: 2 * options.threads + 2) { [unowned self] in
+            try self.sink($0)
+        }
+        do {
+            try output.write(FileHeader().encoded())
+        } catch {
+            discard()
+            throw error
+        }
+    }
+
+    deinit { if !finished { discard() } }
+
+    // MARK: Adding entries
+
+    public func addDirectory(_ name: String, mode: UInt32 = 0o755, attributes: [String: String] = [:]) throws {
+        let entry = try prepareEntry(name, kind: .directory, mode: mode, attributes: attributes, codec: .stored, level: nil)
+        try guarded {
+            try startEntry(entry)
+            try closeEntry()
+        }
+    }
+
+    /// Adds a whole file from memory. `itemBoundaries` are entry offsets where
+    /// items start; frames are cut there too.
+    public func addFile<C: ContiguousCollection>(_ name: String, contents: C, mode: UInt32 = 0o644,
+                                                 attributes: [String: String] = [:], itemBoundaries: [UInt64] = [],
+                                                 codec: Codec? = nil, level: Int32? = nil) throws {
+        let entry = try prepareEntry(name, kind: .file, mode: mode, attributes: attributes, codec: codec, level: level)
+        try guarded {
+            try startEntry(entry)
+            try contents.withUnsafeBytes { all in
+                var start = 0
+                for boundary in itemBoundaries.sorted() where boundary > 0 && boundary < UInt64(all.count) {
+                    try append(UnsafeRawBufferPointer(rebasing: all[start..<Int(boundary)]))
+                    try cutItem()
+                    start = Int(boundary)
+                }
+                try append(UnsafeRawBufferPointer(rebasing: all[start...]))
+            }
+            try closeEntry()
+        }
+    }
+
+    /// Adds a file read from `sourcePath`; the mode defaults to the source's permission bits.
+    public func addFile(_ name: String, fromPath sourcePath: String, mode: UInt32? = nil,
+                        attributes: [String: String] = [:], codec: Codec? = nil, level: Int32? = nil) throws {
+        let source = try SystemFile.openForReading(sourcePath)
+        var info = stat()
+        guard fstat(source.descriptor, &info) == 0 else { throw CheckpackError.system("cannot stat", path: sourcePath) }
+        let entry = try prepareEntry(name, kind: .file, mode: mode ?? (UInt32(info.st_mode) & Format.maxMode),
+                                     attributes: attributes, codec: codec, level: level)
+        try guarded {
+            try startEntry(entry)
+            let frameSize = options.frameSize
+            while true {
+                var chunk = try [UInt8](unsafeUninitializedCapacity: frameSize) { buffer, count in
+                    count = try source.readSome(into: UnsafeMutableRawBufferPointer(buffer))
+                }
+                if chunk.isEmpty { break }
+                let full = chunk.count == frameSize
+                try appendOwned(&chunk)
+                if !full { break }
+            }
+            try closeEntry()
+        }
+    }
+
+    /// Starts a file whose content follows through `write(_:)` and `markItemBoundary()`.
+    public func beginFile(_ name: String, mode: UInt32 = 0o644, attributes: [String: String] = [:],
+                          codec: Codec? = nil, level: Int32? = nil) throws {
+        let entry = try prepareEntry(name, kind: .file, mode: mode, attributes: attributes, codec: codec, level: level)
+        try guarded { try startEntry(entry) }
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        try guarded { try append(bytes) }
+    }
+
+    public func write<C: ContiguousCollection>(_ bytes: C) throws {
+        try bytes.withUnsafeBytes { try write($0) }
+    }
+
+    /// The next byte written starts a new item, and a new frame.
+    public func markItemBoundary() throws {
+        try guarded { try cutItem() }
+    }
+
+    public func endFile() throws {
+        try guarded { try closeEntry() }
+    }
+
+    /// Writes the index and trailer, syncs and renames the archive into place.
+    public func finish() throws {
+        try guarded {
+            guard open == nil else { throw CheckpackError(.invalidArgument, "entry \"\(open?.name ?? "")\" is still open") }
+            try pipeline.finish()
+            let indexOffset = output.offset
+            let indexBytes = index.encoded()
+            try output.write(indexBytes)
+            try output.write(Trailer(indexOffset: indexOffset, indexLength: UInt64(indexBytes.count),
+                                     indexCRC: CRC32C.checksum(indexBytes)).encoded())
+            try output.flush()
+            guard let file else { throw CheckpackError(.invalidArgument, "writer is closed") }
+            try file.sync()
+            if options.overwrite {
+                try FileSystem.rename(file.path, to: path)
+            } else {
+                try FileSystem.renameNoReplace(file.path, to: path)
+            }
+            finished = true
+            self.file = nil
+            try FileSystem.syncDirectory(FileSystem.parent(of: path))
+        }
+    }
+
+    /// Abandons the archive: nothing is left at the destination.
+    public func cancel() {
+        discard()
+    }
+
+    // MARK: Internals
+
+    private func guarded<R>(_ body: () throws -> R) throws -> R {
+        guard !finished, file != nil else { throw CheckpackError(.invalidArgument, "writer is finished or failed", path: path) }
+        do {
+            return try body()
+        } catch {
+            discard()
+            throw error.checkpackContext(path: path)
+        }
+    }
+
+    private func discard() {
+        pipeline?.abandon()
+        if let file, !finished { _ = unlink(file.path) }
+        file = nil
+        finished = true
+    }
+
+    /// Validates a new entry's arguments without touching the archive, so a
+    /// rejected name or mode leaves the writer usable.
+    private func prepareEntry(_ name: String, kind: EntryKind, mode: UInt32, attributes: [String: String],
+                              codec: Codec?, level: Int32?) throws -> OpenEntry {
+        guard !finished, file != nil else { throw CheckpackError(.invalidArgument, "writer is finished or failed", path: path) }
+        if let open { throw CheckpackError(.invalidArgument, "entry \"\(open.name)\" is still open") }
+        try asArgumentError { try EntryName.validate(name) }
+        guard mode <= Format.maxMode else { throw CheckpackError(.invalidArgument, "mode 0o\(String(mode, radix: 8)) of \"\(name)\" is beyond 0o7777") }
+        let pairs = attributes.map { (key: $0.key, value: $0.value) }.sorted { Array($0.key.utf8).lexicographicallyPrecedes(Array($1.key.utf8)) }
+        var attributesLength = 0
+        for (key, value) in pairs {
+            guard (1...Format.maxAttributeKeyLength).contains(key.utf8.count) else {
+                throw CheckpackError(.invalidArgument, "attribute key \"\(key)\" must be 1...\(Format.maxAttributeKeyLength) bytes")
+            }
+            attributesLength += 6 + key.utf8.count + value.utf8.count
+        }
+        guard attributesLength <= Format.maxAttributesLength else {
+            throw CheckpackError(.invalidArgument, "attributes of \"\(name)\" exceed \(Format.maxAttributesLength) bytes")
+        }
+        let codec = codec ?? options.codec
+        let level = level ?? (codec == options.codec ? options.level : nil) ?? codec.defaultLevel
+        try validateLevel(level, codec: codec)
+        try asArgumentError { try tree.add(name, kind: kind) }   // last: it records the name only when it succeeds
+        let record = EntryRecord(kind: kind, mode: mode, name: name, attributes: pairs).encoded()
+        return OpenEntry(name: name, record: record, codec: codec, level: level)
+    }
+
+    /// A name the caller passes is a bad argument, not bad data.
+    private func asArgumentError(_ body: () throws -> Void) throws {
+        do { try body() } catch var error as CheckpackError {
+            error.kind = .invalidArgument
+            throw error
+        }
+    }
+
+    private func startEntry(_ entry: OpenEntry) throws {
+        open = entry
+        try pipeline.submitReady(.entryStart(entry.record))
+    }
+
+    private func append(_ bytes: UnsafeRawBufferPointer) throws {
+        guard var entry = open else { throw CheckpackError(.invalidArgument, "no file entry is open") }
+        open = nil   // keep `entry.buffer` uniquely referenced while it grows
+        defer { open = entry }
+        var rest = bytes
+        while !rest.isEmpty {
+            if entry.buffer.capacity < options.frameSize { entry.buffer.reserveCapacity(options.frameSize) }
+            let take = min(rest.count, options.frameSize - entry.buffer.count)
+            entry.buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest[..<take]))
+            rest = UnsafeRawBufferPointer(rebasing: rest[take...])
+            if entry.buffer.count == options.frameSize { try submitFrame(&entry) }
+        }
+    }
+
+    /// Appends a whole buffer the caller gives up, without copying it when
+    /// nothing is buffered.
+    private func appendOwned(_ chunk: inout [UInt8]) throws {
+        guard var entry = open else { throw CheckpackError(.invalidArgument, "no file entry is open") }
+        if entry.buffer.isEmpty && chunk.count <= options.frameSize {
+            open = nil
+            defer { open = entry }
+            swap(&entry.buffer, &chunk)
+            if entry.buffer.count == options.frameSize { try submitFrame(&entry) }
+        } else {
+            try chunk.withUnsafeBytes { try append($0) }
+        }
+    }
+
+    private func cutItem() throws {
+        guard var entry = open else { throw CheckpackError(.invalidArgument, "no file entry is open") }
+        open = nil
+        defer { open = entry }
+        if !entry.buffer.isEmpty { try submitFrame(&entry) }
+        if entry.size > 0, entry.boundaries.last != entry.size { entry.boundaries.append(entry.size) }
+    }
+
+    private func submitFrame(_ entry: inout OpenEntry) throws {
+        let data = entry.buffer
+        entry.buffer = []
+        entry.crc = CRC32C.checksum(data, continuing: entry.crc)
+        let entryOffset = entry.size
+        entry.size += UInt64(data.count)
+        entry.frames += 1
+        let codec = entry.codec, level = entry.level
+        try pipeline.submit {
+            try ArchiveWriter.encodeFrame(data, entryOffset: entryOffset, codec: codec, level: level)
+        }
+    }
+
+    private static func encodeFrame(_ data: [UInt8], entryOffset: UInt64, codec: Codec, level: Int32) throws -> Record {
+        let decodedCRC = CRC32C.checksum(data)
+        let compressed = try data.withUnsafeBytes { try FrameCodec.compress($0, codec: codec, level: level) }
+        let payload = compressed ?? data
+        let header = FrameHeader(codec: compressed == nil ? .stored : codec, entryOffset: entryOffset,
+                                 storedLength: UInt32(payload.count), decodedLength: UInt32(data.count),
+                                 storedCRC: compressed == nil ? decodedCRC : CRC32C.checksum(payload), decodedCRC: decodedCRC)
+        return .frame(header, payload: payload[...])
+    }
+
+    private func closeEntry() throws {
+        guard var entry = open else { throw CheckpackError(.invalidArgument, "no entry is open") }
+        open = nil
+        if !entry.buffer.isEmpty { try submitFrame(&entry) }
+        let boundaries = entry.boundaries.filter { $0 < entry.size }
+        let end = EntryEnd(size: entry.size, frameCount: entry.frames, contentCRC: entry.crc, itemBoundaries: boundaries)
+        try pipeline.submitReady(.entryEnd(end.encoded()))
+    }
+
+    /// Writes one record; runs on the caller's thread, in order.
+    private func sink(_ record: Record) throws {
+        switch record {
+        case .entryStart(let bytes):
+            sinkEntryOffset = output.offset
+            sinkEntryFirstFrame = index.frameCount
+            sinkEntryRecord = bytes
+            try output.write(bytes)
+        case .frame(let header, let payload):
+            let headerBytes = header.encoded()
+            index.addFrame(archiveOffset: output.offset, header: headerBytes)
+            try output.write(headerBytes)
+            try output.write(payload)
+            bytesIn += UInt64(header.decodedLength)
+            onProgress?(bytesIn)
+        case .entryEnd(let bytes):
+            index.addEntry(recordOffset: sinkEntryOffset, firstFrame: sinkEntryFirstFrame, record: sinkEntryRecord, end: bytes)
+            try output.write(bytes)
+        }
+        guard index.encodedLength <= Format.maxIndexLength else {
+            throw CheckpackError(.limitExceeded, "the index would exceed \(Format.maxIndexLength) bytes")
+        }
+    }
+}
+
+/// Sequential writes with a buffer for the small records between frames.
+struct BufferedOutput {
+    let file: SystemFile
+    private(set) var offset: UInt64 = 0
+    private var buffer: [UInt8] = []
+    private let capacity = 1 << 20
+
+    init(file: SystemFile) {
+        self.file = file
+        buffer.reserveCapacity(capacity)
+    }
+
+    mutating func write<C: ContiguousCollection>(_ bytes: C) throws {
+        if bytes.count >= capacity / 4 {
+            try flush()   // keep the order: buffered bytes go first
+            try bytes.withUnsafeBytes { try file.write($0) }
+        } else {
+            if buffer.count + bytes.count > capacity { try flush() }
+            buffer.append(contentsOf: bytes)
+        }
+        offset += UInt64(bytes.count)
+    }
+
+    mutating func flush() throws {
+        guard !buffer.isEmpty else { return }
+        try buffer.withUnsafeBytes { try file.write($0) }
+        buffer.removeAll(keepingCapacity: true)
+    }
+}

@@ -1,0 +1,25 @@
+import CCRC32C
+
+/// CRC32C (Castagnoli), as used for every checksum in the format.
+public enum CRC32C {
+    /// Continues `crc` (a finished CRC32C, 0 to start) over `bytes`.
+    @inlinable
+    public static func update(_ crc: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return crc }
+        return ckpk_crc32c_update(crc, base, bytes.count)
+    }
+
+    public static func checksum<C: ContiguousCollection>(_ bytes: C, continuing crc: UInt32 = 0) -> UInt32
+    where C.Element == UInt8 {
+        bytes.withUnsafeBytes { update(crc, $0) }
+    }
+
+    public static var usesHardware: Bool { ckpk_crc32c_uses_hardware() != 0 }
+}
+
+/// The collections whose bytes can be viewed in place.
+public protocol ContiguousCollection: Collection where Element == UInt8 {
+    func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R
+}
+extension Array: ContiguousCollection where Element == UInt8 {}
+extension ArraySlice: ContiguousCollection where Element == UInt8 {}

@@ -1,0 +1,107 @@
+import CZlib
+import CZstd
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Compression and decompression of one frame's bytes.
+enum FrameCodec {
+    /// Compresses `input`, or returns nil when the result would not be smaller
+    /// (the format then stores the frame as it is).
+    static func compress(_ input: UnsafeRawBufferPointer, codec: Codec, level: Int32) throws -> [UInt8]? {
+        guard input.count > 1 else { return nil }
+        let capacity = input.count - 1
+        switch codec {
+        case .stored:
+            return nil
+        case .zstd:
+            return try ZstdContexts.compression.with { cctx in
+                var failed = false
+                let out = [UInt8](unsafeUninitializedCapacity: capacity) { buffer, count in
+                    ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters)
+                    ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level)
+                    let n = ZSTD_compress2(cctx, buffer.baseAddress, capacity, input.baseAddress, input.count)
+                    if ZSTD_isError(n) != 0 {
+                        // "Destination buffer is too small" means incompressible; anything else is a bug.
+                        failed = ZSTD_getErrorCode(n) != ZSTD_error_dstSize_tooSmall
+                        count = 0
+                    } else {
+                        count = n
+                    }
+                }
+                if failed { throw CheckpackError(.invalidArgument, "zstd compression failed") }
+                return out.isEmpty ? nil : out
+            }
+        case .zlib:
+            var status: Int32 = Z_OK
+            let out = [UInt8](unsafeUninitializedCapacity: capacity) { buffer, count in
+                var length = uLongf(capacity)
+                status = compress2(buffer.baseAddress, &length, input.baseAddress?.assumingMemoryBound(to: Bytef.self),
+                                   uLong(input.count), level)
+                count = status == Z_OK ? Int(length) : 0
+            }
+            if status == Z_BUF_ERROR { return nil }
+            guard status == Z_OK else { throw CheckpackError(.invalidArgument, "zlib compression failed (\(status))") }
+            return out
+        }
+    }
+
+    /// Decodes `stored` into exactly `output.count` bytes. Any other outcome
+    /// (more or less output, trailing input, a malformed stream) is `corrupt`.
+    static func decompress(_ stored: UnsafeRawBufferPointer, codec: Codec, into output: UnsafeMutableRawBufferPointer) throws {
+        switch codec {
+        case .stored:
+            guard stored.count == output.count else { throw CheckpackError(.corrupt, "stored frame length mismatch") }
+            output.copyMemory(from: stored)
+        case .zstd:
+            let frameSize = ZSTD_findFrameCompressedSize(stored.baseAddress, stored.count)
+            guard ZSTD_isError(frameSize) == 0, frameSize == stored.count else {
+                throw CheckpackError(.corrupt, "stored bytes are not exactly one zstd frame")
+            }
+            let declared = ZSTD_getFrameContentSize(stored.baseAddress, stored.count)
+            if declared != ZSTD_CONTENTSIZE_UNKNOWN, declared != UInt64(output.count) {
+                throw CheckpackError(.corrupt, "zstd frame declares \(declared) bytes, the frame header says \(output.count)")
+            }
+            let n = try ZstdContexts.decompression.with { dctx in
+                ZSTD_decompressDCtx(dctx, output.baseAddress, output.count, stored.baseAddress, stored.count)
+            }
+            if ZSTD_isError(n) != 0 {
+                throw CheckpackError(.corrupt, "zstd: \(String(cString: ZSTD_getErrorName(n)))")
+            }
+            guard n == output.count else { throw CheckpackError(.corrupt, "zstd frame decodes to \(n) bytes, expected \(output.count)") }
+        case .zlib:
+            var outLength = uLongf(output.count)
+            var inLength = uLong(stored.count)
+            let status = uncompress2(output.baseAddress?.assumingMemoryBound(to: Bytef.self), &outLength,
+                                     stored.baseAddress?.assumingMemoryBound(to: Bytef.self), &inLength)
+            guard status == Z_OK else {
+                let reason = status == Z_BUF_ERROR ? "stream is longer or shorter than the frame says" : "malformed stream (\(status))"
+                throw CheckpackError(.corrupt, "zlib: \(reason)")
+            }
+            guard outLength == uLongf(output.count), inLength == uLong(stored.count) else {
+                throw CheckpackError(.corrupt, "zlib stream decodes to \(outLength) bytes from \(inLength), expected \(output.count) from \(stored.count)")
+            }
+        }
+    }
+}
+
+/// Reusable zstd contexts: making one per frame would cost more than
+/// compressing a small frame.
+final class ZstdContexts: Sendable {
+    private struct Context: @unchecked Sendable { let pointer: OpaquePointer }
+    private let free = Mutex<[Context]>([])
+    private let make: @Sendable () -> OpaquePointer?
+
+    private init(make: @escaping @Sendable () -> OpaquePointer?) { self.make = make }
+
+    static let compression = ZstdContexts { ZSTD_createCCtx() }
+    static let decompression = ZstdContexts { ZSTD_createDCtx() }
+
+    func with<R>(_ body: (OpaquePointer) throws -> R) throws -> R {
+        let context = free.withLock { $0.popLast() } ?? make().map(Context.init)
+        guard let context else { throw CheckpackError(.io(ENOMEM), "cannot allocate a zstd context") }
+        defer { free.withLock { $0.append(context) } }
+        return try body(context.pointer)
+    }
+}

@@ -1,0 +1,63 @@
+/// The rules for entry names: relative, `/`-separated, UTF-8 paths that
+/// cannot leave the directory they are unpacked into.
+public enum EntryName {
+    /// Returns the name as a String, or throws naming the rule it breaks.
+    public static func validate(_ bytes: ArraySlice<UInt8>) throws -> String {
+        func reject(_ why: String) -> CheckpackError {
+            let shown = String(decoding: bytes.prefix(200), as: UTF8.self)
+            return CheckpackError(.corrupt, "unsafe entry name \"\(shown)\": \(why)")
+        }
+        guard !bytes.isEmpty else { throw reject("empty") }
+        guard bytes.count <= Format.maxNameLength else { throw reject("longer than \(Format.maxNameLength) bytes") }
+        for byte in bytes {
+            if byte < 0x20 || byte == 0x7F { throw reject("contains a control character") }
+            if byte == UInt8(ascii: "\\") { throw reject("contains a backslash") }
+        }
+        for component in bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false) {
+            if component.isEmpty { throw reject("absolute, or has an empty path component") }
+            if component.elementsEqual([UInt8(ascii: ".")]) || component.elementsEqual([UInt8(ascii: "."), UInt8(ascii: ".")]) {
+                throw reject("has a '.' or '..' component")
+            }
+            if component.count > Format.maxNameComponentLength {
+                throw reject("has a component longer than \(Format.maxNameComponentLength) bytes")
+            }
+        }
+        guard let name = String(validatingUTF8Bytes: bytes) else { throw reject("not valid UTF-8") }
+        return name
+    }
+
+    public static func validate(_ name: String) throws {
+        _ = try validate(Array(name.utf8)[...])
+    }
+
+    /// The proper ancestors of a name: "a/b/c" → ["a", "a/b"].
+    static func ancestors(of name: String) -> [Substring] {
+        var result: [Substring] = []
+        var index = name.startIndex
+        while let slash = name[index...].firstIndex(of: "/") {
+            result.append(name[..<slash])
+            index = name.index(after: slash)
+        }
+        return result
+    }
+}
+
+/// Checks that a sequence of entries forms a tree: names unique, and no
+/// entry below a name that is a file.
+struct TreeCheck {
+    private var kinds: [String: EntryKind] = [:]
+    private var ancestorNames: Set<Substring> = []
+
+    mutating func add(_ name: String, kind: EntryKind) throws {
+        guard kinds[name] == nil else { throw CheckpackError(.corrupt, "duplicate entry name \"\(name)\"") }
+        if kind == .file, ancestorNames.contains(name[...]) {
+            throw CheckpackError(.corrupt, "file entry \"\(name)\" is also the parent of another entry")
+        }
+        let parents = EntryName.ancestors(of: name)
+        for parent in parents where kinds[String(parent)] == .file {
+            throw CheckpackError(.corrupt, "entry \"\(name)\" lies below file entry \"\(parent)\"")
+        }
+        ancestorNames.formUnion(parents)
+        kinds[name] = kind
+    }
+}

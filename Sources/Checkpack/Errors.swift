@@ -1,0 +1,89 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Every failure Checkpack reports. `kind` says what went wrong; the optional
+/// context says where: the file, the entry, the frame and the archive offset.
+public struct CheckpackError: Error, CustomStringConvertible, Sendable, Equatable {
+    public enum Kind: Sendable, Equatable {
+        /// The file does not start or end like a Checkpack archive.
+        case notAnArchive
+        /// The archive ends before a structure it promises.
+        case truncated
+        /// A version or required feature this reader does not know.
+        case unsupported
+        /// A structure breaks a rule of the format (bounds, order, reserved bits, names).
+        case corrupt
+        /// Stored or decoded bytes do not match their CRC32C.
+        case checksumMismatch
+        /// A number is beyond a limit of the format.
+        case limitExceeded
+        /// The caller asked for something that cannot be done (a bad argument).
+        case invalidArgument
+        /// The caller named an entry the archive does not have.
+        case notFound
+        /// A system call failed; the value is `errno`.
+        case io(Int32)
+    }
+
+    public var kind: Kind
+    public var message: String
+    public var path: String?
+    public var entry: String?
+    public var frame: Int?
+    public var offset: UInt64?
+
+    public init(_ kind: Kind, _ message: String, path: String? = nil, entry: String? = nil,
+                frame: Int? = nil, offset: UInt64? = nil) {
+        self.kind = kind
+        self.message = message
+        self.path = path
+        self.entry = entry
+        self.frame = frame
+        self.offset = offset
+    }
+
+    /// True for damaged or hostile data, as opposed to I/O or caller errors.
+    public var isDataError: Bool {
+        switch kind {
+        case .notAnArchive, .truncated, .unsupported, .corrupt, .checksumMismatch, .limitExceeded: return true
+        case .invalidArgument, .notFound, .io: return false
+        }
+    }
+
+    /// One line: `path: entry "a/b", frame 3, archive offset 1234: message`.
+    public var description: String {
+        var place: [String] = []
+        if let entry { place.append("entry \"\(entry)\"") }
+        if let frame { place.append("frame \(frame)") }
+        if let offset { place.append("archive offset \(offset)") }
+        var line = place.isEmpty ? message : place.joined(separator: ", ") + ": " + message
+        if let path { line = path + ": " + line }
+        return line
+    }
+
+    func at(path: String? = nil, entry: String? = nil, frame: Int? = nil, offset: UInt64? = nil) -> CheckpackError {
+        var copy = self
+        if copy.path == nil { copy.path = path }
+        if copy.entry == nil { copy.entry = entry }
+        if copy.frame == nil { copy.frame = frame }
+        if copy.offset == nil { copy.offset = offset }
+        return copy
+    }
+
+    static func system(_ operation: String, path: String?, errno code: Int32 = errno) -> CheckpackError {
+        let reason = String(cString: strerror(code))
+        return CheckpackError(.io(code), "\(operation): \(reason)", path: path)
+    }
+}
+
+extension Error {
+    /// Adds context to a `CheckpackError`; other errors pass unchanged.
+    func checkpackContext(path: String? = nil, entry: String? = nil, frame: Int? = nil,
+                          offset: UInt64? = nil) -> Error {
+        guard let error = self as? CheckpackError else { return self }
+        return error.at(path: path, entry: entry, frame: frame, offset: offset)
+    }
+}

@@ -1,0 +1,84 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// What `pack` or `unpack` did.
+public struct TreeSummary: Sendable {
+    public var files = 0
+    public var directories = 0
+    /// Bytes of file content.
+    public var bytes: UInt64 = 0
+}
+
+/// Packs a directory tree into an archive.
+public enum Packer {
+    struct Item {
+        var name: String
+        var path: String
+        var kind: EntryKind
+        var mode: UInt32
+        var size: UInt64
+    }
+
+    /// Archives every file and directory below `directory`, depth first with
+    /// each directory's names in byte order, with their permission bits. Symbolic links to files are
+    /// stored as the files they point to; links to directories and special
+    /// files are refused.
+    @discardableResult
+    public static func pack(directory: String, to archive: String, options: WriterOptions = WriterOptions(),
+                            progress: ((_ done: UInt64, _ total: UInt64) -> Void)? = nil) throws -> TreeSummary {
+        guard FileSystem.isDirectory(directory) else {
+            throw CheckpackError(FileSystem.exists(directory) ? .invalidArgument : .io(ENOENT),
+                                 FileSystem.exists(directory) ? "is not a directory" : "no such directory", path: directory)
+        }
+        var items: [Item] = []
+        try walk(directory, prefix: "", into: &items)
+        var summary = TreeSummary()
+        for item in items {
+            if item.kind == .file { summary.files += 1; summary.bytes += item.size } else { summary.directories += 1 }
+        }
+        let writer = try ArchiveWriter(path: archive, options: options)
+        let total = summary.bytes
+        if let progress { writer.onProgress = { progress($0, total) } }
+        for item in items {
+            switch item.kind {
+            case .directory: try writer.addDirectory(item.name, mode: item.mode)
+            case .file: try writer.addFile(item.name, fromPath: item.path, mode: item.mode)
+            }
+        }
+        try writer.finish()
+        return summary
+    }
+
+    private static func walk(_ path: String, prefix: String, into items: inout [Item]) throws {
+        for name in try FileSystem.listDirectory(path) {
+            let child = path + "/" + name
+            let entryName = prefix.isEmpty ? name : prefix + "/" + name
+            do {
+                try EntryName.validate(entryName)
+            } catch let error as CheckpackError {
+                throw CheckpackError(.invalidArgument, "cannot be archived: \(error.message)", path: child)
+            }
+            var info = stat()
+            guard lstat(child, &info) == 0 else { throw CheckpackError.system("cannot stat", path: child) }
+            if (info.st_mode & S_IFMT) == S_IFLNK {
+                guard stat(child, &info) == 0 else { throw CheckpackError.system("broken symbolic link", path: child) }
+                if (info.st_mode & S_IFMT) == S_IFDIR {
+                    throw CheckpackError(.invalidArgument, "is a symbolic link to a directory; pack its target instead", path: child)
+                }
+            }
+            let mode = UInt32(info.st_mode) & Format.maxMode
+            switch info.st_mode & S_IFMT {
+            case S_IFDIR:
+                items.append(Item(name: entryName, path: child, kind: .directory, mode: mode, size: 0))
+                try walk(child, prefix: entryName, into: &items)
+            case S_IFREG:
+                items.append(Item(name: entryName, path: child, kind: .file, mode: mode, size: UInt64(info.st_size)))
+            default:
+                throw CheckpackError(.invalidArgument, "is not a regular file or directory", path: child)
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// An open file descriptor with the few operations Checkpack needs, each
+/// retrying on EINTR and reporting failures as `CheckpackError` naming the path.
+public final class SystemFile: @unchecked Sendable {
+    public let descriptor: Int32
+    public let path: String
+    private let owned: Bool
+
+    init(descriptor: Int32, path: String, owned: Bool = true) {
+        self.descriptor = descriptor
+        self.path = path
+        self.owned = owned
+    }
+
+    deinit { if owned { _ = Glibc.close(descriptor) } }
+
+    public static func openForReading(_ path: String) throws -> SystemFile {
+        let fd = retrying { open(path, O_RDONLY | O_CLOEXEC) }
+        guard fd >= 0 else { throw CheckpackError.system("cannot open", path: path) }
+        let file = SystemFile(descriptor: fd, path: path)
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw CheckpackError.system("cannot stat", path: path) }
+        if (info.st_mode & S_IFMT) == S_IFDIR {
+            throw CheckpackError(.invalidArgument, "is a directory, not a file", path: path)
+        }
+        return file
+    }
+
+    /// Standard input, not closed when released.
+    static var standardInput: SystemFile { SystemFile(descriptor: 0, path: "-", owned: false) }
+
+    var size: UInt64 {
+        get throws {
+            var info = stat()
+            guard fstat(descriptor, &info) == 0 else { throw CheckpackError.system("cannot stat", path: path) }
+            return UInt64(info.st_size)
+        }
+    }
+
+    /// Reads exactly `buffer.count` bytes at `offset`, or throws `truncated`.
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = retrying {
+                pread(descriptor, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            }
+            if n < 0 { throw CheckpackError.system("read failed", path: path) }
+            if n == 0 {
+                throw CheckpackError(.truncated, "file ends before \(offset + UInt64(buffer.count)) bytes", path: path)
+            }
+            done += n
+        }
+    }
+
+    func read(count: Int, at offset: UInt64) throws -> [UInt8] {
+        try [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            if count > 0 { try read(into: UnsafeMutableRawBufferPointer(buffer), at: offset) }
+            initialized = count
+        }
+    }
+
+    /// Reads sequentially until `buffer` is full or the input ends; returns the count read.
+    func readSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        var done = 0
+        while done < buffer.count {
+            let n = retrying { Glibc.read(descriptor, buffer.baseAddress! + done, buffer.count - done) }
+            if n < 0 { throw CheckpackError.system("read failed", path: path) }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = retrying { Glibc.write(descriptor, bytes.baseAddress! + done, bytes.count - done) }
+            if n < 0 { throw CheckpackError.system("write failed", path: path) }
+            done += n
+        }
+    }
+
+    /// Flushes the file to stable storage. A failure is final: after a failed
+    /// fsync the kernel may have dropped the dirty pages, so retrying proves nothing.
+    func sync() throws {
+        guard retrying({ fsync(descriptor) }) == 0 else { throw CheckpackError.system("fsync failed", path: path) }
+    }
+}
+
+func retrying<T: BinaryInteger>(_ call: () -> T) -> T {
+    while true {
+        let result = call()
+        if result < 0 && errno == EINTR { continue }
+        return result
+    }
+}
+
+/// File-system operations on paths.
+enum FileSystem {
+    /// "dir/name" → "dir"; "name" → ".".
+    static func parent(of path: String) -> String {
+        let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
+        guard let slash = trimmed.lastIndex(of: "/") else { return "." }
+        return slash == trimmed.startIndex ? "/" : String(trimmed[..<slash])
+    }
+
+    static func baseName(of path: String) -> String {
+        let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
+        guard let slash = trimmed.lastIndex(of: "/") else { return trimmed }
+        return String(trimmed[trimmed.index(after: slash)...])
+    }
+
+    static func exists(_ path: String) -> Bool {
+        var info = stat()
+        return lstat(path, &info) == 0
+    }
+
+    static func isDirectory(_ path: String) -> Bool {
+        var info = stat()
+        return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    /// Creates a new file beside `path` (same directory, so a rename is atomic)
+    /// named `.BASE.SUFFIX-XXXXXX`, open for writing.
+    static func temporaryFile(beside path: String, suffix: String) throws -> SystemFile {
+        var template = Array("\(parent(of: path))/.\(baseName(of: path)).\(suffix)-XXXXXX".utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        let name = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        guard fd >= 0 else { throw CheckpackError.system("cannot create a temporary file", path: name) }
+        return SystemFile(descriptor: fd, path: name)
+    }
+
+    /// Creates a new directory beside `path`, named `.BASE.SUFFIX-XXXXXX`.
+    static func temporaryDirectory(beside path: String, suffix: String) throws -> String {
+        var template = Array("\(parent(of: path))/.\(baseName(of: path)).\(suffix)-XXXXXX".utf8CString)
+        let result = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        let name = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        guard result != nil else { throw CheckpackError.system("cannot create a temporary directory", path: name) }
+        return name
+    }
+
+    /// The process's file-creation mask (read by setting and restoring it).
+    static var umaskBits: mode_t {
+        let mask = umask(0o022)
+        umask(mask)
+        return mask
+    }
+
+    static func rename(_ from: String, to: String) throws {
+        guard Glibc.rename(from, to) == 0 else { throw CheckpackError.system("cannot rename to \(to)", path: from) }
+    }
+
+    /// Moves `from` to `to` only if nothing is at `to` (link then unlink:
+    /// the link fails atomically with EEXIST).
+    static func renameNoReplace(_ from: String, to: String) throws {
+        guard link(from, to) == 0 else {
+            if errno == EEXIST { throw CheckpackError(.invalidArgument, "already exists (use --force to replace it)", path: to) }
+            throw CheckpackError.system("cannot create", path: to)
+        }
+        _ = unlink(from)
+    }
+
+    /// fsyncs a directory so that a rename inside it is durable.
+    static func syncDirectory(_ path: String) throws {
+        let fd = retrying { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        guard fd >= 0 else { throw CheckpackError.system("cannot open directory", path: path) }
+        defer { _ = close(fd) }
+        guard retrying({ fsync(fd) }) == 0 else { throw CheckpackError.system("fsync failed", path: path) }
+    }
+
+    /// Removes a file or a whole directory tree without following symlinks.
+    static func removeTree(_ path: String) {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return }
+        if (info.st_mode & S_IFMT) == S_IFDIR {
+            _ = chmod(path, 0o700)   // a read-only directory cannot be emptied
+            for name in (try? listDirectory(path)) ?? [] { removeTree(path + "/" + name) }
+            _ = rmdir(path)
+        } else {
+            _ = unlink(path)
+        }
+    }
+
+    /// Names in a directory, without "." and "..", sorted by their bytes.
+    static func listDirectory(_ path: String) throws -> [String] {
+        guard let dir = opendir(path) else { throw CheckpackError.system("cannot read directory", path: path) }
+        defer { closedir(dir) }
+        var names: [[UInt8]] = []
+        while true {
+            errno = 0
+            guard let entry = readdir(dir) else {
+                if errno != 0 { throw CheckpackError.system("cannot read directory", path: path) }
+                break
+            }
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: UInt8.self, capacity: 256) { Array(UnsafeBufferPointer(start: $0, count: strlen(UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)))) }
+            }
+            if name == [0x2E] || name == [0x2E, 0x2E] { continue }
+            names.append(name)
+        }
+        names.sort { $0.lexicographicallyPrecedes($1) }
+        return try names.map { bytes in
+            guard let name = String(validatingUTF8Bytes: bytes[...]) else {
+                throw CheckpackError(.invalidArgument, "holds a name that is not valid UTF-8: \(String(decoding: bytes, as: UTF8.self))", path: path)
+            }
+            return name
+        }
+    }
+}

@@ -1,0 +1,134 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Unpacks an archive into a directory, all or nothing.
+public enum Unpacker {
+    /// Unpacks the archive at `archive` ("-" for standard input) into
+    /// `destination`. The tree is built in a staging directory beside the
+    /// destination, and renamed into place only after the whole archive —
+    /// every checksum, the index and the trailer — has been verified; on any
+    /// error the staging directory is removed and the destination is untouched.
+    /// An existing destination is refused unless `overwrite` is set.
+    /// Permission bits are restored (setuid, setgid and sticky bits are not).
+    @discardableResult
+    public static func unpack(archive: String, to destination: String, overwrite: Bool = false,
+                              progress: ((_ done: UInt64, _ total: UInt64?) -> Void)? = nil) throws -> TreeSummary {
+        if FileSystem.exists(destination), !overwrite {
+            throw CheckpackError(.invalidArgument, "already exists (use --force to replace it)", path: destination)
+        }
+        let input: SystemFile
+        var total: UInt64? = nil
+        if archive == "-" {
+            input = SystemFile.standardInput
+        } else {
+            // Check trailer and index first, so that a damaged or truncated
+            // archive fails before anything is written.
+            let reader = try ArchiveReader(path: archive)
+            total = reader.entries.reduce(0) { $0 + $1.size }
+            input = try SystemFile.openForReading(archive)
+        }
+        let stream = try ArchiveStreamReader(file: input)
+        let staging = try FileSystem.temporaryDirectory(beside: destination, suffix: "ckpk-unpack")
+        do {
+            let summary = try extract(stream, into: staging, progress: { progress?($0, total) })
+            try replace(destination, with: staging, overwrite: overwrite)
+            return summary
+        } catch {
+            FileSystem.removeTree(staging)
+            throw error
+        }
+    }
+
+    private static func extract(_ stream: ArchiveStreamReader, into root: String,
+                                progress: (UInt64) -> Void) throws -> TreeSummary {
+        var summary = TreeSummary()
+        var directoryModes: [(path: String, mode: UInt32)] = []
+        var made: Set<String> = []
+        var output: SystemFile? = nil
+        var current: EntryRecord? = nil
+        var done: UInt64 = 0
+
+        func makeParents(of name: String) throws {
+            for parent in EntryName.ancestors(of: name) where !made.contains(String(parent)) {
+                let path = root + "/" + parent
+                if mkdir(path, 0o700) != 0 && errno != EEXIST { throw CheckpackError.system("cannot create directory", path: path) }
+                made.insert(String(parent))
+            }
+        }
+
+        while let event = try stream.next() {
+            switch event {
+            case .entryStart(let record):
+                current = record
+                try makeParents(of: record.name)
+                let path = root + "/" + record.name
+                switch record.kind {
+                case .directory:
+                    // Writable while its children are extracted; its own mode is set at the end.
+                    if mkdir(path, 0o700) != 0 && !(errno == EEXIST && made.contains(record.name)) {
+                        throw CheckpackError.system("cannot create directory", path: path)
+                    }
+                    made.insert(record.name)
+                    directoryModes.append((path, record.mode))
+                    summary.directories += 1
+                case .file:
+                    let fd = retrying { open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
+                    guard fd >= 0 else { throw CheckpackError.system("cannot create file", path: path) }
+                    output = SystemFile(descriptor: fd, path: path)
+                    summary.files += 1
+                }
+            case .data(_, let bytes):
+                guard let output else { throw CheckpackError(.corrupt, "data outside a file entry") }
+                try bytes.withUnsafeBytes { try output.write($0) }
+                done += UInt64(bytes.count)
+                summary.bytes += UInt64(bytes.count)
+                progress(done)
+            case .entryEnd:
+                if let output, let current {
+                    guard fchmod(output.descriptor, mode_t(current.mode & 0o777)) == 0 else {
+                        throw CheckpackError.system("cannot set mode", path: output.path)
+                    }
+                    try output.sync()
+                }
+                output = nil
+                current = nil
+            }
+        }
+        // Directory entries must be durable too before the tree is renamed into place.
+        for name in made { try FileSystem.syncDirectory(root + "/" + name) }
+        try FileSystem.syncDirectory(root)
+        guard chmod(root, 0o777 & ~FileSystem.umaskBits) == 0 else {   // mkdtemp makes it 0700
+            throw CheckpackError.system("cannot set mode", path: root)
+        }
+        // Deepest first, so that a read-only parent does not block its children.
+        for (path, mode) in directoryModes.reversed() {
+            guard chmod(path, mode_t(mode & 0o777)) == 0 else { throw CheckpackError.system("cannot set mode", path: path) }
+        }
+        return summary
+    }
+
+    /// Renames `staging` to `destination`; an existing destination (with
+    /// `overwrite`) is moved aside first and removed once the new tree is in place.
+    private static func replace(_ destination: String, with staging: String, overwrite: Bool) throws {
+        var old: String? = nil
+        if FileSystem.exists(destination) {
+            guard overwrite else { throw CheckpackError(.invalidArgument, "already exists (use --force to replace it)", path: destination) }
+            // A fresh unique name; removed again so that a file can move there too.
+            let aside = try FileSystem.temporaryDirectory(beside: destination, suffix: "ckpk-old")
+            _ = rmdir(aside)
+            try FileSystem.rename(destination, to: aside)
+            old = aside
+        }
+        do {
+            try FileSystem.rename(staging, to: destination)
+        } catch {
+            if let old { try? FileSystem.rename(old, to: destination) }
+            throw error
+        }
+        try FileSystem.syncDirectory(FileSystem.parent(of: destination))
+        if let old { FileSystem.removeTree(old) }
+    }
+}

@@ -1,0 +1,191 @@
+import ArgumentParser
+import Checkpack
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct CheckpackCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "checkpack",
+        abstract: "Pack checkpoint directories into one compressed, checksummed, seekable archive (.ckpk), and back.",
+        discussion: "Exit status: 0 success, 1 bad or damaged data or a failed system call, 2 usage error.",
+        version: "0.1.0",
+        subcommands: [PackCommand.self, UnpackCommand.self, ListCommand.self, VerifyCommand.self, CatCommand.self])
+}
+
+struct PackCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "pack", abstract: "Pack a directory into an archive.")
+
+    @Argument(help: "The directory to pack.") var source: String
+    @Argument(help: "The archive to write (conventionally *.ckpk).") var archive: String
+    @Option(help: "Compression: zstd, zlib or none.") var codec: Codec = .zstd
+    @Option(help: "Compression level (zstd -7...22, zlib 0...9); default 3 for zstd, 6 for zlib.") var level: Int32?
+    @Option(name: .customLong("frame-size"), help: "Frame size: 4096, 64K, 4M ... (4K...64M).")
+    var frameSize: SizeArgument = SizeArgument(argument: "2M")!
+    @Option(help: "Threads that compress (default: all cores).") var threads: Int = WriterOptions.availableCores
+    @Flag(help: "Replace an existing archive.") var force = false
+    @Flag(help: "No progress bar or summary.") var quiet = false
+
+    func run() throws {
+        let options = WriterOptions(codec: codec, level: level, frameSize: frameSize.bytes, threads: threads, overwrite: force)
+        let bar = ProgressBar("packing", quiet: quiet)
+        let start = monotonicSeconds()
+        let summary = try Packer.pack(directory: source, to: archive, options: options) { bar.update($0, total: $1) }
+        bar.clear()
+        if !quiet {
+            let stored = (try? FileSource(path: archive).size) ?? 0
+            writeStderr("packed \(summary.files) files and \(summary.directories) directories, \(ByteSize.format(summary.bytes)) into \(ByteSize.format(stored)) (\(ratio(stored, summary.bytes))) in \(String(format: monotonicSeconds() - start)) s\n")
+        }
+    }
+}
+
+struct UnpackCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "unpack",
+        abstract: "Unpack an archive into a new directory, all or nothing.",
+        discussion: "The tree is built beside DEST_DIR and renamed into place only after every checksum has passed.")
+
+    @Argument(help: "The archive, or - to read it from standard input.") var archive: String
+    @Argument(help: "The directory to create.") var destination: String
+    @Flag(help: "Replace an existing DEST_DIR.") var force = false
+    @Flag(help: "No progress bar or summary.") var quiet = false
+
+    func run() throws {
+        let bar = ProgressBar("unpacking", quiet: quiet)
+        let start = monotonicSeconds()
+        let summary = try Unpacker.unpack(archive: archive, to: destination, overwrite: force) { bar.update($0, total: $1) }
+        bar.clear()
+        if !quiet {
+            writeStderr("unpacked \(summary.files) files and \(summary.directories) directories, \(ByteSize.format(summary.bytes)) in \(String(format: monotonicSeconds() - start)) s\n")
+        }
+    }
+}
+
+struct ListCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List an archive's entries.")
+
+    @Argument(help: "The archive.") var archive: String
+    @Flag(help: "Machine-readable output.") var json = false
+
+    func run() throws {
+        let reader = try ArchiveReader(path: archive)
+        if json {
+            print(JSON.array(reader.entries.map { describe($0, reader) }).rendered())
+            return
+        }
+        var rows = [["SIZE", "STORED", "RATIO", "FRAMES", "CODEC", "MODE", "NAME"]]
+        for entry in reader.entries {
+            let name = entry.kind == .directory ? entry.name + "/" : entry.name
+            rows.append([String(entry.size), String(entry.storedSize), ratio(entry.storedSize, entry.size),
+                         String(entry.frames.count), codecs(entry, reader).joined(separator: "+"),
+                         String(entry.mode, radix: 8), name])
+        }
+        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        for row in rows {
+            let cells = row.enumerated().map { column, cell in
+                column == row.count - 1 ? cell
+                    : column >= 4 ? cell + String(repeating: " ", count: widths[column] - cell.count)
+                    : String(repeating: " ", count: widths[column] - cell.count) + cell
+            }
+            print(cells.joined(separator: "  "))
+        }
+    }
+
+    private func codecs(_ entry: ArchiveEntry, _ reader: ArchiveReader) -> [String] {
+        var seen: [String] = []
+        for frame in reader.frames(of: entry) where !seen.contains(frame.header.codec.description) {
+            seen.append(frame.header.codec.description)
+        }
+        return seen.isEmpty ? ["-"] : seen
+    }
+
+    private func describe(_ entry: ArchiveEntry, _ reader: ArchiveReader) -> JSON {
+        .object([
+            ("name", .string(entry.name)),
+            ("kind", .string(entry.kind == .file ? "file" : "directory")),
+            ("mode", .string(String(entry.mode, radix: 8))),
+            ("size", .number(entry.size)),
+            ("stored_size", .number(entry.storedSize)),
+            ("frames", .number(UInt64(entry.frames.count))),
+            ("codecs", .array(codecs(entry, reader).filter { $0 != "-" }.map(JSON.string))),
+            ("crc32c", .string(String(entry.contentCRC, radix: 16))),
+            ("item_boundaries", .array(entry.itemBoundaries.map(JSON.number))),
+            ("attributes", .object(entry.attributes.map { ($0.key, JSON.string($0.value)) })),
+        ])
+    }
+}
+
+struct VerifyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check an archive's structure and every checksum.",
+        discussion: "Exits 0 when the archive is sound; otherwise prints one line per problem and exits 1.")
+
+    @Argument(help: "The archive.") var archive: String
+    @Flag(help: "Print nothing when the archive is sound.") var quiet = false
+
+    func run() throws {
+        let reader = try ArchiveReader(path: archive)
+        let bar = ProgressBar("verifying", quiet: quiet)
+        let total = reader.entries.reduce(UInt64(0)) { $0 + $1.size }
+        let problems = try reader.verify { bar.update($0, total: total) }
+        bar.clear()
+        for problem in problems { printError(problem.description) }
+        guard problems.isEmpty else { throw CommandFailure(code: 1) }
+        if !quiet {
+            print("\(archive): OK (\(reader.entries.count) entries, \(reader.index.frames.count) frames, \(ByteSize.format(total)))")
+        }
+    }
+}
+
+struct CatCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cat", abstract: "Write an entry's bytes (or a range of them) to standard output.")
+
+    @Argument(help: "The archive.") var archive: String
+    @Argument(help: "The entry's name, as `ls` shows it.") var entry: String
+    @Option(help: "First byte to write.") var offset: UInt64 = 0
+    @Option(help: "Number of bytes to write (default: to the end).") var length: UInt64?
+
+    func run() throws {
+        let reader = try ArchiveReader(path: archive)
+        guard let found = reader.entry(named: entry) else {
+            throw CheckpackError(.notFound, "no entry named \"\(entry)\"", path: archive)
+        }
+        guard found.kind == .file else { throw CheckpackError(.invalidArgument, "\"\(entry)\" is a directory", path: archive) }
+        guard offset <= found.size else {
+            throw CheckpackError(.invalidArgument, "offset \(offset) is past the end of \"\(entry)\" (\(found.size) bytes)", path: archive)
+        }
+        let end = length.map { min(found.size, offset.addingReportingOverflow($0).overflow ? found.size : offset + $0) } ?? found.size
+        if let length, offset.addingReportingOverflow(length).overflow || offset + length > found.size {
+            throw CheckpackError(.invalidArgument, "range \(offset)+\(length) is past the end of \"\(entry)\" (\(found.size) bytes)", path: archive)
+        }
+        // Frame-sized pieces: memory stays bounded whatever the range.
+        let piece = 8 << 20
+        var buffer = [UInt8](repeating: 0, count: Int(min(UInt64(piece), end - offset)))
+        var position = offset
+        while position < end {
+            let n = Int(min(UInt64(piece), end - position))
+            try buffer.withUnsafeMutableBytes { raw in
+                let part = UnsafeMutableRawBufferPointer(rebasing: raw[..<n])
+                try reader.read(found, offset: position, into: part)
+                var written = 0
+                while written < n {
+                    let w = write(1, part.baseAddress! + written, n - written)
+                    if w < 0 {
+                        if errno == EINTR { continue }
+                        throw CheckpackError(.io(errno), "cannot write to standard output: \(String(cString: strerror(errno)))")
+                    }
+                    written += w
+                }
+            }
+            position += UInt64(n)
+        }
+    }
+}
+
+extension String {
+    init(format seconds: Double) {
+        let tenths = (seconds * 100).rounded() / 100
+        self = String(tenths)
+    }
+}

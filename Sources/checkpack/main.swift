@@ -1,0 +1,26 @@
+import ArgumentParser
+import Checkpack
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Exit codes: 0 ok, 1 bad or damaged data (or a failed system call), 2 usage.
+do {
+    var command = try CheckpackCommand.parseAsRoot()
+    try command.run()
+} catch let error as CheckpackError {
+    printError(error.description)
+    exit(error.kind == .invalidArgument ? 2 : 1)
+} catch let failure as CommandFailure {
+    exit(failure.code)
+} catch {
+    let code = CheckpackCommand.exitCode(for: error)
+    if code == .success {
+        print(CheckpackCommand.fullMessage(for: error))
+        exit(0)
+    }
+    // One line: the parser's message, then where to look for help.
+    let message = CheckpackCommand.message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid arguments"
+    printError("\(message) (see 'checkpack --help')")
+    exit(2)
+}
