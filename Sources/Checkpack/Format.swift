@@ -378,23 +378,22 @@ public struct EntryEnd: Sendable, Equatable {
         return w.bytes
     }
 
-    /// Length of the record that starts with this 32-byte head.
-    static func length(head: ArraySlice<UInt8>) throws -> Int {
+    /// Length of the record that starts with this 32-byte head. Every
+    /// boundary starts a frame other than the first, so an entry of `frames`
+    /// frames has fewer boundaries than that: checked before anything is read.
+    static func length(head: ArraySlice<UInt8>, frames: UInt64) throws -> Int {
         var r = ByteReader(head)
         guard Array(try r.take(4)) == Format.entryEndTag else { throw CheckpackError(.corrupt, "expected an entry end record (EEND)") }
         _ = try r.take(24)
-        let count = try r.u32()
-        // A boundary starts a frame, and a frame holds at least one byte, so
-        // boundaries are bounded by the frame limit the index enforces; cap here
-        // so that the length stays small before anything else is known.
-        guard count <= UInt32(Format.maxIndexLength / 8) else {
-            throw CheckpackError(.limitExceeded, "item boundary count \(count) is too large")
+        let count = UInt64(try r.u32())
+        guard count == 0 || count < frames else {
+            throw CheckpackError(.corrupt, "entry has \(count) item boundaries but only \(frames) frames")
         }
         return Format.entryEndFixedSize + 8 * Int(count)
     }
 
     static func decode(_ bytes: ArraySlice<UInt8>) throws -> EntryEnd {
-        let total = try length(head: bytes.prefix(32))
+        let total = try length(head: bytes.prefix(32), frames: UInt64(bytes.count / 8))
         guard bytes.count == total else { throw CheckpackError(.truncated, "entry end record needs \(total) bytes, has \(bytes.count)") }
         var r = ByteReader(bytes)
         _ = try r.take(4)

@@ -176,7 +176,8 @@ public struct ArchiveIndex: Sendable {
         let recordBytes = try reader.take(try EntryRecord.length(head: reader.bytes[reader.position...].prefix(16)))
         let record = try EntryRecord.decode(recordBytes)
         do {
-            let endBytes = try reader.take(try EntryEnd.length(head: reader.bytes[reader.position...].prefix(32)))
+            let endHead = reader.bytes[reader.position...].prefix(32)
+            let endBytes = try reader.take(try EntryEnd.length(head: endHead, frames: UInt64(frames.count - nextFrame)))
             let end = try EntryEnd.decode(endBytes)
             guard recordOffset == cursor else {
                 throw CheckpackError(.corrupt, "entry record is at \(recordOffset), expected \(cursor) (gap or overlap)")

@@ -23,15 +23,15 @@ public final class ArchiveStreamReader {
     private var done = false
     public private(set) var entryCount = 0
 
-    public var name: String { input.file.path }
+    public var name: String { input.source.name }
 
-    public init(file: SystemFile) throws {
-        input = SequentialInput(file: file)
+    public init(source: any SequentialSource) throws {
+        input = SequentialInput(source: source)
         do {
             _ = try FileHeader.decode(try input.read(Format.headerSize)[...])
             offset = UInt64(Format.headerSize)
         } catch {
-            throw error.checkpackContext(path: file.path)
+            throw error.checkpackContext(path: source.name)
         }
     }
 
@@ -43,7 +43,7 @@ public final class ArchiveStreamReader {
             return try readRecord()
         } catch {
             done = true
-            throw error.checkpackContext(path: input.file.path, entry: open?.record.name, offset: at)
+            throw error.checkpackContext(path: input.source.name, entry: open?.record.name, offset: at)
         }
     }
 
@@ -113,7 +113,7 @@ public final class ArchiveStreamReader {
 
     private func readEntryEnd() throws -> StreamEvent {
         guard let entry = open else { throw CheckpackError(.corrupt, "entry end record outside an entry") }
-        let length = try EntryEnd.length(head: try input.peek(32)[...])
+        let length = try EntryEnd.length(head: try input.peek(32)[...], frames: entryFrames)
         let bytes = try input.read(length)
         let end = try EntryEnd.decode(bytes[...])
         guard end.size == entrySize, end.frameCount == entryFrames else {
@@ -150,32 +150,52 @@ public final class ArchiveStreamReader {
     }
 }
 
+/// Bytes read front to back: a pipe, a file, memory.
+public protocol SequentialSource {
+    var name: String { get }
+    /// Reads up to `buffer.count` bytes; returns 0 only at the end of the input.
+    func readSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
+}
+
+extension SystemFile: SequentialSource {
+    public var name: String { path }
+}
+
 /// Buffered sequential reads that report a short input as `truncated`.
 final class SequentialInput {
-    let file: SystemFile
-    private var buffer: [UInt8] = []
+    let source: any SequentialSource
+    private var buffer: [UInt8]
     private var start = 0
-    private let chunk = 1 << 20
+    private var end = 0
+    private var exhausted = false
 
-    init(file: SystemFile) { self.file = file }
+    init(source: any SequentialSource, bufferSize: Int = 64 << 10) {
+        self.source = source
+        buffer = [UInt8](repeating: 0, count: bufferSize)
+    }
 
-    private var available: Int { buffer.count - start }
+    private var available: Int { end - start }
 
     /// Makes at least `count` bytes available, unless the input ends first.
     private func fill(_ count: Int) throws {
-        guard available < count else { return }
-        buffer.removeFirst(start)
-        start = 0
-        while buffer.count < count {
-            let want = max(chunk, count - buffer.count)
-            let old = buffer.count
-            var got = 0
-            buffer.append(contentsOf: repeatElement(0, count: want))
-            try buffer.withUnsafeMutableBytes { raw in
-                got = try file.readSome(into: UnsafeMutableRawBufferPointer(rebasing: raw[old...]))
+        guard available < count, !exhausted else { return }
+        if start > 0 {
+            buffer.withUnsafeMutableBytes { raw in
+                raw.baseAddress!.copyMemory(from: raw.baseAddress! + start, byteCount: end - start)
             }
-            buffer.removeLast(want - got)
-            if got == 0 { break }
+            end -= start
+            start = 0
+        }
+        if count > buffer.count { buffer.append(contentsOf: repeatElement(0, count: count - buffer.count)) }
+        while end < count {
+            let got = try buffer.withUnsafeMutableBytes { raw in
+                try source.readSome(into: UnsafeMutableRawBufferPointer(rebasing: raw[end...]))
+            }
+            if got == 0 {
+                exhausted = true
+                break
+            }
+            end += got
         }
     }
 

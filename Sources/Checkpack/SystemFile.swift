@@ -17,6 +17,12 @@ public final class SystemFile: @unchecked Sendable {
         self.owned = owned
     }
 
+    /// Takes ownership of an open descriptor (a pipe, a socket): it is closed
+    /// when the value is released.
+    public convenience init(adopting descriptor: Int32, path: String) {
+        self.init(descriptor: descriptor, path: path, owned: true)
+    }
+
     deinit { if owned { _ = Glibc.close(descriptor) } }
 
     public static func openForReading(_ path: String) throws -> SystemFile {
@@ -65,7 +71,7 @@ public final class SystemFile: @unchecked Sendable {
     }
 
     /// Reads sequentially until `buffer` is full or the input ends; returns the count read.
-    func readSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+    public func readSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         var done = 0
         while done < buffer.count {
             let n = retrying { Glibc.read(descriptor, buffer.baseAddress! + done, buffer.count - done) }

@@ -30,7 +30,7 @@ public enum Unpacker {
             total = reader.entries.reduce(0) { $0 + $1.size }
             input = try SystemFile.openForReading(archive)
         }
-        let stream = try ArchiveStreamReader(file: input)
+        let stream = try ArchiveStreamReader(source: input)
         let staging = try FileSystem.temporaryDirectory(beside: destination, suffix: "ckpk-unpack")
         do {
             let summary = try extract(stream, into: staging, progress: { progress?($0, total) })

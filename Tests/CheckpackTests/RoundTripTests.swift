@@ -1,0 +1,166 @@
+import Checkpack
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite struct RoundTripTests {
+    static let frame = 4096
+
+    /// A tree with empty files and directories, nested and unicode names, and
+    /// files of 0, 1, frame-1, frame and frame+1 bytes.
+    static func makeTree(_ root: String) throws {
+        makeDirectory(root)
+        makeDirectory(root + "/empty-dir", mode: 0o700)
+        makeDirectory(root + "/nested")
+        makeDirectory(root + "/nested/deeper")
+        makeDirectory(root + "/nested/deeper/deepest", mode: 0o555)
+        makeDirectory(root + "/ünïcödé 名前")
+        try writeFile(root + "/empty", [])
+        try writeFile(root + "/one", [42], mode: 0o600)
+        try writeFile(root + "/frame-minus-1", sampleBytes(frame - 1, seed: 1))
+        try writeFile(root + "/frame", sampleBytes(frame, seed: 2), mode: 0o755)
+        try writeFile(root + "/frame-plus-1", sampleBytes(frame + 1, seed: 3))
+        try writeFile(root + "/random", sampleBytes(5 * frame + 17, seed: 4, compressible: false))
+        try writeFile(root + "/nested/deeper/file.bin", sampleBytes(3 * frame, seed: 5), mode: 0o640)
+        try writeFile(root + "/ünïcödé 名前/データ.txt", Array("grüße\n".utf8))
+        chmod(root + "/nested/deeper/deepest", 0o555)
+    }
+
+    @Test(arguments: Codec.allCases)
+    func packUnpackRestoresTheTree(codec: Codec) throws {
+        let dir = TemporaryDirectory()
+        try Self.makeTree(dir.sub("src"))
+        let options = WriterOptions(codec: codec, frameSize: Self.frame, threads: 3)
+        let packed = try Packer.pack(directory: dir.sub("src"), to: dir.sub("a.ckpk"), options: options)
+        #expect(packed.files == 8)
+        #expect(packed.directories == 5)
+        let unpacked = try Unpacker.unpack(archive: dir.sub("a.ckpk"), to: dir.sub("out"))
+        #expect(unpacked.files == packed.files && unpacked.bytes == packed.bytes)
+        #expect(TreeSnapshot(dir.sub("out")) == TreeSnapshot(dir.sub("src")))
+        #expect(TreeSnapshot(dir.sub("out")).items.count == 13)
+
+        let reader = try ArchiveReader(path: dir.sub("a.ckpk"))
+        #expect(try reader.verify().isEmpty)
+        #expect(reader.entry(named: "frame-plus-1")?.frames.count == 2)
+        #expect(reader.entry(named: "frame")?.frames.count == 1)
+        #expect(reader.entry(named: "empty")?.frames.count == 0)
+    }
+
+    @Test func singleThreadAndManyThreadsWriteTheSameBytes() throws {
+        let dir = TemporaryDirectory()
+        try Self.makeTree(dir.sub("src"))
+        try Packer.pack(directory: dir.sub("src"), to: dir.sub("1.ckpk"), options: WriterOptions(frameSize: Self.frame, threads: 1))
+        try Packer.pack(directory: dir.sub("src"), to: dir.sub("4.ckpk"), options: WriterOptions(frameSize: Self.frame, threads: 4))
+        #expect(readFile(dir.sub("1.ckpk")) == readFile(dir.sub("4.ckpk")))
+    }
+
+    @Test func unpackRefusesAnExistingDestinationUnlessForced() throws {
+        let dir = TemporaryDirectory()
+        try Self.makeTree(dir.sub("src"))
+        try Packer.pack(directory: dir.sub("src"), to: dir.sub("a.ckpk"))
+        makeDirectory(dir.sub("out"))
+        try writeFile(dir.sub("out/keep"), [1, 2, 3])
+        #expect(throws: CheckpackError.self) { try Unpacker.unpack(archive: dir.sub("a.ckpk"), to: dir.sub("out")) }
+        #expect(readFile(dir.sub("out/keep")) == [1, 2, 3])
+        try Unpacker.unpack(archive: dir.sub("a.ckpk"), to: dir.sub("out"), overwrite: true)
+        #expect(TreeSnapshot(dir.sub("out")) == TreeSnapshot(dir.sub("src")))
+    }
+
+    @Test func packRefusesAnExistingArchiveUnlessForced() throws {
+        let dir = TemporaryDirectory()
+        try Self.makeTree(dir.sub("src"))
+        try writeFile(dir.sub("a.ckpk"), [9])
+        #expect(throws: CheckpackError.self) { try Packer.pack(directory: dir.sub("src"), to: dir.sub("a.ckpk")) }
+        #expect(readFile(dir.sub("a.ckpk")) == [9])
+        try Packer.pack(directory: dir.sub("src"), to: dir.sub("a.ckpk"), options: WriterOptions(overwrite: true))
+        #expect(try ArchiveReader(path: dir.sub("a.ckpk")).entries.count == 13)
+    }
+
+    @Test func writerFromMemoryPiecesAndBoundaries() throws {
+        let dir = TemporaryDirectory()
+        let path = dir.sub("m.ckpk")
+        let writer = try ArchiveWriter(path: path, options: WriterOptions(frameSize: 4096))
+        let a = sampleBytes(10_000, seed: 9)
+        try writer.addFile("items.bin", contents: a, attributes: ["dtype": "bfloat16", "format": "raw"],
+                           itemBoundaries: [100, 5000], codec: .zlib, level: 9)
+        try writer.beginFile("pieces.bin", mode: 0o600)
+        try writer.write(a[0..<10])
+        try writer.write(a[10..<7000])
+        try writer.markItemBoundary()
+        try writer.write(a[7000...])
+        try writer.markItemBoundary()   // at the end: dropped, there is no item after it
+        try writer.endFile()
+        try writer.addDirectory("dir/sub", mode: 0o700)
+        try writer.finish()
+
+        let reader = try ArchiveReader(path: path)
+        let items = try #require(reader.entry(named: "items.bin"))
+        #expect(items.itemBoundaries == [100, 5000])
+        #expect(items.attribute("dtype") == "bfloat16")
+        #expect(reader.frames(of: items).map(\.header.entryOffset) == [0, 100, 4196, 5000, 9096])
+        #expect(try reader.read(items) == a)
+        let pieces = try #require(reader.entry(named: "pieces.bin"))
+        #expect(pieces.itemBoundaries == [7000])
+        #expect(pieces.mode == 0o600)
+        #expect(try reader.read(pieces) == a)
+        #expect(try reader.verify().isEmpty)
+        #expect(try streamContents(MemoryStream(readFile(path) ?? []))["pieces.bin"] == a)
+    }
+
+    @Test func writerRejectsBadArgumentsAndStaysUsable() throws {
+        let dir = TemporaryDirectory()
+        let path = dir.sub("w.ckpk")
+        let writer = try ArchiveWriter(path: path)
+        for bad in ["", "/abs", "a/../b", "./a", "a//b", "a/", "back\\slash", "nul\u{0}x", "..", String(repeating: "x", count: 256)] {
+            #expect(throws: CheckpackError.self, "\(bad)") { try writer.addFile(bad, contents: [1]) }
+        }
+        try writer.addFile("ok", contents: [1])
+        #expect(throws: CheckpackError.self) { try writer.addFile("ok", contents: [2]) }
+        #expect(throws: CheckpackError.self) { try writer.addFile("ok/child", contents: [2]) }
+        #expect(throws: CheckpackError.self) { try writer.addFile("x", contents: [2], level: 99) }
+        try writer.finish()
+        #expect(try ArchiveReader(path: path).entries.map(\.name) == ["ok"])
+    }
+
+    @Test func abandonedOrFailedWriterLeavesNothing() throws {
+        let dir = TemporaryDirectory()
+        do {
+            let writer = try ArchiveWriter(path: dir.sub("gone.ckpk"))
+            try writer.addFile("a", contents: sampleBytes(100_000, seed: 1))
+        }
+        let cancelled = try ArchiveWriter(path: dir.sub("cancelled.ckpk"))
+        try cancelled.addFile("a", contents: [1, 2])
+        cancelled.cancel()
+        #expect(throws: CheckpackError.self) { try cancelled.finish() }
+        #expect(TreeSnapshot(dir.path).items.isEmpty, "left: \(TreeSnapshot(dir.path).items.keys)")
+    }
+
+    @Test func packRefusesWhatItCannotStore() throws {
+        let dir = TemporaryDirectory()
+        makeDirectory(dir.sub("src"))
+        makeDirectory(dir.sub("target"))
+        symlink(dir.sub("target"), dir.sub("src/link"))
+        #expect(throws: CheckpackError.self) { try Packer.pack(directory: dir.sub("src"), to: dir.sub("a.ckpk")) }
+        unlink(dir.sub("src/link"))
+        try writeFile(dir.sub("target/f"), [7])
+        symlink(dir.sub("target/f"), dir.sub("src/filelink"))
+        try Packer.pack(directory: dir.sub("src"), to: dir.sub("a.ckpk"))
+        let reader = try ArchiveReader(path: dir.sub("a.ckpk"))
+        #expect(try reader.read(try #require(reader.entry(named: "filelink"))) == [7])
+        #expect(!FileSystemHasLeftovers(dir.path))
+    }
+
+    @Test func emptyArchive() throws {
+        let bytes = try buildArchive { _ in }
+        #expect(bytes.count == 96)
+        let reader = try ArchiveReader(source: MemorySource(bytes))
+        #expect(reader.entries.isEmpty)
+        #expect(try streamContents(MemoryStream(bytes)).isEmpty)
+    }
+}
+
+/// True when a temporary file or staging directory of Checkpack is left in `path`.
+func FileSystemHasLeftovers(_ path: String) -> Bool {
+    TreeSnapshot(path).items.keys.contains { $0.contains(".ckpk-tmp-") || $0.contains(".ckpk-unpack-") || $0.contains(".ckpk-old-") }
+}
