@@ -16,7 +16,7 @@ public struct WriterOptions: Sendable {
     /// Replace an existing file at the destination.
     public var overwrite = false
 
-    public static let defaultFrameSize = 2 << 20
+    public static let defaultFrameSize = 4 << 20
     public static var availableCores: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 
     public init(codec: Codec = .zstd, level: Int32? = nil, frameSize: Int = WriterOptions.defaultFrameSize,
@@ -99,7 +99,7 @@ public final class ArchiveWriter {
         _ = fchmod(file.descriptor, 0o666 & ~FileSystem.umaskBits)   // mkstemp makes it 0600
         self.file = file
         self.output = BufferedOutput(file: file)
-        self.pipeline = OrderedPipeline(threads: options.threads, maxPending: 2 * options.threads + 2) { [unowned self] in
+        self.pipeline = OrderedPipeline(threads: options.threads, maxPending: options.threads + 2) { [unowned self] in
             try self.sink($0)
         }
         do {

@@ -21,6 +21,10 @@ enum FrameCodec {
                 let out = [UInt8](unsafeUninitializedCapacity: capacity) { buffer, count in
                     ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters)
                     ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level)
+                    // A frame is independent: let matches reach back across all of it
+                    // (level 3 alone would stop at 2 MiB). No window beyond the frame helps.
+                    let spanning = Int32(Int.bitWidth - (input.count - 1).leadingZeroBitCount)
+                    ZSTD_CCtx_setParameter(cctx, ZSTD_c_windowLog, min(max(spanning, 10), 27))
                     let n = ZSTD_compress2(cctx, buffer.baseAddress, capacity, input.baseAddress, input.count)
                     if ZSTD_isError(n) != 0 {
                         // "Destination buffer is too small" means incompressible; anything else is a bug.

@@ -21,7 +21,7 @@ struct PackCommand: ParsableCommand {
     @Option(help: "Compression: zstd, zlib or none.") var codec: Codec = .zstd
     @Option(help: "Compression level (zstd -7...22, zlib 0...9); default 3 for zstd, 6 for zlib.") var level: Int32?
     @Option(name: .customLong("frame-size"), help: "Frame size: 4096, 64K, 4M ... (4K...64M).")
-    var frameSize: SizeArgument = SizeArgument(argument: "2M")!
+    var frameSize: SizeArgument = SizeArgument(argument: "4M")!
     @Option(help: "Threads that compress (default: all cores).") var threads: Int = WriterOptions.availableCores
     @Flag(help: "Replace an existing archive.") var force = false
     @Flag(help: "No progress bar or summary.") var quiet = false
