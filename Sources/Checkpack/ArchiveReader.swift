@@ -87,11 +87,14 @@ public final class ArchiveReader: Sendable {
                 }
                 throw CheckpackError(.truncated, "\(size) bytes is too short for an archive (at least \(Format.minimumArchiveSize))")
             }
-            _ = try FileHeader.decode(try source.read(count: Format.headerSize, at: 0)[...])
+            let header = try FileHeader.decode(try source.read(count: Format.headerSize, at: 0)[...])
             let tailLength = min(size, ArchiveReader.tailReadSize)
             let tail = try source.read(count: Int(tailLength), at: size - tailLength)
             let trailerOffset = size - UInt64(Format.trailerSize)
             let trailer = try Trailer.decode(tail.suffix(Format.trailerSize), base: trailerOffset)
+            guard trailer.requiredFeatures == header.requiredFeatures else {
+                throw CheckpackError(.corrupt, "trailer and file header name different required features", offset: trailerOffset)
+            }
             guard trailer.indexLength <= Format.maxIndexLength else {
                 throw CheckpackError(.limitExceeded, "index length \(trailer.indexLength) exceeds \(Format.maxIndexLength)", offset: trailerOffset)
             }

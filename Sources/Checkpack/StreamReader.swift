@@ -22,13 +22,14 @@ public final class ArchiveStreamReader {
     private var frameStarts: Set<UInt64> = []
     private var done = false
     public private(set) var entryCount = 0
+    private var requiredFeatures: UInt32 = 0
 
     public var name: String { input.source.name }
 
     public init(source: any SequentialSource) throws {
         input = SequentialInput(source: source)
         do {
-            _ = try FileHeader.decode(try input.read(Format.headerSize)[...])
+            requiredFeatures = try FileHeader.decode(try input.read(Format.headerSize)[...]).requiredFeatures
             offset = UInt64(Format.headerSize)
         } catch {
             throw error.checkpackContext(path: source.name)
@@ -142,6 +143,7 @@ public final class ArchiveStreamReader {
         offset += UInt64(found.count)
         let trailer = try Trailer.decode(try input.read(Format.trailerSize)[...], base: offset)
         guard trailer.indexOffset == indexOffset, trailer.indexLength == UInt64(found.count),
+              trailer.requiredFeatures == requiredFeatures,
               trailer.indexCRC == CRC32C.checksum(found) else {
             throw CheckpackError(.corrupt, "trailer does not describe the index").at(offset: offset)
         }
