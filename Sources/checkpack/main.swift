@@ -5,6 +5,11 @@ import Glibc
 #endif
 
 /// Exit codes: 0 ok, 1 bad or damaged data (or a failed system call), 2 usage.
+if CommandLine.arguments.count <= 1 {
+    // No subcommand is a usage error: the help goes to stderr.
+    writeStderr(CheckpackCommand.helpMessage() + "\n")
+    exit(2)
+}
 do {
     var command = try CheckpackCommand.parseAsRoot()
     try command.run()

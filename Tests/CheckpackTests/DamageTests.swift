@@ -105,7 +105,7 @@ import Glibc
         #expect(pipe(&fds) == 0)
         let bytes = Self.archive
         let writerFD = fds[1]
-        let thread = Thread {
+        let thread = JoinableThread {
             bytes.withUnsafeBytes { raw in
                 var done = 0
                 while done < raw.count {
@@ -125,14 +125,14 @@ import Glibc
 }
 
 /// A minimal joinable thread for feeding pipes.
-final class Thread: @unchecked Sendable {
+final class JoinableThread: @unchecked Sendable {
     private var handle = pthread_t()
     private let body: () -> Void
     init(_ body: @escaping () -> Void) { self.body = body }
     func start() {
         let box = Unmanaged.passRetained(self).toOpaque()
         pthread_create(&handle, nil, { raw in
-            let me = Unmanaged<Thread>.fromOpaque(raw!).takeRetainedValue()
+            let me = Unmanaged<JoinableThread>.fromOpaque(raw!).takeRetainedValue()
             me.body()
             return nil
         }, box)

@@ -1,0 +1,155 @@
+import Checkpack
+import Foundation
+import Testing
+
+/// Runs the built `checkpack` executable the way a user would.
+struct CLI {
+    static let executable: String = {
+        let tests = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        var dir = URL(fileURLWithPath: tests).deletingLastPathComponent()
+        // Inside an .xctest bundle directory on some layouts: step out of it.
+        while dir.path.hasSuffix(".xctest") || dir.lastPathComponent == "MacOS" { dir.deleteLastPathComponent() }
+        return dir.appendingPathComponent("checkpack").path
+    }()
+
+    struct Result {
+        var status: Int32
+        var stdout: Data
+        var stderr: String
+        var stderrLines: [Substring] { stderr.split(separator: "\n") }
+    }
+
+    static func run(_ arguments: [String], stdin: Data? = nil) throws -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe(), input = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = input
+        try process.run()
+        let feeder = JoinableThread {
+            if let stdin { input.fileHandleForWriting.write(stdin) }
+            try? input.fileHandleForWriting.close()
+        }
+        feeder.start()
+        var stderrData = Data()
+        let errorReader = JoinableThread { stderrData = err.fileHandleForReading.readDataToEndOfFile() }
+        errorReader.start()
+        let stdoutData = out.fileHandleForReading.readDataToEndOfFile()
+        errorReader.join()
+        process.waitUntilExit()
+        feeder.join()
+        return Result(status: process.terminationStatus, stdout: stdoutData, stderr: String(decoding: stderrData, as: UTF8.self))
+    }
+}
+
+@Suite(.serialized) struct CLITests {
+    let dir = TemporaryDirectory()
+
+    init() throws {
+        try RoundTripTests.makeTree(dir.sub("src"))
+        #expect(FileManager.default.isExecutableFile(atPath: CLI.executable), "no checkpack binary at \(CLI.executable)")
+    }
+
+    @Test func packListVerifyCatUnpack() throws {
+        let pack = try CLI.run(["pack", dir.sub("src"), dir.sub("a.ckpk"), "--frame-size", "4K", "--quiet"])
+        #expect(pack.status == 0 && pack.stderr.isEmpty, "\(pack.stderr)")
+        let list = try CLI.run(["ls", dir.sub("a.ckpk")])
+        #expect(list.status == 0)
+        #expect(String(decoding: list.stdout, as: UTF8.self).contains("nested/deeper/file.bin"))
+        let json = try CLI.run(["ls", "--json", dir.sub("a.ckpk")])
+        let parsed = try JSONSerialization.jsonObject(with: json.stdout) as? [[String: Any]]
+        #expect(parsed?.count == 13)
+        #expect(parsed?.first(where: { $0["name"] as? String == "frame-plus-1" })?["frames"] as? Int == 2)
+        let verify = try CLI.run(["verify", dir.sub("a.ckpk")])
+        #expect(verify.status == 0)
+        let source = try #require(readFile(dir.sub("src/random")))
+        let cat = try CLI.run(["cat", dir.sub("a.ckpk"), "random", "--offset", "4090", "--length", "10000"])
+        #expect(cat.status == 0)
+        #expect([UInt8](cat.stdout) == Array(source[4090..<14090]))
+        let whole = try CLI.run(["cat", dir.sub("a.ckpk"), "random"])
+        #expect([UInt8](whole.stdout) == source)
+        let unpack = try CLI.run(["unpack", dir.sub("a.ckpk"), dir.sub("out"), "--quiet"])
+        #expect(unpack.status == 0)
+        #expect(TreeSnapshot(dir.sub("out")) == TreeSnapshot(dir.sub("src")))
+    }
+
+    @Test func unpackFromStandardInput() throws {
+        #expect(try CLI.run(["pack", dir.sub("src"), dir.sub("a.ckpk"), "--quiet"]).status == 0)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: dir.sub("a.ckpk")))
+        let unpack = try CLI.run(["unpack", "-", dir.sub("piped"), "--quiet"], stdin: bytes)
+        #expect(unpack.status == 0, "\(unpack.stderr)")
+        #expect(TreeSnapshot(dir.sub("piped")) == TreeSnapshot(dir.sub("src")))
+        // A cut-off stream leaves nothing behind.
+        let cut = try CLI.run(["unpack", "-", dir.sub("cut"), "--quiet"], stdin: bytes.prefix(bytes.count / 2))
+        #expect(cut.status == 1)
+        #expect(cut.stderrLines.count == 1)
+        #expect(!FileManager.default.fileExists(atPath: dir.sub("cut")))
+        #expect(!FileSystemHasLeftovers(dir.path))
+    }
+
+    @Test func damagedArchivesExitOneWithOneLinePerProblem() throws {
+        #expect(try CLI.run(["pack", dir.sub("src"), dir.sub("a.ckpk"), "--frame-size", "4K", "--quiet"]).status == 0)
+        var bytes = try #require(readFile(dir.sub("a.ckpk")))
+        let reader = try ArchiveReader(path: dir.sub("a.ckpk"))
+        let frames = reader.frames(of: try #require(reader.entry(named: "random")))
+        bytes[Int(frames[frames.startIndex].archiveOffset) + 100] ^= 1
+        bytes[Int(frames[frames.startIndex + 2].archiveOffset) + 100] ^= 1
+        try writeFile(dir.sub("bad.ckpk"), bytes)
+        let verify = try CLI.run(["verify", dir.sub("bad.ckpk")])
+        #expect(verify.status == 1)
+        #expect(verify.stderrLines.count == 2, "\(verify.stderr)")
+        #expect(verify.stderrLines.allSatisfy { $0.hasPrefix("checkpack: \(dir.sub("bad.ckpk")): entry \"random\", frame ") })
+        let cat = try CLI.run(["cat", dir.sub("bad.ckpk"), "random"])
+        #expect(cat.status == 1)
+        #expect(cat.stderrLines.count == 1)
+        let unpack = try CLI.run(["unpack", dir.sub("bad.ckpk"), dir.sub("bad-out")])
+        #expect(unpack.status == 1)
+        #expect(!FileManager.default.fileExists(atPath: dir.sub("bad-out")))
+
+        try writeFile(dir.sub("short.ckpk"), Array(bytes.prefix(1000)))
+        for command in [["ls"], ["verify"], ["cat"], ["unpack"]] {
+            var arguments = command + [dir.sub("short.ckpk")]
+            if command == ["cat"] { arguments.append("random") }
+            if command == ["unpack"] { arguments.append(dir.sub("short-out")) }
+            let result = try CLI.run(arguments)
+            #expect(result.status == 1, "\(command)")
+            #expect(result.stderrLines.count == 1, "\(command): \(result.stderr)")
+            #expect(result.stderr.hasPrefix("checkpack: \(dir.sub("short.ckpk")): "), "\(result.stderr)")
+        }
+    }
+
+    @Test func badInputsAndUsage() throws {
+        try writeFile(dir.sub("random.bin"), sampleBytes(5000, seed: 1, compressible: false))
+        try writeFile(dir.sub("empty.bin"), [])
+        let cases: [([String], Int32)] = [
+            (["ls", dir.sub("missing.ckpk")], 1),
+            (["ls", dir.sub("random.bin")], 1),
+            (["ls", dir.sub("empty.bin")], 1),
+            (["verify", dir.sub("random.bin")], 1),
+            (["ls", dir.sub("src")], 2),
+            (["pack", dir.sub("missing-dir"), dir.sub("x.ckpk")], 1),
+            (["pack", dir.sub("src")], 2),
+            (["pack", dir.sub("src"), dir.sub("x.ckpk"), "--codec", "lzma"], 2),
+            (["pack", dir.sub("src"), dir.sub("x.ckpk"), "--frame-size", "12Q"], 2),
+            (["pack", dir.sub("src"), dir.sub("x.ckpk"), "--frame-size", "1K"], 2),
+            (["pack", dir.sub("src"), dir.sub("x.ckpk"), "--level", "30"], 2),
+            (["pack", dir.sub("src"), dir.sub("random.bin")], 2),
+            (["unpack", dir.sub("random.bin"), dir.sub("src")], 2),
+            (["frobnicate"], 2),
+            ([], 2),
+        ]
+        for (arguments, status) in cases {
+            let result = try CLI.run(arguments)
+            #expect(result.status == status, "\(arguments): \(result.stderr)")
+            if status != 0 && !arguments.isEmpty {
+                #expect(result.stderrLines.count == 1, "\(arguments): \(result.stderr)")
+                #expect(result.stderr.hasPrefix("checkpack: "), "\(arguments): \(result.stderr)")
+            }
+        }
+        #expect(!FileManager.default.fileExists(atPath: dir.sub("x.ckpk")))
+        #expect(!FileSystemHasLeftovers(dir.path))
+        #expect(try CLI.run(["--help"]).status == 0)
+    }
+}
