@@ -22,11 +22,16 @@ now() { date +%s.%N; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 declare -a ck_pack tz_pack ck_unpack tz_unpack
+# Peak RSS of checkpack's own runs, through GNU time when it is installed.
+timed() { if [[ -x /usr/bin/time ]]; then /usr/bin/time -f %M -o "$work/rss.$1" "${@:2}"; else "${@:2}"; echo 0 >"$work/rss.$1"; fi; }
+pack_rss=0 unpack_rss=0
 for ((r = 0; r < rounds; r++)); do
   rm -rf "$work"/*
-  t=$(now); "$checkpack" pack "$src" "$work/a.ckpk" --quiet; ck_pack+=("$(echo "$(now) - $t" | bc)")
+  t=$(now); timed pack "$checkpack" pack "$src" "$work/a.ckpk" --quiet; ck_pack+=("$(echo "$(now) - $t" | bc)")
+  pack_rss=$(( $(cat "$work/rss.pack") > pack_rss ? $(cat "$work/rss.pack") : pack_rss ))
   t=$(now); tar -cf - -C "$src" . | zstd -T0 -3 -q -o "$work/a.tar.zst"; tz_pack+=("$(echo "$(now) - $t" | bc)")
-  t=$(now); "$checkpack" unpack "$work/a.ckpk" "$work/ck-out" --quiet; ck_unpack+=("$(echo "$(now) - $t" | bc)")
+  t=$(now); timed unpack "$checkpack" unpack "$work/a.ckpk" "$work/ck-out" --quiet; ck_unpack+=("$(echo "$(now) - $t" | bc)")
+  unpack_rss=$(( $(cat "$work/rss.unpack") > unpack_rss ? $(cat "$work/rss.unpack") : unpack_rss ))
   mkdir "$work/tz-out"
   t=$(now); zstd -d -q -c "$work/a.tar.zst" | tar -xf - -C "$work/tz-out"; tz_unpack+=("$(echo "$(now) - $t" | bc)")
   diff -r "$src" "$work/ck-out" >/dev/null || { echo "checkpack round trip differs from the source" >&2; exit 1; }
@@ -36,7 +41,7 @@ raw=$(du -sb --apparent-size "$src" | cut -f1)
 ck_size=$(stat -c %s "$work/a.ckpk")
 tz_size=$(stat -c %s "$work/a.tar.zst")
 python3 - "$raw" "$ck_size" "$tz_size" "$(median "${ck_pack[@]}")" "$(median "${tz_pack[@]}")" \
-  "$(median "${ck_unpack[@]}")" "$(median "${tz_unpack[@]}")" "$rounds" <<'PY'
+  "$(median "${ck_unpack[@]}")" "$(median "${tz_unpack[@]}")" "$rounds" "$pack_rss" "$unpack_rss" <<'PY'
 import sys
 raw, ck, tz = map(int, sys.argv[1:4])
 ckp, tzp, cku, tzu = map(float, sys.argv[4:8])
@@ -46,4 +51,5 @@ print(f"{'size (MB)':24}{ck / 1e6:12.2f}{tz / 1e6:14.2f}{ck / tz:9.3f}")
 print(f"{'size / source':24}{ck / raw:12.3f}{tz / raw:14.3f}")
 print(f"{'pack (s)':24}{ckp:12.3f}{tzp:14.3f}{ckp / tzp:9.3f}")
 print(f"{'unpack (s)':24}{cku:12.3f}{tzu:14.3f}{cku / tzu:9.3f}")
+print(f"checkpack peak RSS: pack {int(sys.argv[9]) / 1024:.0f} MiB, unpack {int(sys.argv[10]) / 1024:.0f} MiB")
 PY

@@ -123,3 +123,37 @@ uint32_t ckpk_crc32c_update(uint32_t crc, const void *data, size_t length) {
     if (ckpk_crc32c_uses_hardware()) return ~hardware(~crc, (const unsigned char *)data, length);
     return ckpk_crc32c_update_portable(crc, data, length);
 }
+
+// Combining: the CRC of A‖B from crc(A), crc(B) and len(B). Appending n zero
+// bytes to A multiplies its CRC register by x^(8n) modulo the polynomial; the
+// powers x^(2^k) are precomputed, so this costs O(log n) carry-less products.
+static uint32_t gf2_multiply(uint32_t a, uint32_t b) {
+    // Reflected bit order: bit 31 is x^0.
+    uint32_t product = 0;
+    for (uint32_t bit = 1u << 31; bit != 0; bit >>= 1) {
+        if (a & bit) product ^= b;
+        b = (b & 1) ? (b >> 1) ^ POLY : b >> 1;
+    }
+    return product;
+}
+
+static uint32_t power_table[64];   // power_table[k] = x^(2^k) mod P
+static pthread_once_t power_once = PTHREAD_ONCE_INIT;
+
+static void build_powers(void) {
+    uint32_t p = 1u << 30;   // x^1
+    for (int k = 0; k < 64; k++) {
+        power_table[k] = p;
+        p = gf2_multiply(p, p);
+    }
+}
+
+uint32_t ckpk_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b) {
+    pthread_once(&power_once, build_powers);
+    uint32_t shift = 1u << 31;   // x^0
+    uint64_t bits = length_b;    // multiply by x^(8·length_b) = product of x^(2^(k+3)) for set bits k
+    for (int k = 3; bits != 0 && k < 64; k++, bits >>= 1) {
+        if (bits & 1) shift = gf2_multiply(power_table[k], shift);
+    }
+    return gf2_multiply(shift, crc_a) ^ crc_b;
+}

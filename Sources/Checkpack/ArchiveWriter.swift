@@ -67,7 +67,8 @@ public final class ArchiveWriter {
     private enum Record: Sendable {
         case entryStart([UInt8])
         case frame(FrameHeader, payload: ArraySlice<UInt8>)
-        case entryEnd([UInt8])
+        /// Size, frame count and boundaries; the sink adds the content CRC.
+        case entryEnd(size: UInt64, frames: UInt64, boundaries: [UInt64])
     }
 
     /// The entry being written.
@@ -78,7 +79,6 @@ public final class ArchiveWriter {
         var level: Int32
         var size: UInt64 = 0
         var frames: UInt64 = 0
-        var crc: UInt32 = 0
         var boundaries: [UInt64] = []
         var buffer: [UInt8] = []
     }
@@ -87,6 +87,7 @@ public final class ArchiveWriter {
     private var sinkEntryOffset: UInt64 = 0
     private var sinkEntryFirstFrame: UInt64 = 0
     private var sinkEntryRecord: [UInt8] = []
+    private var sinkEntryCRC: UInt32 = 0
 
     public init(path: String, options: WriterOptions = WriterOptions()) throws {
         try options.validate()
@@ -318,7 +319,6 @@ public final class ArchiveWriter {
     private func submitFrame(_ entry: inout OpenEntry) throws {
         let data = entry.buffer
         entry.buffer = []
-        entry.crc = CRC32C.checksum(data, continuing: entry.crc)
         let entryOffset = entry.size
         entry.size += UInt64(data.count)
         entry.frames += 1
@@ -343,8 +343,7 @@ public final class ArchiveWriter {
         open = nil
         if !entry.buffer.isEmpty { try submitFrame(&entry) }
         let boundaries = entry.boundaries.filter { $0 < entry.size }
-        let end = EntryEnd(size: entry.size, frameCount: entry.frames, contentCRC: entry.crc, itemBoundaries: boundaries)
-        try pipeline.submitReady(.entryEnd(end.encoded()))
+        try pipeline.submitReady(.entryEnd(size: entry.size, frames: entry.frames, boundaries: boundaries))
     }
 
     /// Writes one record; runs on the caller's thread, in order.
@@ -354,15 +353,19 @@ public final class ArchiveWriter {
             sinkEntryOffset = output.offset
             sinkEntryFirstFrame = index.frameCount
             sinkEntryRecord = bytes
+            sinkEntryCRC = 0
             try output.write(bytes)
         case .frame(let header, let payload):
             let headerBytes = header.encoded()
             index.addFrame(archiveOffset: output.offset, header: headerBytes)
             try output.write(headerBytes)
             try output.write(payload)
+            // The content CRC follows from the frames' CRCs: no second pass over the data.
+            sinkEntryCRC = CRC32C.combine(sinkEntryCRC, header.decodedCRC, length: UInt64(header.decodedLength))
             bytesIn += UInt64(header.decodedLength)
             onProgress?(bytesIn)
-        case .entryEnd(let bytes):
+        case .entryEnd(let size, let frames, let boundaries):
+            let bytes = EntryEnd(size: size, frameCount: frames, contentCRC: sinkEntryCRC, itemBoundaries: boundaries).encoded()
             index.addEntry(recordOffset: sinkEntryOffset, firstFrame: sinkEntryFirstFrame, record: sinkEntryRecord, end: bytes)
             try output.write(bytes)
         }

@@ -14,6 +14,11 @@ public enum CRC32C {
         bytes.withUnsafeBytes { update(crc, $0) }
     }
 
+    /// The CRC32C of A followed by B, given `crc(A)`, `crc(B)` and B's length.
+    public static func combine(_ a: UInt32, _ b: UInt32, length: UInt64) -> UInt32 {
+        ckpk_crc32c_combine(a, b, length)
+    }
+
     public static var usesHardware: Bool { ckpk_crc32c_uses_hardware() != 0 }
 }
 

@@ -85,11 +85,12 @@ final class OrderedPipeline<Output: Sendable> {
         head += 1
         compact()
         guard let result = slot.result else { return }
+        slot.result = nil   // the queue must not keep sunk results alive
         try sink(try result.get())
     }
 
     private func compact() {
-        if head > 64 && head * 2 > pending.count {
+        if head >= 16 && head * 2 > pending.count {
             pending.removeFirst(head)
             head = 0
         }

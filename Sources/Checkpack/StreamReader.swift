@@ -6,6 +6,37 @@ public enum StreamEvent: Sendable {
     case entryEnd(EntryEnd)
 }
 
+/// A record as read, with frames not yet decoded (so that they can be
+/// decoded on other threads).
+public enum StreamRecord: Sendable {
+    case entryStart(EntryRecord)
+    case frame(StreamFrame)
+    case entryEnd(EntryEnd)
+}
+
+/// A frame whose header has been checked. `decode()` checks the stored bytes
+/// and the decoded bytes against their CRCs; a caller that takes frames this
+/// way MUST decode every one (on any thread).
+public struct StreamFrame: Sendable {
+    public let header: FrameHeader
+    public let stored: [UInt8]
+
+    public func decode() throws -> [UInt8] {
+        guard CRC32C.checksum(stored) == header.storedCRC else {
+            throw CheckpackError(.checksumMismatch, "stored bytes CRC32C mismatch")
+        }
+        let n = Int(header.decodedLength)
+        let decoded = try [UInt8](unsafeUninitializedCapacity: n) { buffer, count in
+            try stored.withUnsafeBytes { try FrameCodec.decompress($0, codec: header.codec, into: UnsafeMutableRawBufferPointer(buffer)) }
+            count = n
+        }
+        guard CRC32C.checksum(decoded) == header.decodedCRC else {
+            throw CheckpackError(.checksumMismatch, "decoded bytes CRC32C mismatch")
+        }
+        return decoded
+    }
+}
+
 /// Reads an archive front to back without seeking, as from a pipe. Every
 /// record is checked as it arrives (checksums, order, offsets, names); at the
 /// end the index is rebuilt from what was read and must equal the archive's
@@ -38,6 +69,24 @@ public final class ArchiveStreamReader {
 
     /// The next event, or nil once the index and trailer are read and verified.
     public func next() throws -> StreamEvent? {
+        switch try nextRecord() {
+        case nil: return nil
+        case .entryStart(let record): return .entryStart(record)
+        case .entryEnd(let end): return .entryEnd(end)
+        case .frame(let frame):
+            do {
+                return .data(offset: frame.header.entryOffset, bytes: try frame.decode())
+            } catch {
+                done = true
+                throw error.checkpackContext(path: input.source.name, entry: lastEntryName, frame: Int(entryFrames) - 1,
+                                             offset: offset - UInt64(Format.frameHeaderSize) - UInt64(frame.header.storedLength))
+            }
+        }
+    }
+
+    /// The next record, or nil once the index and trailer are read and verified.
+    /// Frames come undecoded: see `StreamFrame`.
+    public func nextRecord() throws -> StreamRecord? {
         guard !done else { return nil }
         let at = offset
         do {
@@ -48,7 +97,9 @@ public final class ArchiveStreamReader {
         }
     }
 
-    private func readRecord() throws -> StreamEvent? {
+    private var lastEntryName: String? { open?.record.name }
+
+    private func readRecord() throws -> StreamRecord? {
         let tag = try input.peek(4)
         if let entry = open {
             if tag == Format.frameTag { return try readFrame(entry.record.name) }
@@ -64,7 +115,7 @@ public final class ArchiveStreamReader {
         throw CheckpackError(.corrupt, "expected an entry record or the index")
     }
 
-    private func readEntryStart() throws -> StreamEvent {
+    private func readEntryStart() throws -> StreamRecord {
         let length = try EntryRecord.length(head: try input.peek(16)[...])
         let bytes = try input.read(length)
         let record = try EntryRecord.decode(bytes[...])
@@ -81,7 +132,7 @@ public final class ArchiveStreamReader {
         return .entryStart(record)
     }
 
-    private func readFrame(_ name: String) throws -> StreamEvent {
+    private func readFrame(_ name: String) throws -> StreamRecord {
         let headerBytes = try input.read(Format.frameHeaderSize)
         let header = try FrameHeader.decode(headerBytes[...])
         guard open?.record.kind == .file else { throw CheckpackError(.corrupt, "directory entry has a frame") }
@@ -89,30 +140,21 @@ public final class ArchiveStreamReader {
             throw CheckpackError(.corrupt, "frame starts at entry offset \(header.entryOffset), expected \(entrySize)")
         }
         let stored = try input.read(Int(header.storedLength))
-        guard CRC32C.checksum(stored) == header.storedCRC else {
-            throw CheckpackError(.checksumMismatch, "stored bytes CRC32C mismatch").at(frame: Int(entryFrames))
-        }
-        let decoded = try [UInt8](unsafeUninitializedCapacity: Int(header.decodedLength)) { buffer, count in
-            try stored.withUnsafeBytes { try FrameCodec.decompress($0, codec: header.codec, into: UnsafeMutableRawBufferPointer(buffer)) }
-            count = Int(header.decodedLength)
-        }
-        guard CRC32C.checksum(decoded) == header.decodedCRC else {
-            throw CheckpackError(.checksumMismatch, "decoded bytes CRC32C mismatch").at(frame: Int(entryFrames))
-        }
         index.addFrame(archiveOffset: offset, header: headerBytes)
         guard index.encodedLength <= Format.maxIndexLength else {
             throw CheckpackError(.limitExceeded, "the index would exceed \(Format.maxIndexLength) bytes")
         }
         frameStarts.insert(entrySize)
-        let at = entrySize
         entrySize = try entrySize.adding(UInt64(header.decodedLength), "entry size")
         entryFrames += 1
-        entryCRC = CRC32C.checksum(decoded, continuing: entryCRC)
+        // The content CRC follows from the frames' decoded CRCs; whoever
+        // decodes a frame checks its bytes against that CRC.
+        entryCRC = CRC32C.combine(entryCRC, header.decodedCRC, length: UInt64(header.decodedLength))
         offset += UInt64(Format.frameHeaderSize) + UInt64(header.storedLength)
-        return .data(offset: at, bytes: decoded)
+        return .frame(StreamFrame(header: header, stored: stored))
     }
 
-    private func readEntryEnd() throws -> StreamEvent {
+    private func readEntryEnd() throws -> StreamRecord {
         guard let entry = open else { throw CheckpackError(.corrupt, "entry end record outside an entry") }
         let length = try EntryEnd.length(head: try input.peek(32)[...], frames: entryFrames)
         let bytes = try input.read(length)

@@ -42,16 +42,69 @@ public enum Unpacker {
         }
     }
 
-    private static func extract(_ stream: ArchiveStreamReader, into root: String,
-                                progress: (UInt64) -> Void) throws -> TreeSummary {
-        var summary = TreeSummary()
-        var directoryModes: [(path: String, mode: UInt32)] = []
-        var made: Set<String> = []
-        var output: SystemFile? = nil
-        var current: EntryRecord? = nil
-        var done: UInt64 = 0
+    /// What reaches the extracting thread, in archive order.
+    private enum Step: Sendable {
+        case record(StreamRecord)
+        case data([UInt8])
+    }
 
-        func makeParents(of name: String) throws {
+    private static func extract(_ stream: ArchiveStreamReader, into root: String,
+                                progress: @escaping (UInt64) -> Void) throws -> TreeSummary {
+        let tree = TreeBuilder(root: root, progress: progress)
+        // Frames decode on all cores; the tree is written in archive order.
+        let threads = WriterOptions.availableCores
+        let pipeline = OrderedPipeline<Step>(threads: threads, maxPending: threads + 2) { try tree.apply($0) }
+        var entryName: String? = nil   // the entry whose frames are being read (ahead of `tree`)
+        do {
+            while let record = try stream.nextRecord() {
+                if case .entryStart(let started) = record { entryName = started.name }
+                if case .frame(let frame) = record {
+                    let name = entryName
+                    try pipeline.submit {
+                        do { return .data(try frame.decode()) } catch { throw error.checkpackContext(entry: name) }
+                    }
+                } else {
+                    try pipeline.submitReady(.record(record))
+                }
+            }
+            try pipeline.finish()
+        } catch {
+            pipeline.abandon()
+            throw error.checkpackContext(path: stream.name)
+        }
+        try tree.finish()
+        return tree.summary
+    }
+
+    /// Creates the entries under the staging root as their records arrive.
+    private final class TreeBuilder {
+        let root: String
+        let progress: (UInt64) -> Void
+        var summary = TreeSummary()
+        private var directoryModes: [(path: String, mode: UInt32)] = []
+        private var made: Set<String> = []
+        private var output: SystemFile? = nil
+        private var current: EntryRecord? = nil
+
+        init(root: String, progress: @escaping (UInt64) -> Void) {
+            self.root = root
+            self.progress = progress
+        }
+
+        func apply(_ step: Step) throws {
+            switch step {
+            case .record(.entryStart(let record)): try start(record)
+            case .record(.entryEnd): try end()
+            case .record(.frame): throw CheckpackError(.corrupt, "undecoded frame")
+            case .data(let bytes):
+                guard let output else { throw CheckpackError(.corrupt, "data outside a file entry") }
+                try bytes.withUnsafeBytes { try output.write($0) }
+                summary.bytes += UInt64(bytes.count)
+                progress(summary.bytes)
+            }
+        }
+
+        private func makeParents(of name: String) throws {
             for parent in EntryName.ancestors(of: name) where !made.contains(String(parent)) {
                 let path = root + "/" + parent
                 if mkdir(path, 0o700) != 0 && errno != EEXIST { throw CheckpackError.system("cannot create directory", path: path) }
@@ -59,55 +112,50 @@ public enum Unpacker {
             }
         }
 
-        while let event = try stream.next() {
-            switch event {
-            case .entryStart(let record):
-                current = record
-                try makeParents(of: record.name)
-                let path = root + "/" + record.name
-                switch record.kind {
-                case .directory:
-                    // Writable while its children are extracted; its own mode is set at the end.
-                    if mkdir(path, 0o700) != 0 && !(errno == EEXIST && made.contains(record.name)) {
-                        throw CheckpackError.system("cannot create directory", path: path)
-                    }
-                    made.insert(record.name)
-                    directoryModes.append((path, record.mode))
-                    summary.directories += 1
-                case .file:
-                    let fd = retrying { open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
-                    guard fd >= 0 else { throw CheckpackError.system("cannot create file", path: path) }
-                    output = SystemFile(descriptor: fd, path: path)
-                    summary.files += 1
+        private func start(_ record: EntryRecord) throws {
+            current = record
+            try makeParents(of: record.name)
+            let path = root + "/" + record.name
+            switch record.kind {
+            case .directory:
+                // Writable while its children are extracted; its own mode is set at the end.
+                if mkdir(path, 0o700) != 0 && !(errno == EEXIST && made.contains(record.name)) {
+                    throw CheckpackError.system("cannot create directory", path: path)
                 }
-            case .data(_, let bytes):
-                guard let output else { throw CheckpackError(.corrupt, "data outside a file entry") }
-                try bytes.withUnsafeBytes { try output.write($0) }
-                done += UInt64(bytes.count)
-                summary.bytes += UInt64(bytes.count)
-                progress(done)
-            case .entryEnd:
-                if let output, let current {
-                    guard fchmod(output.descriptor, mode_t(current.mode & 0o777)) == 0 else {
-                        throw CheckpackError.system("cannot set mode", path: output.path)
-                    }
-                    try output.sync()
-                }
-                output = nil
-                current = nil
+                made.insert(record.name)
+                directoryModes.append((path, record.mode))
+                summary.directories += 1
+            case .file:
+                let fd = retrying { open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
+                guard fd >= 0 else { throw CheckpackError.system("cannot create file", path: path) }
+                output = SystemFile(descriptor: fd, path: path)
+                summary.files += 1
             }
         }
-        // Directory entries must be durable too before the tree is renamed into place.
-        for name in made { try FileSystem.syncDirectory(root + "/" + name) }
-        try FileSystem.syncDirectory(root)
-        guard chmod(root, 0o777 & ~FileSystem.umaskBits) == 0 else {   // mkdtemp makes it 0700
-            throw CheckpackError.system("cannot set mode", path: root)
+
+        private func end() throws {
+            if let output, let current {
+                guard fchmod(output.descriptor, mode_t(current.mode & 0o777)) == 0 else {
+                    throw CheckpackError.system("cannot set mode", path: output.path)
+                }
+                try output.sync()
+            }
+            output = nil
+            current = nil
         }
-        // Deepest first, so that a read-only parent does not block its children.
-        for (path, mode) in directoryModes.reversed() {
-            guard chmod(path, mode_t(mode & 0o777)) == 0 else { throw CheckpackError.system("cannot set mode", path: path) }
+
+        /// Makes directories durable, then gives them their modes.
+        func finish() throws {
+            for name in made { try FileSystem.syncDirectory(root + "/" + name) }
+            try FileSystem.syncDirectory(root)
+            guard chmod(root, 0o777 & ~FileSystem.umaskBits) == 0 else {   // mkdtemp makes it 0700
+                throw CheckpackError.system("cannot set mode", path: root)
+            }
+            // Deepest first, so that a read-only parent does not block its children.
+            for (path, mode) in directoryModes.reversed() {
+                guard chmod(path, mode_t(mode & 0o777)) == 0 else { throw CheckpackError.system("cannot set mode", path: path) }
+            }
         }
-        return summary
     }
 
     /// Renames `staging` to `destination`; an existing destination (with

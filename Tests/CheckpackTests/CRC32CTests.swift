@@ -37,6 +37,15 @@ import Testing
         }
     }
 
+    @Test func combineEqualsOnePass() {
+        let bytes = sampleBytes(70_000, seed: 5, compressible: false)
+        let whole = CRC32C.checksum(bytes)
+        for cut in [0, 1, 7, 8, 4096, 65_536, 69_999, 70_000] {
+            let a = CRC32C.checksum(bytes[..<cut]), b = CRC32C.checksum(bytes[cut...])
+            #expect(CRC32C.combine(a, b, length: UInt64(70_000 - cut)) == whole, "cut \(cut)")
+        }
+    }
+
     @Test func reportsHardwareOnThisCPU() {
         #if arch(x86_64) || arch(arm64)
         // Every x86-64 server of the last decade has SSE4.2; report rather than fail if not.
