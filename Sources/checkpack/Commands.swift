@@ -152,13 +152,10 @@ struct CatCommand: ParsableCommand {
             throw CheckpackError(.notFound, "no entry named \"\(entry)\"", path: archive)
         }
         guard found.kind == .file else { throw CheckpackError(.invalidArgument, "\"\(entry)\" is a directory", path: archive) }
-        guard offset <= found.size else {
-            throw CheckpackError(.invalidArgument, "offset \(offset) is past the end of \"\(entry)\" (\(found.size) bytes)", path: archive)
+        guard offset <= found.size, (length ?? 0) <= found.size - offset else {
+            throw CheckpackError(.invalidArgument, "range \(offset)+\(length ?? 0) is past the end of \"\(entry)\" (\(found.size) bytes)", path: archive)
         }
-        let end = length.map { min(found.size, offset.addingReportingOverflow($0).overflow ? found.size : offset + $0) } ?? found.size
-        if let length, offset.addingReportingOverflow(length).overflow || offset + length > found.size {
-            throw CheckpackError(.invalidArgument, "range \(offset)+\(length) is past the end of \"\(entry)\" (\(found.size) bytes)", path: archive)
-        }
+        let end = length.map { offset + $0 } ?? found.size
         // Frame-sized pieces: memory stays bounded whatever the range.
         let piece = 8 << 20
         var buffer = [UInt8](repeating: 0, count: Int(min(UInt64(piece), end - offset)))
