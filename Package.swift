@@ -13,13 +13,15 @@ let package = Package(
     targets: [
         // CRC32C with a hardware path (SSE4.2 / ARMv8 CRC) chosen at run time.
         .target(name: "CCRC32C"),
+        // Linux system calls that need _GNU_SOURCE (copy_file_range).
+        .target(name: "CSystemShims"),
         .systemLibrary(
             name: "CZstd", pkgConfig: "libzstd",
             providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(
             name: "CZlib", pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev"])]),
-        .target(name: "Checkpack", dependencies: ["CCRC32C", "CZstd", "CZlib"]),
+        .target(name: "Checkpack", dependencies: ["CCRC32C", "CSystemShims", "CZstd", "CZlib"]),
         .executableTarget(
             name: "checkpack",
             dependencies: [

@@ -1,3 +1,4 @@
+import CSystemShims
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -190,6 +191,45 @@ public final class ArchiveWriter {
 
     public func endFile() throws {
         try guarded { try closeEntry() }
+    }
+
+    /// Appends every entry of another archive by copying its records as they
+    /// are — no decoding, no recompression — and re-basing their offsets in
+    /// the index (spec section 11.3). Every frame of `other` is checked (its
+    /// stored CRC) after the copy, so damage in the source is not carried over.
+    public func appendEntries(of other: ArchiveReader) throws {
+        guard let otherFile = (other.source as? FileSource)?.file else {
+            throw CheckpackError(.invalidArgument, "can only append archives read from files", path: path)
+        }
+        if let open { throw CheckpackError(.invalidArgument, "entry \"\(open.name)\" is still open", path: path) }
+        var names = tree
+        try asArgumentError { for entry in other.entries { try names.add(entry.name, kind: entry.kind) } }
+        try guarded {
+            try pipeline.finish()
+            tree = names
+            let start = UInt64(Format.headerSize), end = other.index.recordsEnd
+            let base = output.offset
+            try output.copy(from: otherFile, range: start..<end)
+            for entry in other.entries {
+                let firstFrame = index.frameCount
+                for frame in other.frames(of: entry) {
+                    index.addFrame(archiveOffset: frame.archiveOffset - start + base, header: frame.header.encoded())
+                }
+                index.addEntry(recordOffset: entry.recordOffset - start + base, firstFrame: firstFrame,
+                               record: entry.record.encoded(), end: entry.end.encoded())
+            }
+            guard index.encodedLength <= Format.maxIndexLength else {
+                throw CheckpackError(.limitExceeded, "the index would exceed \(Format.maxIndexLength) bytes")
+            }
+            // The copy bypassed decoding: check what was copied against its CRCs.
+            for frame in other.index.frames {
+                let stored = try otherFile.read(count: Int(frame.header.storedLength), at: frame.payloadOffset)
+                guard CRC32C.checksum(stored) == frame.header.storedCRC else {
+                    throw CheckpackError(.checksumMismatch, "stored bytes CRC32C mismatch in appended archive", path: other.source.name,
+                                         offset: frame.archiveOffset)
+                }
+            }
+        }
     }
 
     /// Writes the index and trailer, syncs and renames the archive into place.
@@ -396,6 +436,31 @@ struct BufferedOutput {
             buffer.append(contentsOf: bytes)
         }
         offset += UInt64(bytes.count)
+    }
+
+    /// Copies `range` of `source` to the end of the output, in the kernel
+    /// where it can (copy_file_range), else by reading and writing.
+    mutating func copy(from source: SystemFile, range: Range<UInt64>) throws {
+        try flush()
+        var position = range.lowerBound
+        var useKernel = true
+        while position < range.upperBound {
+            let want = Int(min(range.upperBound - position, 1 << 30))
+            if useKernel {
+                let n = ckpk_copy_file_range(source.descriptor, Int64(position), file.descriptor, want)
+                if n > 0 {
+                    position += UInt64(n)
+                    continue
+                }
+                if n == 0 { throw CheckpackError(.truncated, "source ends early", path: source.path) }
+                if errno == EINTR { continue }
+                useKernel = false   // not supported here: copy through memory
+            }
+            let chunk = try source.read(count: min(want, 4 << 20), at: position)
+            try chunk.withUnsafeBytes { try file.write($0) }
+            position += UInt64(chunk.count)
+        }
+        offset += range.upperBound - range.lowerBound
     }
 
     mutating func flush() throws {

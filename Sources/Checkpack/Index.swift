@@ -80,6 +80,8 @@ struct IndexBuilder {
 public struct ArchiveIndex: Sendable {
     public let entries: [ArchiveEntry]
     public let frames: [FrameLocation]
+    /// Where the records end and the index starts.
+    public let recordsEnd: UInt64
 
     /// The index header: tag, entry count, frame count, entries section length.
     struct Header {
@@ -150,7 +152,7 @@ public struct ArchiveIndex: Sendable {
         guard cursor == indexOffset else {
             throw CheckpackError(.corrupt, "records end at \(cursor) but the index starts at \(indexOffset)", offset: indexOffset)
         }
-        return ArchiveIndex(entries: entries, frames: frames)
+        return ArchiveIndex(entries: entries, frames: frames, recordsEnd: indexOffset)
     }
 
     private static func parseFrames(_ bytes: ArraySlice<UInt8>, count: Int, indexOffset: UInt64) throws -> [FrameLocation] {

@@ -164,3 +164,30 @@ import Glibc
 func FileSystemHasLeftovers(_ path: String) -> Bool {
     TreeSnapshot(path).items.keys.contains { $0.contains(".ckpk-tmp-") || $0.contains(".ckpk-unpack-") || $0.contains(".ckpk-old-") }
 }
+
+@Suite struct AppendTests {
+    @Test func joiningArchivesCopiesRecordsWithoutRecompressing() throws {
+        let dir = TemporaryDirectory()
+        let a = sampleBytes(20_000, seed: 1), b = sampleBytes(9_000, seed: 2)
+        for (name, bytes) in [("p0", a), ("p1", b)] {
+            let part = try ArchiveWriter(path: dir.sub(name + ".ckpk"), options: WriterOptions(frameSize: 4096))
+            try part.addFile("\(name)/data.bin", contents: bytes, itemBoundaries: [100])
+            try part.finish()
+        }
+        let joined = try ArchiveWriter(path: dir.sub("joined.ckpk"))
+        try joined.addFile("first", contents: [1, 2, 3])
+        try joined.appendEntries(of: ArchiveReader(path: dir.sub("p0.ckpk")))
+        try joined.appendEntries(of: ArchiveReader(path: dir.sub("p1.ckpk")))
+        try joined.addFile("last", contents: [4])
+        #expect(throws: CheckpackError.self) { try joined.appendEntries(of: ArchiveReader(path: dir.sub("p1.ckpk"))) }
+        try joined.finish()
+
+        let reader = try ArchiveReader(path: dir.sub("joined.ckpk"))
+        #expect(reader.entries.map(\.name) == ["first", "p0/data.bin", "p1/data.bin", "last"])
+        #expect(try reader.read(try #require(reader.entry(named: "p0/data.bin"))) == a)
+        #expect(try reader.read(try #require(reader.entry(named: "p1/data.bin"))) == b)
+        #expect(reader.entry(named: "p0/data.bin")?.itemBoundaries == [100])
+        #expect(try reader.verify().isEmpty)
+        #expect(try streamContents(SystemFile.openForReading(dir.sub("joined.ckpk")))["last"] == [4])
+    }
+}

@@ -1,0 +1,13 @@
+#ifndef CHECKPACK_SYSTEM_SHIMS_H
+#define CHECKPACK_SYSTEM_SHIMS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/// copy_file_range(2) from `in` at `in_offset` to `out` at its current file
+/// position, which advances. Returns bytes copied, or -1 with errno set
+/// (ENOSYS, EXDEV, EINVAL... mean: fall back to read and write).
+ssize_t ckpk_copy_file_range(int in, int64_t in_offset, int out, size_t length);
+
+#endif

@@ -1,0 +1,16 @@
+// Linux calls that Swift's Glibc module does not export (they need _GNU_SOURCE).
+#define _GNU_SOURCE
+#include "system_shims.h"
+
+#include <errno.h>
+#include <unistd.h>
+
+ssize_t ckpk_copy_file_range(int in, int64_t in_offset, int out, size_t length) {
+#if defined(__linux__)
+    loff_t offset = (loff_t)in_offset;
+    return copy_file_range(in, &offset, out, NULL, length, 0);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
