@@ -5,6 +5,7 @@ let package = Package(
     name: "Checkpack",
     products: [
         .library(name: "Checkpack", targets: ["Checkpack"]),
+        .library(name: "CheckpackStorage", targets: ["CheckpackStorage"]),
         .executable(name: "checkpack", targets: ["checkpack"]),
     ],
     dependencies: [
@@ -22,6 +23,8 @@ let package = Package(
             name: "CZlib", pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev"])]),
         .target(name: "Checkpack", dependencies: ["CCRC32C", "CSystemShims", "CZstd", "CZlib"]),
+        // The distributed-checkpoint protocols and their directory and archive backends.
+        .target(name: "CheckpackStorage", dependencies: ["Checkpack"]),
         .executableTarget(
             name: "checkpack",
             dependencies: [
@@ -29,5 +32,6 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "CheckpackTests", dependencies: ["Checkpack", "CCRC32C"]),
+        .testTarget(name: "CheckpackStorageTests", dependencies: ["CheckpackStorage", "Checkpack"]),
     ]
 )

@@ -40,7 +40,7 @@ public final class SystemFile: @unchecked Sendable {
     /// Standard input, not closed when released.
     static var standardInput: SystemFile { SystemFile(descriptor: 0, path: "-", owned: false) }
 
-    var size: UInt64 {
+    public var size: UInt64 {
         get throws {
             var info = stat()
             guard fstat(descriptor, &info) == 0 else { throw CheckpackError.system("cannot stat", path: path) }
@@ -49,7 +49,7 @@ public final class SystemFile: @unchecked Sendable {
     }
 
     /// Reads exactly `buffer.count` bytes at `offset`, or throws `truncated`.
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
         var done = 0
         while done < buffer.count {
             let n = retrying {
@@ -63,7 +63,7 @@ public final class SystemFile: @unchecked Sendable {
         }
     }
 
-    func read(count: Int, at offset: UInt64) throws -> [UInt8] {
+    public func read(count: Int, at offset: UInt64) throws -> [UInt8] {
         try [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
             if count > 0 { try read(into: UnsafeMutableRawBufferPointer(buffer), at: offset) }
             initialized = count
@@ -82,7 +82,7 @@ public final class SystemFile: @unchecked Sendable {
         return done
     }
 
-    func write(_ bytes: UnsafeRawBufferPointer) throws {
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
         var done = 0
         while done < bytes.count {
             let n = retrying { Glibc.write(descriptor, bytes.baseAddress! + done, bytes.count - done) }
@@ -93,7 +93,7 @@ public final class SystemFile: @unchecked Sendable {
 
     /// Flushes the file to stable storage. A failure is final: after a failed
     /// fsync the kernel may have dropped the dirty pages, so retrying proves nothing.
-    func sync() throws {
+    public func sync() throws {
         guard retrying({ fsync(descriptor) }) == 0 else { throw CheckpackError.system("fsync failed", path: path) }
     }
 }

@@ -1,0 +1,145 @@
+import Checkpack
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Saves a checkpoint straight into one archive. Each rank writes its items
+/// into a staging part beside the destination (`.NAME.ckpk-part-RANK`), one
+/// logical file `__{rank}_0.distcp` per rank with every item starting a new
+/// frame, without waiting for the others. The coordinator's
+/// `finalizeCheckpoint` joins the parts by copying their records (no
+/// recompression), adds `.metadata`, writes the index last, fsyncs and renames.
+/// Staging parts are removed on success and on failure.
+public final class ArchiveStorageWriter: StorageWriter {
+    public let options: WriterOptions
+    private var path = ""
+    private var rank = 0
+    private var worldSize = 1
+    private var coordinator = false
+
+    /// `options` apply to every rank's part (codec, level, frame size, threads);
+    /// the destination is replaced if it exists, as a directory checkpoint would be.
+    public init(options: WriterOptions = WriterOptions()) {
+        var options = options
+        options.overwrite = true
+        self.options = options
+    }
+
+    public func initializeWriter(checkpointID: String) throws { path = checkpointID }
+
+    public func configureWriter(isCoordinator: Bool, rank: Int, worldSize: Int) throws {
+        self.rank = rank
+        self.worldSize = worldSize
+        coordinator = isCoordinator
+    }
+
+    public func optimizeLocalPlan(_ plan: SavePlan) throws -> SavePlan { plan }
+
+    public func optimizeGlobalPlan(_ plans: [SavePlan]) throws -> [SavePlan] {
+        plans.enumerated().map { rank, plan in
+            var plan = plan
+            plan.storageData = CheckpointLayout.prefix(rank: rank)
+            return plan
+        }
+    }
+
+    func partPath(_ rank: Int) -> String {
+        let slash = path.lastIndex(of: "/")
+        let directory = slash.map { String(path[..<$0]) } ?? "."
+        let base = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        return "\(directory.isEmpty ? "/" : directory)/.\(base).ckpk-part-\(rank)"
+    }
+
+    public func executeWrite(plan: SavePlan, planner: SavePlanner) throws -> [WriteResult] {
+        let name = CheckpointLayout.dataFile(prefix: plan.storageData ?? CheckpointLayout.prefix(rank: rank))
+        let part = try ArchiveWriter(path: partPath(rank), options: options)
+        try part.beginFile(name)
+        var offset: UInt64 = 0
+        var results: [WriteResult] = []
+        for item in plan.items {
+            let bytes = try planner.resolveData(item)
+            try part.markItemBoundary()   // every item starts its own frame
+            try part.write(bytes)
+            results.append(WriteResult(index: item.index, sizeInBytes: UInt64(bytes.count),
+                                       storageData: StorageInfo(relativePath: name, offset: offset, length: UInt64(bytes.count))))
+            offset += UInt64(bytes.count)
+        }
+        try part.endFile()
+        try part.finish()
+        return results
+    }
+
+    public func finalizeCheckpoint(metadata: Metadata, results: [[WriteResult]]) throws {
+        var metadata = metadata
+        metadata.storageData = storageData(results)
+        let archive = try ArchiveWriter(path: path, options: options)
+        do {
+            for rank in 0..<worldSize { try archive.appendEntries(of: ArchiveReader(path: partPath(rank))) }
+            try archive.addFile(CheckpointLayout.metadataName, contents: try MetadataCoding.encode(metadata))
+            try archive.finish()
+        } catch {
+            archive.cancel()
+            throw error
+        }
+        for rank in 0..<worldSize { unlink(partPath(rank)) }
+    }
+
+    public func abort() {
+        unlink(partPath(rank))
+        // Every rank has finished writing when an abort is decided, so the
+        // coordinator can also sweep parts of ranks that died.
+        if coordinator { for rank in 0..<worldSize { unlink(partPath(rank)) } }
+    }
+}
+
+/// Loads a checkpoint straight out of an archive — one written by
+/// `ArchiveStorageWriter`, or a checkpoint directory that `checkpack pack`
+/// made into one. Each item's byte range is read through the archive's index,
+/// decoding only the frames that hold it.
+public final class ArchiveStorageReader: StorageReader, StorageByteSource {
+    public private(set) var archive: ArchiveReader?
+    private var metadata = Metadata(stateDictMetadata: [:])
+
+    public init() {}
+
+    public func initializeReader(checkpointID: String) throws {
+        archive = try ArchiveReader(path: checkpointID)
+    }
+
+    private func opened() throws -> ArchiveReader {
+        guard let archive else { throw CheckpointError("the archive reader is not initialized") }
+        return archive
+    }
+
+    public func loadMetadata() throws -> Metadata {
+        let archive = try opened()
+        guard let entry = archive.entry(named: CheckpointLayout.metadataName) else {
+            throw CheckpointError("\(archive.source.name): no \(CheckpointLayout.metadataName) entry; not a checkpoint archive")
+        }
+        guard entry.size <= 1 << 30 else { throw CheckpointError("\(archive.source.name): metadata of \(entry.size) bytes is too large") }
+        return try MetadataCoding.decode(try archive.read(entry), source: "\(archive.source.name): \(CheckpointLayout.metadataName)")
+    }
+
+    public func configureReader(metadata: Metadata, isCoordinator: Bool, rank: Int, worldSize: Int) throws {
+        self.metadata = metadata
+    }
+
+    public func optimizeLocalPlan(_ plan: LoadPlan) throws -> LoadPlan { plan }
+    public func optimizeGlobalPlan(_ plans: [LoadPlan]) throws -> [LoadPlan] { plans }
+
+    public func executeRead(plan: LoadPlan, planner: LoadPlanner) throws {
+        try execute(plan: plan, metadata: metadata, planner: planner)
+    }
+
+    func read(_ info: StorageInfo, offset: UInt64, count: Int) throws -> [UInt8] {
+        let archive = try opened()
+        guard let entry = archive.entry(named: info.relativePath) else {
+            throw CheckpointError("\(archive.source.name): no entry \"\(info.relativePath)\" for bytes \(info.offset)+\(info.length)")
+        }
+        let (end, overflow) = info.offset.addingReportingOverflow(info.length)
+        guard !overflow, end <= entry.size, offset + UInt64(count) <= info.length else {
+            throw CheckpointError("\(archive.source.name): \"\(info.relativePath)\" has \(entry.size) bytes, the metadata names \(info.offset)+\(info.length)")
+        }
+        return try archive.read(entry, offset: info.offset + offset, count: count)
+    }
+}

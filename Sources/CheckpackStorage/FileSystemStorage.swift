@@ -1,0 +1,136 @@
+import Checkpack
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Saves a checkpoint as a directory: one data file per rank
+/// (`__{rank}_0.distcp`, items appended back to back, each at the offset its
+/// `StorageInfo` gives) and a `.metadata` file, written last through a
+/// temporary file and a rename. Data files are fsynced before results are reported.
+public final class FileSystemStorageWriter: StorageWriter {
+    private var directory = ""
+    private var rank = 0
+    private var written: String?
+
+    public init() {}
+
+    public func initializeWriter(checkpointID: String) throws { directory = checkpointID }
+
+    public func configureWriter(isCoordinator: Bool, rank: Int, worldSize: Int) throws {
+        self.rank = rank
+        if mkdir(directory, 0o777) != 0 && errno != EEXIST {
+            throw CheckpointError("\(directory): cannot create directory: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    public func optimizeLocalPlan(_ plan: SavePlan) throws -> SavePlan { plan }
+
+    public func optimizeGlobalPlan(_ plans: [SavePlan]) throws -> [SavePlan] {
+        plans.enumerated().map { rank, plan in
+            var plan = plan
+            plan.storageData = CheckpointLayout.prefix(rank: rank)
+            return plan
+        }
+    }
+
+    public func executeWrite(plan: SavePlan, planner: SavePlanner) throws -> [WriteResult] {
+        let name = CheckpointLayout.dataFile(prefix: plan.storageData ?? CheckpointLayout.prefix(rank: rank))
+        let path = directory + "/" + name
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw CheckpointError("\(path): cannot create: \(String(cString: strerror(errno)))") }
+        written = path
+        let file = SystemFile(adopting: fd, path: path)
+        var offset: UInt64 = 0
+        var results: [WriteResult] = []
+        for item in plan.items {
+            let bytes = try planner.resolveData(item)
+            try bytes.withUnsafeBytes { try file.write($0) }
+            results.append(WriteResult(index: item.index, sizeInBytes: UInt64(bytes.count),
+                                       storageData: StorageInfo(relativePath: name, offset: offset, length: UInt64(bytes.count))))
+            offset += UInt64(bytes.count)
+        }
+        try file.sync()
+        return results
+    }
+
+    public func finalizeCheckpoint(metadata: Metadata, results: [[WriteResult]]) throws {
+        var metadata = metadata
+        metadata.storageData = storageData(results)
+        let bytes = try MetadataCoding.encode(metadata)
+        let path = directory + "/" + CheckpointLayout.metadataName
+        let temporary = path + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw CheckpointError("\(temporary): cannot create: \(String(cString: strerror(errno)))") }
+        let file = SystemFile(adopting: fd, path: temporary)
+        try bytes.withUnsafeBytes { try file.write($0) }
+        try file.sync()
+        guard rename(temporary, path) == 0 else { throw CheckpointError("\(path): cannot rename: \(String(cString: strerror(errno)))") }
+        let dir = open(directory, O_RDONLY | O_DIRECTORY)
+        if dir >= 0 { fsync(dir); close(dir) }
+    }
+
+    public func abort() {
+        if let written { unlink(written) }
+        unlink(directory + "/" + CheckpointLayout.metadataName + ".tmp")
+    }
+}
+
+/// Every result's storage, keyed by its item's index.
+func storageData(_ results: [[WriteResult]]) -> [MetadataIndex: StorageInfo] {
+    var storage: [MetadataIndex: StorageInfo] = [:]
+    for result in results.joined() { storage[result.index] = result.storageData }
+    return storage
+}
+
+/// Loads a checkpoint from a directory that `FileSystemStorageWriter` wrote
+/// (or that `checkpack unpack` made from an archive).
+public final class FileSystemStorageReader: StorageReader, StorageByteSource {
+    private var directory = ""
+    private var metadata = Metadata(stateDictMetadata: [:])
+    private var files: [String: SystemFile] = [:]
+
+    public init() {}
+
+    public func initializeReader(checkpointID: String) throws { directory = checkpointID }
+
+    public func loadMetadata() throws -> Metadata {
+        let path = directory + "/" + CheckpointLayout.metadataName
+        let file: SystemFile
+        let size: UInt64
+        do {
+            file = try SystemFile.openForReading(path)
+            size = try file.size
+        } catch {
+            throw CheckpointError("\(error)")
+        }
+        guard size <= 1 << 30 else { throw CheckpointError("\(path): \(size) bytes is too large for metadata") }
+        return try MetadataCoding.decode(try file.read(count: Int(size), at: 0), source: path)
+    }
+
+    public func configureReader(metadata: Metadata, isCoordinator: Bool, rank: Int, worldSize: Int) throws {
+        self.metadata = metadata
+    }
+
+    public func optimizeLocalPlan(_ plan: LoadPlan) throws -> LoadPlan { plan }
+    public func optimizeGlobalPlan(_ plans: [LoadPlan]) throws -> [LoadPlan] { plans }
+
+    public func executeRead(plan: LoadPlan, planner: LoadPlanner) throws {
+        try execute(plan: plan, metadata: metadata, planner: planner)
+    }
+
+    func read(_ info: StorageInfo, offset: UInt64, count: Int) throws -> [UInt8] {
+        do {
+            try EntryName.validate(info.relativePath)   // no way out of the checkpoint directory
+            let file = try files[info.relativePath] ?? SystemFile.openForReading(directory + "/" + info.relativePath)
+            files[info.relativePath] = file
+            guard offset + UInt64(count) <= info.length, info.offset + info.length <= (try file.size) else {
+                throw CheckpointError("\(file.path) is too short for bytes \(info.offset)+\(info.length)")
+            }
+            return try file.read(count: count, at: info.offset + offset)
+        } catch let error as CheckpointError {
+            throw error
+        } catch {
+            throw CheckpointError("\(error)")
+        }
+    }
+}

@@ -1,0 +1,187 @@
+// The data model of distributed checkpointing, after torch.distributed.checkpoint
+// (metadata.py, planner.py, storage.py), in Swift spelling.
+
+/// Element types, named as torch names them.
+public enum DType: String, Sendable, Codable, CaseIterable {
+    case float64, float32, float16, bfloat16
+    case float8_e4m3fn, float8_e5m2, float8_e4m3fnuz, float8_e5m2fnuz
+    case int8, int16, int32, int64
+    case uint8, uint16, uint32, uint64
+    case bool
+    case complex64, complex128
+
+    public var elementSize: Int {
+        switch self {
+        case .float8_e4m3fn, .float8_e5m2, .float8_e4m3fnuz, .float8_e5m2fnuz, .int8, .uint8, .bool: return 1
+        case .float16, .bfloat16, .int16, .uint16: return 2
+        case .float32, .int32, .uint32: return 4
+        case .float64, .int64, .uint64, .complex64: return 8
+        case .complex128: return 16
+        }
+    }
+}
+
+/// A box inside a tensor: where it starts and how large it is, per dimension.
+public struct ChunkStorageMetadata: Sendable, Codable, Hashable {
+    public var offsets: [Int]
+    public var sizes: [Int]
+    public init(offsets: [Int], sizes: [Int]) {
+        self.offsets = offsets
+        self.sizes = sizes
+    }
+    public var elementCount: Int { sizes.reduce(1, *) }
+}
+
+public struct TensorProperties: Sendable, Codable, Hashable {
+    public var dtype: DType
+    public init(dtype: DType) { self.dtype = dtype }
+}
+
+/// A saved tensor: its global size and the chunks it was saved as.
+public struct TensorStorageMetadata: Sendable, Codable, Hashable {
+    public var properties: TensorProperties
+    public var size: [Int]
+    public var chunks: [ChunkStorageMetadata]
+}
+
+public struct BytesStorageMetadata: Sendable, Codable, Hashable {
+    public init() {}
+}
+
+/// What the checkpoint holds under one name.
+public enum StorageMetadata: Sendable, Codable, Hashable {
+    case tensor(TensorStorageMetadata)
+    case bytes(BytesStorageMetadata)
+}
+
+/// Names one saved item: a tensor chunk (fqn and chunk offset) or a byte blob
+/// (fqn only). `index` is a lookup hint — the chunk's position in the
+/// tensor's chunk list — and takes no part in equality or hashing.
+public struct MetadataIndex: Sendable, Codable, Hashable, CustomStringConvertible {
+    public var fqn: String
+    public var offset: [Int]?
+    public var index: Int?
+
+    public init(fqn: String, offset: [Int]? = nil, index: Int? = nil) {
+        self.fqn = fqn
+        self.offset = offset
+        self.index = index
+    }
+
+    public static func == (a: MetadataIndex, b: MetadataIndex) -> Bool { a.fqn == b.fqn && a.offset == b.offset }
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(fqn)
+        hasher.combine(offset)
+    }
+
+    public var description: String {
+        offset.map { "\(fqn)\($0)" } ?? fqn
+    }
+}
+
+/// Where an item's bytes are: a file (logical file, in an archive) and a
+/// byte range inside it.
+public struct StorageInfo: Sendable, Codable, Hashable {
+    public var relativePath: String
+    public var offset: UInt64
+    public var length: UInt64
+    public init(relativePath: String, offset: UInt64, length: UInt64) {
+        self.relativePath = relativePath
+        self.offset = offset
+        self.length = length
+    }
+}
+
+/// Everything a load needs to know about a checkpoint.
+public struct Metadata: Sendable, Hashable {
+    public var stateDictMetadata: [String: StorageMetadata]
+    public var storageData: [MetadataIndex: StorageInfo]
+    public var plannerData: [String: String]
+    public var version: String
+
+    public static let currentVersion = "checkpack-1"
+
+    public init(stateDictMetadata: [String: StorageMetadata], storageData: [MetadataIndex: StorageInfo] = [:],
+                plannerData: [String: String] = [:], version: String = Metadata.currentVersion) {
+        self.stateDictMetadata = stateDictMetadata
+        self.storageData = storageData
+        self.plannerData = plannerData
+        self.version = version
+    }
+}
+
+public enum WriteItemType: String, Sendable, Codable {
+    /// A whole tensor, replicated or not.
+    case tensor
+    /// One rank's chunk of a sharded tensor.
+    case shard
+    case bytes
+}
+
+public struct TensorWriteData: Sendable, Hashable {
+    public var chunk: ChunkStorageMetadata
+    public var properties: TensorProperties
+    /// The tensor's global size.
+    public var size: [Int]
+}
+
+public struct WriteItem: Sendable, Hashable {
+    public var index: MetadataIndex
+    public var type: WriteItemType
+    public var tensorData: TensorWriteData?
+
+    /// Bytes the item will take in storage, when known.
+    public var storageSize: Int? {
+        tensorData.map { $0.chunk.elementCount * $0.properties.dtype.elementSize }
+    }
+}
+
+public enum LoadItemType: String, Sendable, Codable {
+    case tensor
+    case bytes
+}
+
+/// One copy of a load: the box `lengths` at `storageOffsets` inside the saved
+/// chunk `storageIndex` goes to `destOffsets` inside the destination chunk `destIndex`.
+public struct ReadItem: Sendable, Hashable {
+    public var type: LoadItemType
+    public var destIndex: MetadataIndex
+    public var destOffsets: [Int]
+    public var storageIndex: MetadataIndex
+    public var storageOffsets: [Int]
+    public var lengths: [Int]
+}
+
+public struct SavePlan: Sendable, Hashable {
+    public var items: [WriteItem]
+    /// Set by the storage writer's global plan (for example a per-rank file prefix).
+    public var storageData: String?
+    public var plannerData: [String: String]
+    public init(items: [WriteItem], storageData: String? = nil, plannerData: [String: String] = [:]) {
+        self.items = items
+        self.storageData = storageData
+        self.plannerData = plannerData
+    }
+}
+
+public struct LoadPlan: Sendable, Hashable {
+    public var items: [ReadItem]
+    public var storageData: String?
+    public init(items: [ReadItem], storageData: String? = nil) {
+        self.items = items
+        self.storageData = storageData
+    }
+}
+
+public struct WriteResult: Sendable, Hashable {
+    public var index: MetadataIndex
+    public var sizeInBytes: UInt64
+    public var storageData: StorageInfo
+}
+
+/// Errors of the checkpointing layer; they name the item concerned.
+public struct CheckpointError: Error, CustomStringConvertible, Sendable {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
