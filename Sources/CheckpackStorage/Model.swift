@@ -42,6 +42,11 @@ public struct TensorStorageMetadata: Sendable, Codable, Hashable {
     public var properties: TensorProperties
     public var size: [Int]
     public var chunks: [ChunkStorageMetadata]
+    public init(properties: TensorProperties, size: [Int], chunks: [ChunkStorageMetadata]) {
+        self.properties = properties
+        self.size = size
+        self.chunks = chunks
+    }
 }
 
 public struct BytesStorageMetadata: Sendable, Codable, Hashable {
@@ -123,12 +128,23 @@ public struct TensorWriteData: Sendable, Hashable {
     public var properties: TensorProperties
     /// The tensor's global size.
     public var size: [Int]
+    public init(chunk: ChunkStorageMetadata, properties: TensorProperties, size: [Int]) {
+        self.chunk = chunk
+        self.properties = properties
+        self.size = size
+    }
 }
 
 public struct WriteItem: Sendable, Hashable {
     public var index: MetadataIndex
     public var type: WriteItemType
     public var tensorData: TensorWriteData?
+
+    public init(index: MetadataIndex, type: WriteItemType, tensorData: TensorWriteData? = nil) {
+        self.index = index
+        self.type = type
+        self.tensorData = tensorData
+    }
 
     /// Bytes the item will take in storage, when known.
     public var storageSize: Int? {
@@ -150,6 +166,16 @@ public struct ReadItem: Sendable, Hashable {
     public var storageIndex: MetadataIndex
     public var storageOffsets: [Int]
     public var lengths: [Int]
+
+    public init(type: LoadItemType, destIndex: MetadataIndex, destOffsets: [Int], storageIndex: MetadataIndex,
+                storageOffsets: [Int], lengths: [Int]) {
+        self.type = type
+        self.destIndex = destIndex
+        self.destOffsets = destOffsets
+        self.storageIndex = storageIndex
+        self.storageOffsets = storageOffsets
+        self.lengths = lengths
+    }
 }
 
 public struct SavePlan: Sendable, Hashable {
@@ -177,6 +203,12 @@ public struct WriteResult: Sendable, Hashable {
     public var index: MetadataIndex
     public var sizeInBytes: UInt64
     public var storageData: StorageInfo
+
+    public init(index: MetadataIndex, sizeInBytes: UInt64, storageData: StorageInfo) {
+        self.index = index
+        self.sizeInBytes = sizeInBytes
+        self.storageData = storageData
+    }
 }
 
 /// Errors of the checkpointing layer; they name the item concerned.

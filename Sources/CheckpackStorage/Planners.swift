@@ -224,6 +224,7 @@ public final class DefaultLoadPlanner: LoadPlanner {
             throw CheckpointError("read of \"\(item.destIndex.fqn)\" returned \(box.count) bytes for a box of \(item.lengths)")
         }
         let shape = tensor.shape
+        try Box.check(shape: shape, origin: item.destOffsets, lengths: item.lengths, "destination \(item.destIndex)")
         box.withUnsafeBytes { src in
             tensor.bytes.withUnsafeMutableBytes { dst in
                 Box.forEachRun(shape: shape, origin: item.destOffsets, lengths: item.lengths, elementSize: size) { t, b, n in

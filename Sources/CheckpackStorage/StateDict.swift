@@ -137,7 +137,16 @@ enum Box {
         }
     }
 
+    /// Throws unless the box lies inside `shape`: copies trust nothing a planner computed.
+    static func check(shape: [Int], origin: [Int], lengths: [Int], _ what: @autoclosure () -> String) throws {
+        guard origin.count == shape.count, lengths.count == shape.count,
+              shape.indices.allSatisfy({ origin[$0] >= 0 && lengths[$0] >= 0 && origin[$0] <= shape[$0] - lengths[$0] }) else {
+            throw CheckpointError("box at \(origin) of \(lengths) does not fit \(what()) of shape \(shape)")
+        }
+    }
+
     static func extract(from tensor: Tensor, origin: [Int], lengths: [Int]) throws -> Tensor {
+        try check(shape: tensor.shape, origin: origin, lengths: lengths, "the tensor")
         var out = [UInt8](repeating: 0, count: lengths.reduce(1, *) * tensor.dtype.elementSize)
         tensor.bytes.withUnsafeBytes { src in
             out.withUnsafeMutableBytes { dst in

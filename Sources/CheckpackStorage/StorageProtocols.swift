@@ -63,6 +63,7 @@ extension StorageByteSource {
         guard info.length == UInt64(chunk.elementCount * size) else {
             throw CheckpointError("\(item.storageIndex) is stored in \(info.length) bytes, its chunk \(chunk.sizes) needs \(chunk.elementCount * size)")
         }
+        try Box.check(shape: chunk.sizes, origin: item.storageOffsets, lengths: item.lengths, "saved chunk \(item.storageIndex)")
         // The runs of the box inside the saved chunk, and the span that holds them all.
         var first = Int.max, last = 0
         Box.forEachRun(shape: chunk.sizes, origin: item.storageOffsets, lengths: item.lengths, elementSize: size) { t, _, n in

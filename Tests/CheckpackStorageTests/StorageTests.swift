@@ -269,3 +269,20 @@ func expectEqualToModel(_ loaded: StateDict, rank: Int, worldSize: Int, dimensio
         #expect("\(inArchive!)".contains("no entry \"__1_0.distcp\""))
     }
 }
+
+@Suite struct BoxTests {
+    @Test func readItemsOutsideTheirTensorsAreRefused() throws {
+        let planner = DefaultLoadPlanner()
+        planner.setUp(stateDict: ["t": .tensor(.zeros(.float32, [2, 3]))], metadata: Metadata(stateDictMetadata: [:]), isCoordinator: true)
+        let item = ReadItem(type: .tensor, destIndex: MetadataIndex(fqn: "t", offset: [0, 0]), destOffsets: [1, 2],
+                            storageIndex: MetadataIndex(fqn: "t", offset: [0, 0]), storageOffsets: [0, 0], lengths: [1, 2])
+        #expect(throws: CheckpointError.self) { try planner.commitTensor(item, [UInt8](repeating: 1, count: 8)) }
+    }
+
+    @Test func shardRangesMatchTorchsEvenSharding() throws {
+        // torch's Shard(0) of 9 rows over 4 ranks: 3, 3, 3, 0.
+        let t = pattern(.float32, [9, 2], seed: 1)
+        let sizes = try (0..<4).map { try ShardedTensor.evenShard(of: t, dimension: 0, rank: $0, worldSize: 4).chunks[0].tensor.shape[0] }
+        #expect(sizes == [3, 3, 3, 0])
+    }
+}
