@@ -57,7 +57,7 @@ enum MetadataCoding {
         }.sorted { $0.fqn != $1.fqn ? $0.fqn < $1.fqn : ($0.chunkOffsets ?? []).lexicographicallyPrecedes($1.chunkOffsets ?? []) }
         let file = File(format: format, version: metadata.version, stateDict: items, storage: storage, plannerData: metadata.plannerData)
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
         return Array(try encoder.encode(file))
     }
 
