@@ -45,11 +45,15 @@ extension StorageByteSource {
             guard let info = metadata.storageData[item.storageIndex] else {
                 throw CheckpointError("the checkpoint's metadata has no storage for \(item.storageIndex)")
             }
-            switch item.type {
-            case .bytes:
-                try planner.loadBytes(item, try read(info, offset: 0, count: try Int(checkingLength: info.length, item)))
-            case .tensor:
-                try planner.commitTensor(item, try readBox(item, info, metadata))
+            do {
+                switch item.type {
+                case .bytes:
+                    try planner.loadBytes(item, try read(info, offset: 0, count: try Int(checkingLength: info.length, item)))
+                case .tensor:
+                    try planner.commitTensor(item, try readBox(item, info, metadata))
+                }
+            } catch {
+                throw CheckpointError("loading \(item.storageIndex) from \(info.relativePath) bytes \(info.offset)+\(info.length): \(error)")
             }
         }
     }

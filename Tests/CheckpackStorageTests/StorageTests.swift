@@ -267,6 +267,7 @@ func expectEqualToModel(_ loaded: StateDict, rank: Int, worldSize: Int, dimensio
             try load(Model.wholeDestination(), checkpointID: scratch.sub("p.ckpk"), reader: ArchiveStorageReader())
         }
         #expect("\(inArchive!)".contains("no entry \"__1_0.distcp\""))
+        #expect("\(inArchive!)".contains("loading "), "the error names the item: \(inArchive!)")
     }
 }
 
