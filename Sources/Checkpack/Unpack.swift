@@ -43,7 +43,7 @@ public enum Unpacker {
     }
 
     /// What reaches the extracting thread, in archive order.
-    private enum Step: Sendable {
+    enum Step: Sendable {
         case record(StreamRecord)
         case data([UInt8])
     }
@@ -77,7 +77,7 @@ public enum Unpacker {
     }
 
     /// Creates the entries under the staging root as their records arrive.
-    private final class TreeBuilder {
+    final class TreeBuilder {
         let root: String
         let progress: (UInt64) -> Void
         var summary = TreeSummary()
@@ -96,12 +96,15 @@ public enum Unpacker {
             case .record(.entryStart(let record)): try start(record)
             case .record(.entryEnd): try end()
             case .record(.frame): throw CheckpackError(.corrupt, "undecoded frame")
-            case .data(let bytes):
-                guard let output else { throw CheckpackError(.corrupt, "data outside a file entry") }
-                try bytes.withUnsafeBytes { try output.write($0) }
-                summary.bytes += UInt64(bytes.count)
-                progress(summary.bytes)
+            case .data(let bytes): try append(bytes)
             }
+        }
+
+        func append(_ bytes: [UInt8]) throws {
+            guard let output else { throw CheckpackError(.corrupt, "data outside a file entry") }
+            try bytes.withUnsafeBytes { try output.write($0) }
+            summary.bytes += UInt64(bytes.count)
+            progress(summary.bytes)
         }
 
         private func makeParents(of name: String) throws {
@@ -112,7 +115,7 @@ public enum Unpacker {
             }
         }
 
-        private func start(_ record: EntryRecord) throws {
+        func start(_ record: EntryRecord) throws {
             current = record
             try makeParents(of: record.name)
             let path = root + "/" + record.name
@@ -133,7 +136,7 @@ public enum Unpacker {
             }
         }
 
-        private func end() throws {
+        func end() throws {
             if let output, let current {
                 guard fchmod(output.descriptor, mode_t(current.mode & 0o777)) == 0 else {
                     throw CheckpackError.system("cannot set mode", path: output.path)
@@ -160,7 +163,7 @@ public enum Unpacker {
 
     /// Renames `staging` to `destination`; an existing destination (with
     /// `overwrite`) is moved aside first and removed once the new tree is in place.
-    private static func replace(_ destination: String, with staging: String, overwrite: Bool) throws {
+    static func replace(_ destination: String, with staging: String, overwrite: Bool) throws {
         var old: String? = nil
         if FileSystem.exists(destination) {
             guard overwrite else { throw CheckpackError(.invalidArgument, "already exists (use --force to replace it)", path: destination) }

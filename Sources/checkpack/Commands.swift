@@ -10,7 +10,8 @@ struct CheckpackCommand: ParsableCommand {
         abstract: "Pack checkpoint directories into one compressed, checksummed, seekable archive (.ckpk), and back.",
         discussion: "Exit status: 0 success, 1 bad or damaged data or a failed system call, 2 usage error.",
         version: "0.1.0",
-        subcommands: [PackCommand.self, UnpackCommand.self, ListCommand.self, VerifyCommand.self, CatCommand.self])
+        subcommands: [PackCommand.self, UnpackCommand.self, ListCommand.self, VerifyCommand.self, CatCommand.self,
+                      SalvageCommand.self])
 }
 
 struct PackCommand: ParsableCommand {
@@ -177,6 +178,40 @@ struct CatCommand: ParsableCommand {
             }
             position += UInt64(n)
         }
+    }
+}
+
+struct SalvageCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "salvage",
+        abstract: "Recover what can be recovered from a damaged or truncated archive.",
+        discussion: """
+            Reads the records front to back without the index, writes every intact entry and the intact \
+            prefix of each damaged file into DEST_DIR, and prints one line per entry. Exits 0 when everything \
+            was intact, 1 when anything was lost.
+            """)
+
+    @Argument(help: "The damaged archive.") var archive: String
+    @Argument(help: "The directory to create.") var destination: String
+    @Flag(help: "Replace an existing DEST_DIR.") var force = false
+
+    func run() throws {
+        let report = try Salvager.salvage(archive: archive, to: destination, overwrite: force)
+        for entry in report.entries {
+            let name = entry.kind == .directory ? entry.name + "/" : entry.name
+            switch entry.outcome {
+            case .complete: print("complete  \(entry.bytes)  \(name)")
+            case .partial(let reason): print("partial   \(entry.bytes)  \(name)  (\(reason))")
+            case .skipped(let reason): print("skipped   -  \(name)  (\(reason))")
+            }
+        }
+        for range in report.damagedRanges {
+            print("damaged   archive bytes \(range.lowerBound)..<\(range.upperBound) skipped")
+        }
+        if !report.reachedIndex { print("lost      the archive's tail: entries after the last one shown may be missing") }
+        let complete = report.entries.filter { $0.outcome == .complete }.count
+        writeStderr("salvaged \(complete) of \(report.entries.count) entries intact into \(destination)\n")
+        if !report.isComplete { throw CommandFailure(code: 1) }
     }
 }
 

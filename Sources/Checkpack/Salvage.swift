@@ -1,0 +1,160 @@
+/// What `salvage` recovered.
+public struct SalvageReport: Sendable {
+    public enum Outcome: Sendable, Equatable {
+        /// Every byte, with the entry's end record and content CRC32C checked.
+        case complete
+        /// Only the first `bytes` bytes survived (the rest was damaged or cut off).
+        case partial(reason: String)
+        /// Not written: its name was unsafe or already taken.
+        case skipped(reason: String)
+    }
+
+    public struct Entry: Sendable {
+        public var name: String
+        public var kind: EntryKind
+        public var bytes: UInt64
+        public var outcome: Outcome
+    }
+
+    public var entries: [Entry] = []
+    /// Archive ranges that could not be read as records and were skipped.
+    public var damagedRanges: [Range<UInt64>] = []
+    /// True when the scan reached the index (so no entry after the damage was lost with the tail).
+    public var reachedIndex = false
+
+    public var isComplete: Bool { damagedRanges.isEmpty && reachedIndex && entries.allSatisfy { $0.outcome == .complete } }
+}
+
+/// Recovers what can be recovered from a damaged archive — one whose tail or
+/// index is lost, or with damage in the middle — from the in-band records alone.
+public enum Salvager {
+    /// Writes every intact entry, and the intact prefix of each damaged file
+    /// (reported as partial), into `destination` (built beside it and renamed
+    /// into place, as `unpack` does).
+    public static func salvage(archive: String, to destination: String, overwrite: Bool = false) throws -> SalvageReport {
+        if FileSystem.exists(destination), !overwrite {
+            throw CheckpackError(.invalidArgument, "already exists (use --force to replace it)", path: destination)
+        }
+        let source = try FileSource(path: archive)
+        let staging = try FileSystem.temporaryDirectory(beside: destination, suffix: "ckpk-unpack")
+        do {
+            let tree = Unpacker.TreeBuilder(root: staging, progress: { _ in })
+            var scan = Scan(source: source, tree: tree)
+            try scan.run()
+            try tree.finish()
+            try Unpacker.replace(destination, with: staging, overwrite: overwrite)
+            return scan.report
+        } catch {
+            FileSystem.removeTree(staging)
+            throw error
+        }
+    }
+
+    private struct Scan {
+        let source: FileSource
+        let tree: Unpacker.TreeBuilder
+        var report = SalvageReport()
+        var names = TreeCheck()
+        var position: UInt64 = 0
+
+        init(source: FileSource, tree: Unpacker.TreeBuilder) {
+            self.source = source
+            self.tree = tree
+        }
+
+        func bytes(_ count: Int, at offset: UInt64) -> [UInt8]? {
+            guard offset <= source.size, UInt64(count) <= source.size - offset else { return nil }
+            return try? source.read(count: count, at: offset)
+        }
+
+        mutating func run() throws {
+            position = (try? FileHeader.decode((bytes(Format.headerSize, at: 0) ?? [])[...])) != nil ? UInt64(Format.headerSize) : 0
+            while let tag = bytes(4, at: position) {
+                if tag == Format.indexTag, (try? ArchiveIndex.Header.decode((bytes(Format.indexHeaderSize, at: position) ?? [])[...])) != nil {
+                    report.reachedIndex = true
+                    return
+                }
+                if tag == Format.entryTag, let (record, length) = entryRecord(at: position) {
+                    position += UInt64(length)
+                    try entry(record)
+                } else {
+                    resynchronize()
+                }
+            }
+        }
+
+        func entryRecord(at offset: UInt64) -> (EntryRecord, Int)? {
+            guard let head = bytes(16, at: offset), let length = try? EntryRecord.length(head: head[...]),
+                  let all = bytes(length, at: offset), let record = try? EntryRecord.decode(all[...]) else { return nil }
+            return (record, length)
+        }
+
+        /// Skips to the next entry record whose checksum holds.
+        mutating func resynchronize() {
+            let start = position
+            position += 1
+            let window = 1 << 20
+            while position < source.size {
+                guard let chunk = bytes(Int(min(UInt64(window), source.size - position)), at: position) else { break }
+                var found: UInt64? = nil
+                var i = 0
+                while i + 4 <= chunk.count {
+                    if chunk[i] == Format.entryTag[0] && Array(chunk[i..<i + 4]) == Format.entryTag,
+                       entryRecord(at: position + UInt64(i)) != nil {
+                        found = position + UInt64(i)
+                        break
+                    }
+                    i += 1
+                }
+                if let found {
+                    position = found
+                    break
+                }
+                position += UInt64(max(1, chunk.count - 3))
+            }
+            position = min(position, source.size)
+            report.damagedRanges.append(start..<position)
+        }
+
+        mutating func entry(_ record: EntryRecord) throws {
+            do {
+                try names.add(record.name, kind: record.kind)
+            } catch let error as CheckpackError {
+                report.entries.append(.init(name: record.name, kind: record.kind, bytes: 0, outcome: .skipped(reason: error.message)))
+                return
+            }
+            try tree.start(record)
+            var written: UInt64 = 0, frames: UInt64 = 0, crc: UInt32 = 0
+            func finish(_ outcome: SalvageReport.Outcome) throws {
+                try tree.end()
+                report.entries.append(.init(name: record.name, kind: record.kind, bytes: written, outcome: outcome))
+            }
+            while true {
+                guard let tag = bytes(4, at: position) else { return try finish(.partial(reason: "the archive ends inside the entry")) }
+                if tag == Format.frameTag, record.kind == .file {
+                    guard let headerBytes = bytes(Format.frameHeaderSize, at: position),
+                          let header = try? FrameHeader.decode(headerBytes[...]), header.entryOffset == written,
+                          let stored = bytes(Int(header.storedLength), at: position + UInt64(Format.frameHeaderSize)),
+                          let decoded = try? StreamFrame(header: header, stored: stored).decode() else {
+                        try finish(.partial(reason: "frame \(frames) at archive offset \(position) is damaged"))
+                        return resynchronize()
+                    }
+                    try tree.append(decoded)
+                    written += UInt64(decoded.count)
+                    frames += 1
+                    crc = CRC32C.combine(crc, header.decodedCRC, length: UInt64(header.decodedLength))
+                    position += UInt64(Format.frameHeaderSize) + UInt64(header.storedLength)
+                } else if tag == Format.entryEndTag,
+                          let head = bytes(32, at: position), let length = try? EntryEnd.length(head: head[...], frames: frames),
+                          let all = bytes(length, at: position), let end = try? EntryEnd.decode(all[...]) {
+                    position += UInt64(length)
+                    let intact = end.size == written && end.frameCount == frames && end.contentCRC == crc
+                    return try finish(intact ? .complete : .partial(reason: "the entry end record disagrees with its frames"))
+                } else {
+                    try finish(.partial(reason: "the entry is cut off at archive offset \(position)"))
+                    return resynchronize()
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+import Checkpack
+import Testing
+
+@Suite struct SalvageTests {
+    static let files: [(String, [UInt8])] = [
+        ("a.bin", sampleBytes(10_000, seed: 1)),
+        ("dir/b.bin", sampleBytes(20_000, seed: 2, compressible: false)),
+        ("c.bin", sampleBytes(9_000, seed: 3)),
+    ]
+
+    func archive(_ dir: TemporaryDirectory) throws -> [UInt8] {
+        let writer = try ArchiveWriter(path: dir.sub("a.ckpk"), options: WriterOptions(frameSize: 4096))
+        try writer.addDirectory("dir")
+        for (name, bytes) in Self.files { try writer.addFile(name, contents: bytes) }
+        try writer.finish()
+        return readFile(dir.sub("a.ckpk")) ?? []
+    }
+
+    @Test func anIntactArchiveSalvagesCompletely() throws {
+        let dir = TemporaryDirectory()
+        _ = try archive(dir)
+        let report = try Salvager.salvage(archive: dir.sub("a.ckpk"), to: dir.sub("out"))
+        #expect(report.isComplete)
+        #expect(report.entries.count == 4)
+        for (name, bytes) in Self.files { #expect(readFile(dir.sub("out/" + name)) == bytes) }
+    }
+
+    @Test func aTruncatedArchiveGivesBackItsCompleteEntriesAndThePrefixOfTheCutOne() throws {
+        let dir = TemporaryDirectory()
+        let bytes = try archive(dir)
+        let reader = try ArchiveReader(path: dir.sub("a.ckpk"))
+        let cut = try #require(reader.entry(named: "dir/b.bin"))
+        // Cut inside b.bin's third frame: a.bin is whole, b.bin has two frames, c.bin is gone.
+        let third = reader.frames(of: cut)[cut.frames.lowerBound + 2]
+        try writeFile(dir.sub("cut.ckpk"), Array(bytes[..<Int(third.archiveOffset + 100)]))
+        let report = try Salvager.salvage(archive: dir.sub("cut.ckpk"), to: dir.sub("out"))
+        #expect(!report.isComplete && !report.reachedIndex)
+        #expect(readFile(dir.sub("out/a.bin")) == Self.files[0].1)
+        #expect(readFile(dir.sub("out/dir/b.bin")) == Array(Self.files[1].1[..<8192]))
+        #expect(report.entries.map(\.name) == ["dir", "a.bin", "dir/b.bin"])
+        #expect(report.entries[1].outcome == .complete)
+        guard case .partial = report.entries[2].outcome else { Issue.record("b.bin should be partial"); return }
+    }
+
+    @Test func damageInTheMiddleLosesOnlyWhatItHits() throws {
+        let dir = TemporaryDirectory()
+        var bytes = try archive(dir)
+        let reader = try ArchiveReader(path: dir.sub("a.ckpk"))
+        let hit = try #require(reader.entry(named: "a.bin"))
+        let frame = reader.frames(of: hit)[hit.frames.lowerBound + 1]
+        for i in 0..<64 { bytes[Int(frame.archiveOffset) + 50 + i] ^= 0x5A }
+        // And the index is gone too.
+        try writeFile(dir.sub("bad.ckpk"), Array(bytes[..<Int(reader.index.recordsEnd)]))
+        let report = try Salvager.salvage(archive: dir.sub("bad.ckpk"), to: dir.sub("out"))
+        #expect(readFile(dir.sub("out/a.bin")) == Array(Self.files[0].1[..<4096]))
+        #expect(readFile(dir.sub("out/dir/b.bin")) == Self.files[1].1)
+        #expect(readFile(dir.sub("out/c.bin")) == Self.files[2].1)
+        #expect(report.damagedRanges.count == 1)
+        #expect(report.entries.filter { $0.outcome == .complete }.map(\.name) == ["dir", "dir/b.bin", "c.bin"])
+    }
+}
