@@ -132,8 +132,11 @@ public enum Salvager {
             while true {
                 guard let tag = bytes(4, at: position) else { return try finish(.partial(reason: "the archive ends inside the entry")) }
                 if tag == Format.frameTag, record.kind == .file {
-                    guard let headerBytes = bytes(Format.frameHeaderSize, at: position),
-                          let header = try? FrameHeader.decode(headerBytes[...]), header.entryOffset == written,
+                    let header = bytes(Format.frameHeaderSize, at: position).flatMap { try? FrameHeader.decode($0[...]) }
+                    if let header, position + UInt64(Format.frameHeaderSize) + UInt64(header.storedLength) > source.size {
+                        return try finish(.partial(reason: "the archive ends inside frame \(frames)"))
+                    }
+                    guard let header, header.entryOffset == written,
                           let stored = bytes(Int(header.storedLength), at: position + UInt64(Format.frameHeaderSize)),
                           let decoded = try? StreamFrame(header: header, stored: stored).decode() else {
                         try finish(.partial(reason: "frame \(frames) at archive offset \(position) is damaged"))
