@@ -106,6 +106,23 @@ func retrying<T: BinaryInteger>(_ call: () -> T) -> T {
     }
 }
 
+/// Files and directories that an interrupted run (killed pack, unpack,
+/// salvage or archive save) leaves beside its destination: recognisable by
+/// name, `.NAME.ckpk-tmp-*`, `.NAME.ckpk-unpack-*`, `.NAME.ckpk-old-*` and `.NAME.ckpk-part-*`.
+public enum Leftovers {
+    static let suffixes = ["ckpk-tmp-", "ckpk-unpack-", "ckpk-old-", "ckpk-part-"]
+
+    /// The leftovers of earlier runs that wrote `destination`.
+    public static func find(beside destination: String) -> [String] {
+        let directory = FileSystem.parent(of: destination)
+        let prefix = "." + FileSystem.baseName(of: destination) + "."
+        let names = (try? FileSystem.listDirectory(directory)) ?? []
+        return names.filter { name in
+            name.hasPrefix(prefix) && suffixes.contains { name.dropFirst(prefix.count).hasPrefix($0) }
+        }.map { directory + "/" + $0 }
+    }
+}
+
 /// File-system operations on paths.
 enum FileSystem {
     /// "dir/name" → "dir"; "name" → ".".

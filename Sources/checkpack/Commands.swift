@@ -28,6 +28,7 @@ struct PackCommand: ParsableCommand {
     @Flag(help: "No progress bar or summary.") var quiet = false
 
     func run() throws {
+        reportLeftovers(beside: archive, quiet: quiet)
         let options = WriterOptions(codec: codec, level: level, frameSize: frameSize.bytes, threads: threads, overwrite: force)
         let bar = ProgressBar("packing", quiet: quiet)
         let start = monotonicSeconds()
@@ -52,6 +53,7 @@ struct UnpackCommand: ParsableCommand {
     @Flag(help: "No progress bar or summary.") var quiet = false
 
     func run() throws {
+        reportLeftovers(beside: destination, quiet: quiet)
         let bar = ProgressBar("unpacking", quiet: quiet)
         let start = monotonicSeconds()
         let summary = try Unpacker.unpack(archive: archive, to: destination, overwrite: force) { bar.update($0, total: $1) }

@@ -125,3 +125,12 @@ enum JSON {
         return out + "\""
     }
 }
+
+/// Reports what interrupted runs left beside `destination` (never removes
+/// it: a run still in progress may own it).
+func reportLeftovers(beside destination: String, quiet: Bool) {
+    guard !quiet else { return }
+    for path in Leftovers.find(beside: destination) {
+        printError("warning: \(path) was left by an interrupted run; remove it if no other checkpack is writing \(destination)")
+    }
+}

@@ -153,3 +153,52 @@ struct CLI {
         #expect(try CLI.run(["--help"]).status == 0)
     }
 }
+
+@Suite(.serialized) struct CrashSafetyTests {
+    /// Starts the CLI and kills it with SIGKILL after `delay` seconds.
+    func killed(_ arguments: [String], after delay: Double) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CLI.executable)
+        process.arguments = arguments
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        usleep(useconds_t(delay * 1_000_000))
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    @Test func killingPackOrUnpackNeverLeavesAPartialResultUnderTheFinalName() throws {
+        let dir = TemporaryDirectory()
+        makeDirectory(dir.sub("src"))
+        for i in 0..<6 { try writeFile(dir.sub("src/f\(i)"), sampleBytes(3 << 20, seed: UInt64(i), compressible: i % 2 == 0)) }
+        let start = Date()
+        #expect(try CLI.run(["pack", dir.sub("src"), dir.sub("ref.ckpk"), "--quiet"]).status == 0)
+        let duration = Date().timeIntervalSince(start)
+        var rng = SplitMix(seed: 42)
+        var interrupted = 0
+        for round in 0..<8 {
+            let delay = Double.random(in: 0...(duration * 1.2), using: &rng)
+            unlink(dir.sub("a.ckpk"))
+            try killed(["pack", dir.sub("src"), dir.sub("a.ckpk"), "--force", "--quiet"], after: delay)
+            if !FileManager.default.fileExists(atPath: dir.sub("a.ckpk")) { interrupted += 1 }
+            if FileManager.default.fileExists(atPath: dir.sub("a.ckpk")) {
+                #expect(try CLI.run(["verify", dir.sub("a.ckpk"), "--quiet"]).status == 0, "round \(round): a broken archive under the final name")
+            }
+            try killed(["unpack", dir.sub("ref.ckpk"), dir.sub("out"), "--force", "--quiet"], after: delay)
+            if FileManager.default.fileExists(atPath: dir.sub("out")) {
+                #expect(TreeSnapshot(dir.sub("out")) == TreeSnapshot(dir.sub("src")), "round \(round): a partial tree under the final name")
+            }
+        }
+        #expect(interrupted >= 2, "only \(interrupted) of 8 kills landed before the archive was complete")
+        // What the killed runs left is recognisable, and the next run reports it.
+        let leftovers = Leftovers.find(beside: dir.sub("a.ckpk")) + Leftovers.find(beside: dir.sub("out"))
+        let next = try CLI.run(["pack", dir.sub("src"), dir.sub("a.ckpk"), "--force"])
+        #expect(next.status == 0)
+        for path in Leftovers.find(beside: dir.sub("a.ckpk")) { #expect(next.stderr.contains(path)) }
+        print("crash test: \(interrupted) of 8 pack runs interrupted, \(leftovers.count) leftovers")
+        for path in leftovers { removeTree(path) }
+        #expect(!FileSystemHasLeftovers(dir.path))
+    }
+}
+
+func removeTree(_ path: String) { _ = system("rm -rf '\(path)'") }
