@@ -1,5 +1,6 @@
 import Checkpack
 import Foundation
+import Synchronization
 import Testing
 
 /// Runs the built `checkpack` executable the way a user would.
@@ -123,11 +124,17 @@ struct CLI {
     @Test func badInputsAndUsage() throws {
         try writeFile(dir.sub("random.bin"), sampleBytes(5000, seed: 1, compressible: false))
         try writeFile(dir.sub("empty.bin"), [])
+        #expect(try CLI.run(["pack", dir.sub("src"), dir.sub("one.ckpk"), "--quiet"]).status == 0)
+        let one = try #require(readFile(dir.sub("one.ckpk")))
+        try writeFile(dir.sub("two.ckpk"), one + one)
         let cases: [([String], Int32)] = [
             (["ls", dir.sub("missing.ckpk")], 1),
             (["ls", dir.sub("random.bin")], 1),
             (["ls", dir.sub("empty.bin")], 1),
             (["verify", dir.sub("random.bin")], 1),
+            (["ls", dir.sub("two.ckpk")], 1),
+            (["verify", dir.sub("two.ckpk")], 1),
+            (["unpack", dir.sub("two.ckpk"), dir.sub("two-out")], 1),
             (["ls", dir.sub("src")], 2),
             (["pack", dir.sub("missing-dir"), dir.sub("x.ckpk")], 1),
             (["pack", dir.sub("src")], 2),
@@ -149,6 +156,9 @@ struct CLI {
             }
         }
         #expect(!FileManager.default.fileExists(atPath: dir.sub("x.ckpk")))
+        #expect(!FileManager.default.fileExists(atPath: dir.sub("two-out")))
+        let piped = try CLI.run(["unpack", "-", dir.sub("two-piped")], stdin: Data(one + one))
+        #expect(piped.status == 1 && piped.stderr.contains("data follows the trailer"), "\(piped.stderr)")
         #expect(!FileSystemHasLeftovers(dir.path))
         #expect(try CLI.run(["--help"]).status == 0)
     }
@@ -202,3 +212,28 @@ struct CLI {
 }
 
 func removeTree(_ path: String) { _ = system("rm -rf '\(path)'") }
+
+@Suite struct ManyReadersTests {
+    @Test func severalProcessesReadingOneArchiveAllGetTheRightBytes() throws {
+        let dir = TemporaryDirectory()
+        makeDirectory(dir.sub("src"))
+        let content = sampleBytes(3 << 20, seed: 77)
+        try writeFile(dir.sub("src/data"), content)
+        #expect(try CLI.run(["pack", dir.sub("src"), dir.sub("a.ckpk"), "--frame-size", "64K", "--quiet"]).status == 0)
+        var rng = SplitMix(seed: 5)
+        let ranges = (0..<6).map { _ -> (Int, Int) in
+            let start = Int.random(in: 0..<content.count, using: &rng)
+            return (start, Int.random(in: 0...(content.count - start), using: &rng))
+        }
+        let results = Mutex<[Int: [UInt8]]>([:])
+        let archive = dir.sub("a.ckpk")
+        DispatchQueue.concurrentPerform(iterations: ranges.count) { i in
+            let (start, length) = ranges[i]
+            let out = try? CLI.run(["cat", archive, "data", "--offset", "\(start)", "--length", "\(length)"])
+            results.withLock { $0[i] = out.map { [UInt8]($0.stdout) } ?? [] }
+        }
+        for (i, (start, length)) in ranges.enumerated() {
+            #expect(results.withLock { $0[i] } == Array(content[start..<start + length]), "reader \(i)")
+        }
+    }
+}
