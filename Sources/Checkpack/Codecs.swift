@@ -1,6 +1,5 @@
 import CZlib
 import CZstd
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -94,7 +93,7 @@ enum FrameCodec {
 /// compressing a small frame.
 final class ZstdContexts: Sendable {
     private struct Context: @unchecked Sendable { let pointer: OpaquePointer }
-    private let free = Mutex<[Context]>([])
+    private let free = Locked<[Context]>([])
     private let make: @Sendable () -> OpaquePointer?
 
     private init(make: @escaping @Sendable () -> OpaquePointer?) { self.make = make }

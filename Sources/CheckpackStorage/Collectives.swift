@@ -1,5 +1,5 @@
 import Dispatch
-import Synchronization
+import Checkpack
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -38,7 +38,7 @@ public struct SingleProcess: Collectives {
 /// N ranks as threads of one process, exchanging values in memory.
 public final class InProcessGroup: Sendable {
     public let worldSize: Int
-    private let state: Mutex<Round?> = Mutex(nil)
+    private let state = Locked<Round?>(nil)
 
     /// The values of one exchange; the last rank to arrive releases the others.
     private final class Round: @unchecked Sendable {
@@ -77,7 +77,7 @@ public final class InProcessGroup: Sendable {
     /// results in rank order (rethrowing the lowest rank's error, if any).
     public static func run<T: Sendable>(worldSize: Int, _ body: @escaping @Sendable (InProcessCollectives) throws -> T) throws -> [T] {
         let group = InProcessGroup(worldSize: worldSize)
-        let results = Mutex<[Result<T, any Error>?]>(Array(repeating: nil, count: worldSize))
+        let results = Locked<[Result<T, any Error>?]>(Array(repeating: nil, count: worldSize))
         let done = DispatchGroup()
         for rank in 0..<worldSize {
             done.enter()

@@ -1,6 +1,5 @@
 import Checkpack
 import Foundation
-import Synchronization
 import Testing
 
 /// Runs the built `checkpack` executable the way a user would.
@@ -187,7 +186,7 @@ struct CLI {
         var rng = SplitMix(seed: 42)
         var interrupted = 0
         for round in 0..<8 {
-            let delay = Double.random(in: 0...(duration * 1.2), using: &rng)
+            let delay = Double.random(in: 0...(duration * 0.9), using: &rng)
             unlink(dir.sub("a.ckpk"))
             try killed(["pack", dir.sub("src"), dir.sub("a.ckpk"), "--force", "--quiet"], after: delay)
             if !FileManager.default.fileExists(atPath: dir.sub("a.ckpk")) { interrupted += 1 }
@@ -225,7 +224,7 @@ func removeTree(_ path: String) { _ = system("rm -rf '\(path)'") }
             let start = Int.random(in: 0..<content.count, using: &rng)
             return (start, Int.random(in: 0...(content.count - start), using: &rng))
         }
-        let results = Mutex<[Int: [UInt8]]>([:])
+        let results = Locked<[Int: [UInt8]]>([:])
         let archive = dir.sub("a.ckpk")
         DispatchQueue.concurrentPerform(iterations: ranges.count) { i in
             let (start, length) = ranges[i]
