@@ -52,8 +52,9 @@ public struct MemorySource: ArchiveSource {
 
 extension ArchiveSource {
     func read(count: Int, at offset: UInt64) throws -> [UInt8] {
-        try [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
-            if count > 0 { try read(into: UnsafeMutableRawBufferPointer(buffer), at: offset) }
+        if count == 0 { return [] }
+        return try [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            try read(into: UnsafeMutableRawBufferPointer(buffer), at: offset)
             initialized = count
         }
     }
@@ -149,6 +150,8 @@ public final class ArchiveReader: Sendable {
             throw CheckpackError(.invalidArgument, "range \(offset)+\(length) is past the end (\(entry.size) bytes)", path: source.name, entry: entry.name)
         }
         let n = try Int(checked: length, "read length")
+        // Zero bytes: no uninitialized-capacity array (it would write to the shared empty array).
+        if n == 0 { return [] }
         return try [UInt8](unsafeUninitializedCapacity: n) { buffer, initialized in
             try read(entry, offset: offset, into: UnsafeMutableRawBufferPointer(buffer))
             initialized = n

@@ -64,8 +64,9 @@ public final class SystemFile: @unchecked Sendable {
     }
 
     public func read(count: Int, at offset: UInt64) throws -> [UInt8] {
-        try [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
-            if count > 0 { try read(into: UnsafeMutableRawBufferPointer(buffer), at: offset) }
+        if count == 0 { return [] }
+        return try [UInt8](unsafeUninitializedCapacity: count) { buffer, initialized in
+            try read(into: UnsafeMutableRawBufferPointer(buffer), at: offset)
             initialized = count
         }
     }
