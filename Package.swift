@@ -31,6 +31,8 @@ let package = Package(
                 "Checkpack",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
+        // Saves a synthetic multi-rank checkpoint into an archive (crash tests, example).
+        .executableTarget(name: "checkpoint-demo", dependencies: ["Checkpack", "CheckpackStorage"]),
         .testTarget(name: "CheckpackTests", dependencies: ["Checkpack", "CCRC32C"]),
         .testTarget(name: "CheckpackStorageTests", dependencies: ["CheckpackStorage", "Checkpack"]),
     ]

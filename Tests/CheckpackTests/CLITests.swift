@@ -210,6 +210,46 @@ struct CLI {
     }
 }
 
+extension CrashSafetyTests {
+    @Test func killingAnArchiveSaveNeverLeavesAPartialArchive() throws {
+        let dir = TemporaryDirectory()
+        let demo = URL(fileURLWithPath: CLI.executable).deletingLastPathComponent().appendingPathComponent("checkpoint-demo").path
+        let start = Date()
+        let reference = Process()
+        reference.executableURL = URL(fileURLWithPath: demo)
+        reference.arguments = [dir.sub("ref.ckpk"), "3", "24"]
+        reference.standardOutput = FileHandle.nullDevice
+        try reference.run()
+        reference.waitUntilExit()
+        #expect(reference.terminationStatus == 0)
+        let duration = Date().timeIntervalSince(start)
+        var rng = SplitMix(seed: 9)
+        var interrupted = 0
+        for round in 0..<6 {
+            unlink(dir.sub("a.ckpk"))
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: demo)
+            process.arguments = [dir.sub("a.ckpk"), "3", "24"]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            usleep(useconds_t(Double.random(in: 0...(duration * 0.7), using: &rng) * 1_000_000))
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            if FileManager.default.fileExists(atPath: dir.sub("a.ckpk")) {
+                let reader = try ArchiveReader(path: dir.sub("a.ckpk"))
+                #expect(try reader.verify().isEmpty, "round \(round)")
+                #expect(reader.entry(named: ".metadata") != nil, "round \(round): an archive without its metadata")
+            } else {
+                interrupted += 1
+            }
+            for path in Leftovers.find(beside: dir.sub("a.ckpk")) { removeTree(path) }
+        }
+        #expect(interrupted >= 2, "only \(interrupted) of 6 kills landed before the save finished")
+        #expect(!FileSystemHasLeftovers(dir.path))
+    }
+}
+
 func removeTree(_ path: String) { _ = system("rm -rf '\(path)'") }
 
 @Suite struct ManyReadersTests {

@@ -162,7 +162,9 @@ import Glibc
 
 /// True when a temporary file or staging directory of Checkpack is left in `path`.
 func FileSystemHasLeftovers(_ path: String) -> Bool {
-    TreeSnapshot(path).items.keys.contains { $0.contains(".ckpk-tmp-") || $0.contains(".ckpk-unpack-") || $0.contains(".ckpk-old-") }
+    TreeSnapshot(path).items.keys.contains {
+        $0.contains(".ckpk-tmp-") || $0.contains(".ckpk-unpack-") || $0.contains(".ckpk-old-") || $0.contains(".ckpk-part-")
+    }
 }
 
 @Suite struct AppendTests {
