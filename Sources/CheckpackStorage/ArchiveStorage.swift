@@ -33,14 +33,8 @@ public final class ArchiveStorageWriter: StorageWriter {
         coordinator = isCoordinator
     }
 
-    public func optimizeLocalPlan(_ plan: SavePlan) throws -> SavePlan { plan }
-
     public func optimizeGlobalPlan(_ plans: [SavePlan]) throws -> [SavePlan] {
-        plans.enumerated().map { rank, plan in
-            var plan = plan
-            plan.storageData = CheckpointLayout.prefix(rank: rank)
-            return plan
-        }
+        CheckpointLayout.assignPrefixes(plans)
     }
 
     func partPath(_ rank: Int) -> String {
@@ -123,9 +117,6 @@ public final class ArchiveStorageReader: StorageReader, StorageByteSource {
     public func configureReader(metadata: Metadata, isCoordinator: Bool, rank: Int, worldSize: Int) throws {
         self.metadata = metadata
     }
-
-    public func optimizeLocalPlan(_ plan: LoadPlan) throws -> LoadPlan { plan }
-    public func optimizeGlobalPlan(_ plans: [LoadPlan]) throws -> [LoadPlan] { plans }
 
     public func executeRead(plan: LoadPlan, planner: LoadPlanner) throws {
         try execute(plan: plan, metadata: metadata, planner: planner)

@@ -23,14 +23,8 @@ public final class FileSystemStorageWriter: StorageWriter {
         }
     }
 
-    public func optimizeLocalPlan(_ plan: SavePlan) throws -> SavePlan { plan }
-
     public func optimizeGlobalPlan(_ plans: [SavePlan]) throws -> [SavePlan] {
-        plans.enumerated().map { rank, plan in
-            var plan = plan
-            plan.storageData = CheckpointLayout.prefix(rank: rank)
-            return plan
-        }
+        CheckpointLayout.assignPrefixes(plans)
     }
 
     public func executeWrite(plan: SavePlan, planner: SavePlanner) throws -> [WriteResult] {
@@ -110,9 +104,6 @@ public final class FileSystemStorageReader: StorageReader, StorageByteSource {
     public func configureReader(metadata: Metadata, isCoordinator: Bool, rank: Int, worldSize: Int) throws {
         self.metadata = metadata
     }
-
-    public func optimizeLocalPlan(_ plan: LoadPlan) throws -> LoadPlan { plan }
-    public func optimizeGlobalPlan(_ plans: [LoadPlan]) throws -> [LoadPlan] { plans }
 
     public func executeRead(plan: LoadPlan, planner: LoadPlanner) throws {
         try execute(plan: plan, metadata: metadata, planner: planner)

@@ -24,6 +24,16 @@ public protocol StorageReader: AnyObject {
     func executeRead(plan: LoadPlan, planner: LoadPlanner) throws
 }
 
+/// Backends that do not reshape plans need not write these.
+extension StorageWriter {
+    public func optimizeLocalPlan(_ plan: SavePlan) throws -> SavePlan { plan }
+}
+
+extension StorageReader {
+    public func optimizeLocalPlan(_ plan: LoadPlan) throws -> LoadPlan { plan }
+    public func optimizeGlobalPlan(_ plans: [LoadPlan]) throws -> [LoadPlan] { plans }
+}
+
 /// Reads byte ranges of the files a checkpoint's `StorageInfo`s name.
 protocol StorageByteSource {
     func read(_ info: StorageInfo, offset: UInt64, count: Int) throws -> [UInt8]
@@ -34,6 +44,15 @@ enum CheckpointLayout {
     static let metadataName = ".metadata"
     static func dataFile(prefix: String) -> String { prefix + "0.distcp" }
     static func prefix(rank: Int) -> String { "__\(rank)_" }
+
+    /// Gives each rank's plan its file prefix (the writers' global plan step).
+    static func assignPrefixes(_ plans: [SavePlan]) -> [SavePlan] {
+        plans.enumerated().map { rank, plan in
+            var plan = plan
+            plan.storageData = prefix(rank: rank)
+            return plan
+        }
+    }
 }
 
 extension StorageByteSource {
