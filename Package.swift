@@ -25,6 +25,8 @@ let package = Package(
         .target(name: "Checkpack", dependencies: ["CCRC32C", "CSystemShims", "CZstd", "CZlib"]),
         // The distributed-checkpoint protocols and their directory and archive backends.
         .target(name: "CheckpackStorage", dependencies: ["Checkpack"]),
+        // PyTorch interop: a safe pickle reader and torch checkpoint metadata.
+        .target(name: "CheckpackTorch", dependencies: ["CheckpackStorage"]),
         .executableTarget(
             name: "checkpack",
             dependencies: [
@@ -35,5 +37,6 @@ let package = Package(
         .executableTarget(name: "checkpoint-demo", dependencies: ["Checkpack", "CheckpackStorage"]),
         .testTarget(name: "CheckpackTests", dependencies: ["Checkpack", "CCRC32C"]),
         .testTarget(name: "CheckpackStorageTests", dependencies: ["CheckpackStorage", "Checkpack"]),
+        .testTarget(name: "CheckpackTorchTests", dependencies: ["CheckpackTorch", "CheckpackStorage"]),
     ]
 )

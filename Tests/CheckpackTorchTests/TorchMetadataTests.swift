@@ -1,0 +1,89 @@
+import CheckpackStorage
+import CheckpackTorch
+import Foundation
+import Testing
+
+let fixtures: String = {
+    var path = #filePath
+    for _ in 0..<3 { path = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)]) }
+    return path + "/fixtures"
+}()
+
+func fixtureBytes(_ name: String) throws -> [UInt8] {
+    [UInt8](try Data(contentsOf: URL(fileURLWithPath: fixtures + "/" + name)))
+}
+
+@Suite struct TorchMetadataTests {
+    @Test func decodesARealCheckpointExactlyAsTorchReadsIt() throws {
+        let decoded = try TorchMetadataReader.decode(try fixtureBytes("example-checkpoint/.metadata"))
+        let expected = try #require(try JSONSerialization.jsonObject(with: Data(try fixtureBytes("example-checkpoint.metadata.json"))) as? [String: Any])
+        #expect(decoded.version == expected["version"] as? String)
+        let state = try #require(expected["state_dict"] as? [String: [String: Any]])
+        #expect(Set(decoded.metadata.stateDictMetadata.keys) == Set(state.keys))
+        for (fqn, want) in state {
+            switch decoded.metadata.stateDictMetadata[fqn] {
+            case .bytes?:
+                #expect(want["type"] as? String == "bytes", "\(fqn)")
+            case .tensor(let t)?:
+                #expect(want["type"] as? String == "tensor", "\(fqn)")
+                #expect(t.properties.dtype.rawValue == want["dtype"] as? String, "\(fqn)")
+                #expect(t.size == want["size"] as? [Int], "\(fqn)")
+                let chunks = (want["chunks"] as? [[String: [Int]]] ?? []).map { ChunkStorageMetadata(offsets: $0["offsets"] ?? [], sizes: $0["sizes"] ?? []) }
+                #expect(t.chunks == chunks, "\(fqn)")
+            case nil:
+                Issue.record("\(fqn) missing")
+            }
+        }
+        let storage = try #require(expected["storage"] as? [[String: Any]])
+        #expect(decoded.metadata.storageData.count == storage.count)
+        for item in storage {
+            let index = MetadataIndex(fqn: item["fqn"] as? String ?? "", offset: item["offset"] as? [Int])
+            let info = try #require(decoded.metadata.storageData[index], "\(index)")
+            #expect(info.relativePath == item["relative_path"] as? String)
+            #expect(info.offset == (item["byte_offset"] as? NSNumber)?.uint64Value)
+            #expect(info.length == (item["length"] as? NSNumber)?.uint64Value)
+        }
+        #expect(decoded.storageMeta?.saveID != nil)
+    }
+
+    @Test func forbiddenGlobalsAreNamedNotCalled() throws {
+        // GLOBAL 'os system', a string argument, REDUCE, STOP: the classic payload.
+        let payload: [UInt8] = Array("cos\nsystem\n".utf8) + [0x8C, 4] + Array("echo".utf8) + [0x85, UInt8(ascii: "R"), UInt8(ascii: ".")]
+        let error = #expect(throws: PickleError.self) { try TorchMetadataReader.decode(payload) }
+        #expect(error?.message == "global os.system is not allowed")
+        let builtins: [UInt8] = [0x80, 4, 0x8C, 8] + Array("builtins".utf8) + [0x8C, 4] + Array("eval".utf8) + [0x93, UInt8(ascii: ".")]
+        let eval = #expect(throws: PickleError.self) { try TorchMetadataReader.decode(builtins) }
+        #expect(eval?.description.contains("builtins.eval") == true)
+    }
+
+    @Test func malformedPicklesAreErrors() throws {
+        let reader = PickleReader(allowed: TorchMetadataReader.allowed)
+        let cases: [([UInt8], String)] = [
+            ([], "no STOP"),
+            ([UInt8(ascii: ".")], "underflow"),
+            ([UInt8(ascii: "h"), 7, UInt8(ascii: ".")], "memo 7"),
+            ([UInt8(ascii: "P")] + Array("id\n.".utf8), "not supported"),
+            ([0x8D, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F], "runs past the end"),
+            ([0x8B, 9, 0, 0, 0] + [UInt8](repeating: 1, count: 9) + [UInt8(ascii: ".")], "64 bits"),
+            ([UInt8(ascii: "u"), UInt8(ascii: ".")], "mark"),
+            ([0x8C, 2, 0xC3, 0x28, UInt8(ascii: ".")], "UTF-8"),
+        ]
+        for (bytes, message) in cases {
+            let error = #expect(throws: PickleError.self, "\(message)") { try reader.read(bytes) }
+            #expect(error?.message.contains(message) == true, "\(bytes): \(String(describing: error))")
+        }
+    }
+
+    @Test func everyTruncationAndBitFlipOfRealMetadataIsHandled() throws {
+        let bytes = try fixtureBytes("example-checkpoint/.metadata")
+        for length in 0..<bytes.count {
+            #expect(throws: (any Error).self, "prefix \(length)") { try TorchMetadataReader.decode(Array(bytes[..<length])) }
+        }
+        // A flipped bit either still decodes or is an error; it never crashes or hangs.
+        for position in bytes.indices {
+            var damaged = bytes
+            damaged[position] ^= UInt8(1 << (position % 8))
+            _ = try? TorchMetadataReader.decode(damaged)
+        }
+    }
+}
