@@ -12,14 +12,14 @@ public struct PickleGlobal: Sendable, Hashable, CustomStringConvertible {
 
 /// A mutable list (pickles append to lists after creating and memoizing them).
 public final class PickleList: @unchecked Sendable {
-    public internal(set) var items: [PickleValue]
-    init(_ items: [PickleValue] = []) { self.items = items }
+    public internal(set) var items: [PickleValue] = []
+    var shape = Shape()
 }
 
 /// A mutable dict, as key/value pairs in insertion order.
 public final class PickleDict: @unchecked Sendable {
-    public internal(set) var items: [(key: PickleValue, value: PickleValue)]
-    init(_ items: [(key: PickleValue, value: PickleValue)] = []) { self.items = items }
+    public internal(set) var items: [(key: PickleValue, value: PickleValue)] = []
+    var shape = Shape()
 
     /// The value under a string key.
     public subscript(key: String) -> PickleValue? {
@@ -32,10 +32,22 @@ public final class PickleObject: @unchecked Sendable {
     public let type: PickleGlobal
     public let arguments: [PickleValue]
     public internal(set) var state: PickleValue?
-    init(type: PickleGlobal, arguments: [PickleValue]) {
+    var shape: Shape
+    init(type: PickleGlobal, arguments: [PickleValue], depth: Int) {
         self.type = type
         self.arguments = arguments
+        self.shape = Shape(depth: depth)
     }
+}
+
+/// How deep a container's contents nest, and whether it is complete. A
+/// container is complete once it is put into another value; it may not
+/// change after that. Pickles of ordinary data never need to (Python's
+/// pickler fills a container before using it), and the rule makes reference
+/// cycles impossible and keeps every recorded depth exact.
+struct Shape {
+    var depth = 1
+    var frozen = false
 }
 
 public enum PickleValue: Sendable {
@@ -67,15 +79,18 @@ public struct PickleReader {
 
     public init(allowed: Set<PickleGlobal>) { self.allowed = allowed }
 
+    /// How deeply values may nest (Swift frees nested values recursively).
+    public var maxDepth = 512
+
     private enum Slot {
-        case value(PickleValue)
+        case value(PickleValue, depth: Int)
         case mark
     }
 
     public func read(_ data: [UInt8]) throws -> PickleValue {
         guard data.count <= maxInput else { throw PickleError(message: "input of \(data.count) bytes is too large", offset: 0) }
         var stack: [Slot] = []
-        var memo: [Int: PickleValue] = [:]
+        var memo: [Int: Slot] = [:]
         var position = 0
         var opcodeStart = 0
 
@@ -95,28 +110,61 @@ public struct PickleReader {
             guard n <= UInt64(data.count - position) else { throw fail("length \(n) runs past the end") }
             return Int(n)
         }
-        func push(_ value: PickleValue) throws {
+        /// The depth of a value: a container's own (it may still grow), else the recorded one.
+        func depth(_ value: PickleValue, _ recorded: Int) -> Int {
+            switch value {
+            case .list(let l): return l.shape.depth
+            case .dict(let d): return d.shape.depth
+            case .object(let o): return o.shape.depth
+            default: return recorded
+            }
+        }
+        /// Marks a value as complete: it is being put into another one.
+        func freeze(_ value: PickleValue) {
+            switch value {
+            case .list(let l): l.shape.frozen = true
+            case .dict(let d): d.shape.frozen = true
+            case .object(let o): o.shape.frozen = true
+            default: break
+            }
+        }
+        func checked(_ depth: Int) throws -> Int {
+            guard depth <= maxDepth else { throw fail("values nest deeper than \(maxDepth)") }
+            return depth
+        }
+        /// Makes room in a container for values of `inner` depth.
+        func grow(_ shape: inout Shape, _ inner: Int, _ what: String) throws {
+            guard !shape.frozen else { throw fail("\(what) is changed after it was used (a recursive or unusual pickle)") }
+            shape.depth = try checked(max(shape.depth, inner + 1))
+        }
+        func push(_ value: PickleValue, depth: Int = 0) throws {
             guard stack.count < maxStack else { throw fail("stack deeper than \(maxStack)") }
-            stack.append(.value(value))
+            stack.append(.value(value, depth: depth))
         }
-        func pop() throws -> PickleValue {
-            guard case .value(let v)? = stack.popLast() else { throw fail("stack underflow or unexpected mark") }
-            return v
+        func popSlot() throws -> (PickleValue, Int) {
+            guard case .value(let v, let d)? = stack.popLast() else { throw fail("stack underflow or unexpected mark") }
+            return (v, depth(v, d))
         }
-        func popToMark() throws -> [PickleValue] {
+        func pop() throws -> PickleValue { try popSlot().0 }
+        func popToMark() throws -> [(PickleValue, Int)] {
             guard let mark = stack.lastIndex(where: { if case .mark = $0 { return true } else { return false } }) else {
                 throw fail("no mark on the stack")
             }
-            let values = stack[(mark + 1)...].map { slot -> PickleValue in
-                if case .value(let v) = slot { return v }
-                return .none
+            let values = stack[(mark + 1)...].map { slot -> (PickleValue, Int) in
+                if case .value(let v, let d) = slot { return (v, depth(v, d)) }
+                return (.none, 0)
             }
             stack.removeSubrange(mark...)
             return values
         }
         func top() throws -> PickleValue {
-            guard case .value(let v)? = stack.last else { throw fail("stack underflow") }
+            guard case .value(let v, _)? = stack.last else { throw fail("stack underflow") }
             return v
+        }
+        /// A tuple of values, which become complete.
+        func tuple(_ items: [(PickleValue, Int)]) throws {
+            items.forEach { freeze($0.0) }
+            try push(.tuple(items.map(\.0)), depth: try checked(1 + (items.map(\.1).max() ?? 0)))
         }
         func string(_ bytes: ArraySlice<UInt8>) throws -> String {
             guard let s = String(validating: bytes, as: UTF8.self) else { throw fail("string is not valid UTF-8") }
@@ -127,22 +175,38 @@ public struct PickleReader {
             guard allowed.contains(global) else { throw fail("global \(global) is not allowed") }
             return .global(global)
         }
-        func callable(_ value: PickleValue) throws -> PickleGlobal {
-            guard case .global(let g) = value else { throw fail("call of something that is not an allowed global") }
-            return g
+        func call(_ arguments: (PickleValue, Int)) throws {
+            guard case .tuple(let args) = arguments.0 else { throw fail("a call needs an argument tuple") }
+            guard case .global(let g) = try pop() else { throw fail("call of something that is not an allowed global") }
+            freeze(arguments.0)
+            let object = PickleObject(type: g, arguments: args, depth: try checked(arguments.1 + 1))
+            try push(.object(object))
         }
         func memoIndex(_ count: Int) throws -> Int { Int(try unsigned(count)) }
-        func fetch(_ index: Int) throws -> PickleValue {
-            guard let v = memo[index] else { throw fail("memo \(index) is not set") }
-            return v
+        func fetch(_ index: Int) throws {
+            guard let slot = memo[index] else { throw fail("memo \(index) is not set") }
+            guard stack.count < maxStack else { throw fail("stack deeper than \(maxStack)") }
+            stack.append(slot)
         }
-        func setItems(_ pairs: [PickleValue]) throws {
+        func remember(_ index: Int) throws {
+            guard let slot = stack.last, case .value = slot else { throw fail("nothing to memoize") }
+            memo[index] = slot
+        }
+        func setItems(_ pairs: [(PickleValue, Int)]) throws {
             guard pairs.count % 2 == 0, case .dict(let dict) = try top() else { throw fail("SETITEMS needs a dict and pairs") }
-            for i in stride(from: 0, to: pairs.count, by: 2) { dict.items.append((pairs[i], pairs[i + 1])) }
+            for (value, d) in pairs {
+                freeze(value)
+                try grow(&dict.shape, d, "a dict")
+            }
+            for i in stride(from: 0, to: pairs.count, by: 2) { dict.items.append((pairs[i].0, pairs[i + 1].0)) }
         }
-        func appendItems(_ items: [PickleValue]) throws {
+        func appendItems(_ items: [(PickleValue, Int)]) throws {
             guard case .list(let list) = try top() else { throw fail("APPENDS needs a list") }
-            list.items += items
+            for (value, d) in items {
+                freeze(value)
+                try grow(&list.shape, d, "a list")
+            }
+            list.items += items.map(\.0)
         }
 
         while position < data.count {
@@ -158,7 +222,9 @@ public struct PickleReader {
             case UInt8(ascii: "("): stack.append(.mark)                  // MARK
             case UInt8(ascii: "0"): _ = try pop()                        // POP
             case UInt8(ascii: "1"): _ = try popToMark()                  // POP_MARK
-            case UInt8(ascii: "2"): try push(try top())                  // DUP
+            case UInt8(ascii: "2"):                                      // DUP
+                guard let slot = stack.last, case .value = slot else { throw fail("DUP of nothing") }
+                stack.append(slot)
             case UInt8(ascii: "N"): try push(.none)
             case 0x88: try push(.bool(true))
             case 0x89: try push(.bool(false))
@@ -184,28 +250,28 @@ public struct PickleReader {
             case UInt8(ascii: "B"): try push(.bytes(Array(try take(try length(4)))))
             case 0x8E, 0x96: try push(.bytes(Array(try take(try length(8)))))
             case UInt8(ascii: ")"): try push(.tuple([]))
-            case UInt8(ascii: "t"): try push(.tuple(try popToMark()))
-            case 0x85: try push(.tuple([try pop()]))
+            case UInt8(ascii: "t"): try tuple(try popToMark())
+            case 0x85: try tuple([try popSlot()])
             case 0x86:
-                let b = try pop(), a = try pop()
-                try push(.tuple([a, b]))
+                let b = try popSlot(), a = try popSlot()
+                try tuple([a, b])
             case 0x87:
-                let c = try pop(), b = try pop(), a = try pop()
-                try push(.tuple([a, b, c]))
-            case UInt8(ascii: "]"): try push(.list(PickleList()))
-            case UInt8(ascii: "l"): try push(.list(PickleList(try popToMark())))
-            case UInt8(ascii: "a"): try appendItems([try pop()])
-            case UInt8(ascii: "e"): try appendItems(try popToMark())
-            case 0x8F: try push(.list(PickleList()))                     // EMPTY_SET, as a list
-            case 0x90: try appendItems(try popToMark())                  // ADDITEMS
-            case 0x91: try push(.list(PickleList(try popToMark())))      // FROZENSET
+                let c = try popSlot(), b = try popSlot(), a = try popSlot()
+                try tuple([a, b, c])
+            case UInt8(ascii: "]"), 0x8F: try push(.list(PickleList()))  // EMPTY_LIST; EMPTY_SET as a list
+            case UInt8(ascii: "l"), 0x91:                                // LIST; FROZENSET as a list
+                let items = try popToMark()
+                try push(.list(PickleList()))
+                try appendItems(items)
+            case UInt8(ascii: "a"): try appendItems([try popSlot()])
+            case UInt8(ascii: "e"), 0x90: try appendItems(try popToMark())   // APPENDS; ADDITEMS
             case UInt8(ascii: "}"): try push(.dict(PickleDict()))
             case UInt8(ascii: "d"):
                 let pairs = try popToMark()
                 try push(.dict(PickleDict()))
                 try setItems(pairs)
             case UInt8(ascii: "s"):
-                let value = try pop(), key = try pop()
+                let value = try popSlot(), key = try popSlot()
                 try setItems([key, value])
             case UInt8(ascii: "u"): try setItems(try popToMark())
             case UInt8(ascii: "c"):                                      // GLOBAL "module\nname\n"
@@ -221,25 +287,21 @@ public struct PickleReader {
                     throw fail("STACK_GLOBAL needs two strings")
                 }
                 try push(try resolve(module, name))
-            case UInt8(ascii: "R"):                                      // REDUCE
-                guard case .tuple(let arguments) = try pop() else { throw fail("REDUCE needs an argument tuple") }
-                try push(.object(PickleObject(type: try callable(try pop()), arguments: arguments)))
-            case 0x81:                                                   // NEWOBJ
-                guard case .tuple(let arguments) = try pop() else { throw fail("NEWOBJ needs an argument tuple") }
-                try push(.object(PickleObject(type: try callable(try pop()), arguments: arguments)))
-            case 0x92:                                                   // NEWOBJ_EX
+            case UInt8(ascii: "R"), 0x81: try call(try popSlot())        // REDUCE, NEWOBJ
+            case 0x92:                                                   // NEWOBJ_EX (keyword arguments dropped)
                 _ = try pop()
-                guard case .tuple(let arguments) = try pop() else { throw fail("NEWOBJ_EX needs an argument tuple") }
-                try push(.object(PickleObject(type: try callable(try pop()), arguments: arguments)))
+                try call(try popSlot())
             case UInt8(ascii: "b"):                                      // BUILD
-                let state = try pop()
+                let (state, d) = try popSlot()
                 guard case .object(let object) = try top() else { throw fail("BUILD on something that is not an object") }
+                freeze(state)
+                try grow(&object.shape, d, "an object")
                 object.state = state
-            case 0x94: memo[memo.count] = try top()                      // MEMOIZE
-            case UInt8(ascii: "q"): memo[try memoIndex(1)] = try top()   // BINPUT
-            case UInt8(ascii: "r"): memo[try memoIndex(4)] = try top()   // LONG_BINPUT
-            case UInt8(ascii: "h"): try push(try fetch(try memoIndex(1)))
-            case UInt8(ascii: "j"): try push(try fetch(try memoIndex(4)))
+            case 0x94: try remember(memo.count)                          // MEMOIZE
+            case UInt8(ascii: "q"): try remember(try memoIndex(1))       // BINPUT
+            case UInt8(ascii: "r"): try remember(try memoIndex(4))       // LONG_BINPUT
+            case UInt8(ascii: "h"): try fetch(try memoIndex(1))          // BINGET
+            case UInt8(ascii: "j"): try fetch(try memoIndex(4))          // LONG_BINGET
             default:
                 throw fail("opcode 0x\(String(op, radix: 16)) is not supported (protocols 2-5 without persistent ids, extensions or out-of-band buffers)")
             }

@@ -74,6 +74,40 @@ func fixtureBytes(_ name: String) throws -> [UInt8] {
         }
     }
 
+    @Test func recursiveAndDeeplyNestedPicklesAreRefused() throws {
+        let reader = PickleReader(allowed: TorchMetadataReader.allowed)
+        let o = { (c: Character) in UInt8(ascii: c.unicodeScalars.first!) }
+        let cases: [([UInt8], String)] = [
+            // A list appended to itself: ] 2 a .
+            ([o("]"), o("2"), o("a"), o(".")], "changed after it was used"),
+            // Two lists that contain each other through the memo: ] q0 ] q1 h0 a h1 a ... 
+            ([o("]"), o("q"), 0, o("]"), o("q"), 1, o("h"), 0, o("a"), o("0"), o("h"), 0, o("h"), 1, o("a"), o("."),], "changed after it was used"),
+            // A million nested 1-tuples.
+            ([o("N")] + [UInt8](repeating: 0x85, count: 1_000_000) + [o(".")], "nest deeper"),
+            // A dict filled after it went into a tuple.
+            ([o("}"), o("q"), 0, 0x85, o("h"), 0, o("N"), o("N"), o("s"), o(".")], "changed after it was used"),
+        ]
+        for (bytes, message) in cases {
+            let error = #expect(throws: PickleError.self, "\(message)") { try reader.read(bytes) }
+            #expect(error?.message.contains(message) == true, "\(String(describing: error))")
+        }
+        // Shared, complete containers are fine: the same list twice in a tuple.
+        let shared: [UInt8] = [o("]"), o("q"), 0, o("N"), o("a"), o("h"), 0, 0x86, o(".")]
+        guard case .tuple(let items) = try reader.read(shared), items.count == 2 else { Issue.record("shared list"); return }
+    }
+
+    /// Inputs the fuzzer once found trouble with (fuzz/regressions/pickle):
+    /// each must be read or refused cleanly; under AddressSanitizer, without leaks.
+    @Test func fuzzerFindingsStayFixed() throws {
+        let directory = fixtures + "/../fuzz/regressions/pickle"
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory)
+        #expect(!names.isEmpty)
+        for name in names {
+            let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: directory + "/" + name)))
+            _ = try? TorchMetadataReader.decode(bytes)
+        }
+    }
+
     @Test func everyTruncationAndBitFlipOfRealMetadataIsHandled() throws {
         let bytes = try fixtureBytes("example-checkpoint/.metadata")
         for length in 0..<bytes.count {
