@@ -26,11 +26,13 @@ let package = Package(
         // The distributed-checkpoint protocols and their directory and archive backends.
         .target(name: "CheckpackStorage", dependencies: ["Checkpack"]),
         // PyTorch interop: a safe pickle reader and torch checkpoint metadata.
-        .target(name: "CheckpackTorch", dependencies: ["CheckpackStorage"]),
+        .target(name: "CheckpackTorch", dependencies: ["Checkpack", "CheckpackStorage"]),
         .executableTarget(
             name: "checkpack",
             dependencies: [
                 "Checkpack",
+                "CheckpackStorage",
+                "CheckpackTorch",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         // Saves a synthetic multi-rank checkpoint into an archive (crash tests, example).

@@ -33,7 +33,8 @@ public struct FrameLocation: Sendable, Equatable {
     public let header: FrameHeader
 
     var payloadOffset: UInt64 { archiveOffset + UInt64(Format.frameHeaderSize) }
-    var entryRange: Range<UInt64> { header.entryOffset..<header.entryOffset + UInt64(header.decodedLength) }
+    /// The bytes of its entry that the frame holds.
+    public var entryRange: Range<UInt64> { header.entryOffset..<header.entryOffset + UInt64(header.decodedLength) }
 }
 
 /// Serializes an index. The writer feeds it as records are written; the

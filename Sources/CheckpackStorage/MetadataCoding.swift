@@ -95,3 +95,10 @@ enum MetadataCoding {
         return Metadata(stateDictMetadata: entries, storageData: storage, plannerData: file.plannerData, version: file.version)
     }
 }
+
+extension Metadata {
+    /// Decodes a `.metadata` file written by this package's backends (JSON, spec/CHECKPOINT.md).
+    public static func decodeCheckpackJSON(_ bytes: [UInt8], source: String) throws -> Metadata {
+        try MetadataCoding.decode(bytes, source: source)
+    }
+}

@@ -1,5 +1,7 @@
 import ArgumentParser
 import Checkpack
+import CheckpackStorage
+import CheckpackTorch
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,7 +13,7 @@ struct CheckpackCommand: ParsableCommand {
         discussion: "Exit status: 0 success, 1 bad or damaged data or a failed system call, 2 usage error.",
         version: "0.1.0",
         subcommands: [PackCommand.self, UnpackCommand.self, ListCommand.self, VerifyCommand.self, CatCommand.self,
-                      SalvageCommand.self])
+                      SalvageCommand.self, InspectCommand.self])
 }
 
 struct PackCommand: ParsableCommand {
@@ -214,6 +216,72 @@ struct SalvageCommand: ParsableCommand {
         let complete = report.entries.filter { $0.outcome == .complete }.count
         writeStderr("salvaged \(complete) of \(report.entries.count) entries intact into \(destination)\n")
         if !report.isComplete { throw CommandFailure(code: 1) }
+    }
+}
+
+struct InspectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "inspect",
+        abstract: "List every tensor of a checkpoint: a torch.distributed.checkpoint directory, a .safetensors file or folder, or an archive of one.",
+        discussion: "Shows name, dtype, global shape, chunks and bytes (and, for archives, stored bytes and ratio). Nothing is unpacked.")
+
+    @Argument(help: "A checkpoint directory, a .safetensors file, or a .ckpk archive.") var path: String
+    @Flag(help: "Machine-readable output, with every chunk's offsets and sizes.") var json = false
+
+    func run() throws {
+        let inspection: Inspection
+        do {
+            inspection = try Inspector.inspect(path: path)
+        } catch let error as CheckpointError {
+            throw CheckpackError(.corrupt, error.message)
+        } catch let error as PickleError {
+            throw CheckpackError(.corrupt, "\(path): .metadata: \(error)")
+        }
+        if json {
+            print(JSON.object([
+                ("path", .string(inspection.path)),
+                ("format", .string(inspection.format.rawValue)),
+                ("archive", .bool(inspection.inArchive)),
+                ("items", .array(inspection.items.map(describe))),
+            ]).rendered())
+            return
+        }
+        var rows = [["NAME", "DTYPE", "SHAPE", "CHUNKS", "BYTES"] + (inspection.inArchive ? ["STORED", "RATIO"] : [])]
+        for item in inspection.items {
+            var row = [item.name, item.dtype?.rawValue ?? "bytes", item.dtype == nil ? "-" : "[" + item.shape.map(String.init).joined(separator: ", ") + "]",
+                       item.dtype == nil ? "-" : String(item.chunks.count), String(item.bytes)]
+            if inspection.inArchive {
+                row += [item.storedBytes.map(String.init) ?? "-", item.storedBytes.map { ratio($0, item.bytes) } ?? "-"]
+            }
+            rows.append(row)
+        }
+        print("\(inspection.path): \(inspection.format.rawValue)\(inspection.inArchive ? " (archived)" : ""), \(inspection.items.count) items")
+        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        for row in rows {
+            print(row.enumerated().map { column, cell in
+                let pad = String(repeating: " ", count: widths[column] - cell.count)
+                return column >= 3 ? pad + cell : cell + pad
+            }.joined(separator: "  "))
+        }
+    }
+
+    private func describe(_ item: Inspection.Item) -> JSON {
+        var fields: [(String, JSON)] = [
+            ("name", .string(item.name)),
+            ("kind", .string(item.dtype == nil ? "bytes" : "tensor")),
+        ]
+        if let dtype = item.dtype {
+            fields.append(("dtype", .string(dtype.rawValue)))
+            fields.append(("shape", .array(item.shape.map { .number(UInt64($0)) })))
+            fields.append(("chunks", .array(item.chunks.map { chunk in
+                .object([("offsets", .array(chunk.offsets.map { .number(UInt64($0)) })),
+                         ("sizes", .array(chunk.sizes.map { .number(UInt64($0)) }))])
+            })))
+        }
+        fields.append(("bytes", .number(item.bytes)))
+        fields.append(("files", .array(item.files.map(JSON.string))))
+        if let stored = item.storedBytes { fields.append(("stored_bytes", .number(stored))) }
+        return .object(fields)
     }
 }
 

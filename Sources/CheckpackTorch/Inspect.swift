@@ -1,0 +1,205 @@
+import Checkpack
+import CheckpackStorage
+import Foundation
+
+/// What a checkpoint holds, tensor by tensor, whatever its form: a
+/// torch.distributed.checkpoint directory, a `.safetensors` file or folder,
+/// or an archive of any of them.
+public struct Inspection: Sendable {
+    public enum Format: String, Sendable {
+        case torchDistributed = "torch.distributed.checkpoint"
+        case checkpack = "checkpack checkpoint"
+        case safetensors = "safetensors"
+    }
+
+    public struct Item: Sendable {
+        public var name: String
+        /// nil for a byte item (not a tensor).
+        public var dtype: DType?
+        /// The global shape.
+        public var shape: [Int]
+        public var chunks: [ChunkStorageMetadata]
+        /// The files that hold it.
+        public var files: [String]
+        /// Bytes as saved.
+        public var bytes: UInt64
+        /// Bytes the item takes in the archive (its share of the frames that hold it); archives only.
+        public var storedBytes: UInt64?
+    }
+
+    public var path: String
+    public var format: Format
+    public var inArchive: Bool
+    public var items: [Item]
+}
+
+public enum Inspector {
+    /// A directory or an archive, seen as named files with range reads.
+    enum Tree {
+        case directory(String)
+        case archive(ArchiveReader)
+
+        var names: [String] {
+            switch self {
+            case .directory(let root):
+                return (try? FileManager.default.subpathsOfDirectory(atPath: root).sorted()) ?? []
+            case .archive(let reader):
+                return reader.entries.filter { $0.kind == .file }.map(\.name)
+            }
+        }
+
+        func read(_ name: String, offset: UInt64 = 0, count: Int? = nil) throws -> [UInt8] {
+            switch self {
+            case .directory(let root):
+                let file = try SystemFile.openForReading(root + "/" + name)
+                let size = try file.size
+                guard offset <= size else { throw CheckpointError("\(name) is shorter than \(offset) bytes") }
+                let n = count ?? Int(size - offset)
+                guard UInt64(n) <= size - offset else { throw CheckpointError("\(name) is shorter than \(offset + UInt64(n)) bytes") }
+                return try file.read(count: n, at: offset)
+            case .archive(let reader):
+                guard let entry = reader.entry(named: name) else { throw CheckpointError("no entry \"\(name)\"") }
+                return try reader.read(entry, offset: offset, count: count)
+            }
+        }
+
+        /// The stored bytes of `range` of file `name`: each frame it overlaps
+        /// counts in proportion to the overlap.
+        func storedBytes(_ name: String, _ range: Range<UInt64>) -> UInt64? {
+            guard case .archive(let reader) = self, let entry = reader.entry(named: name) else { return nil }
+            var total = 0.0
+            for frame in reader.frames(of: entry) {
+                let r = frame.entryRange
+                let overlap = min(r.upperBound, range.upperBound) > max(r.lowerBound, range.lowerBound)
+                    ? min(r.upperBound, range.upperBound) - max(r.lowerBound, range.lowerBound) : 0
+                total += Double(frame.header.storedLength) * Double(overlap) / Double(frame.header.decodedLength)
+            }
+            return UInt64(total.rounded())
+        }
+    }
+
+    public static func inspect(path: String) throws -> Inspection {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw CheckpackError(.io(2), "no such file or directory", path: path)
+        }
+        if isDirectory.boolValue { return try inspect(tree: .directory(path), path: path, inArchive: false) }
+        if path.hasSuffix(".safetensors") {
+            let directory = (path as NSString).deletingLastPathComponent
+            return try inspectSafetensors(tree: .directory(directory.isEmpty ? "." : directory),
+                                          files: [(path as NSString).lastPathComponent], path: path, inArchive: false)
+        }
+        return try inspect(tree: .archive(try ArchiveReader(path: path)), path: path, inArchive: true)
+    }
+
+    static func inspect(tree: Tree, path: String, inArchive: Bool) throws -> Inspection {
+        let names = tree.names
+        if names.contains(".metadata") {
+            let bytes = try tree.read(".metadata")
+            if bytes.first == 0x80 {
+                let torch = try TorchMetadataReader.decode(bytes)
+                return inspection(torch.metadata, tree: tree, path: path, format: .torchDistributed, inArchive: inArchive)
+            }
+            let metadata = try Metadata.decodeCheckpackJSON(bytes, source: path + "/.metadata")
+            return inspection(metadata, tree: tree, path: path, format: .checkpack, inArchive: inArchive)
+        }
+        let shards = names.filter { $0.hasSuffix(".safetensors") }
+        guard !shards.isEmpty else {
+            throw CheckpointError("\(path): no checkpoint here (neither a .metadata file nor *.safetensors files)")
+        }
+        return try inspectSafetensors(tree: tree, files: shards, path: path, inArchive: inArchive)
+    }
+
+    static func inspection(_ metadata: Metadata, tree: Tree, path: String, format: Inspection.Format, inArchive: Bool) -> Inspection {
+        var storage: [String: [(MetadataIndex, StorageInfo)]] = [:]
+        for (index, info) in metadata.storageData { storage[index.fqn, default: []].append((index, info)) }
+        var items: [Inspection.Item] = []
+        for (fqn, md) in metadata.stateDictMetadata.sorted(by: { $0.key < $1.key }) {
+            let infos = storage[fqn] ?? []
+            let bytes = infos.reduce(UInt64(0)) { $0 + $1.1.length }
+            let stored = infos.reduce(UInt64?(0)) { sum, pair in
+                tree.storedBytes(pair.1.relativePath, pair.1.offset..<pair.1.offset + pair.1.length).flatMap { s in sum.map { $0 + s } }
+            }
+            let files = Array(Set(infos.map(\.1.relativePath))).sorted()
+            switch md {
+            case .bytes:
+                items.append(.init(name: fqn, dtype: nil, shape: [], chunks: [], files: files, bytes: bytes, storedBytes: stored))
+            case .tensor(let t):
+                items.append(.init(name: fqn, dtype: t.properties.dtype, shape: t.size, chunks: t.chunks, files: files,
+                                   bytes: bytes, storedBytes: stored))
+            }
+        }
+        return Inspection(path: path, format: format, inArchive: inArchive, items: items)
+    }
+
+    // MARK: safetensors
+
+    /// safetensors dtype names → torch's.
+    static let safetensorsTypes: [String: DType] = [
+        "F64": .float64, "F32": .float32, "F16": .float16, "BF16": .bfloat16,
+        "F8_E4M3": .float8_e4m3fn, "F8_E5M2": .float8_e5m2,
+        "I64": .int64, "I32": .int32, "I16": .int16, "I8": .int8,
+        "U64": .uint64, "U32": .uint32, "U16": .uint16, "U8": .uint8, "BOOL": .bool,
+        "C64": .complex64,
+    ]
+
+    /// One tensor of a safetensors header: its byte range is relative to the end of the header.
+    public struct SafetensorsTensor: Sendable {
+        public var name: String
+        public var dtype: DType
+        public var shape: [Int]
+        public var range: Range<UInt64>
+    }
+
+    /// Parses a safetensors header (8-byte little-endian length, then JSON)
+    /// from the start of a file; returns the tensors and where the data starts.
+    public static func safetensorsHeader(_ read: (UInt64, Int) throws -> [UInt8], fileSize: UInt64, name: String) throws
+        -> (tensors: [SafetensorsTensor], dataStart: UInt64) {
+        guard fileSize >= 8 else { throw CheckpointError("\(name): too short for a safetensors file") }
+        let lengthBytes = try read(0, 8)
+        let length = lengthBytes.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * $1.offset) }
+        guard length <= 100 << 20, 8 + length <= fileSize else {
+            throw CheckpointError("\(name): safetensors header of \(length) bytes does not fit the file")
+        }
+        let json = try read(8, Int(length))
+        guard let header = try? JSONSerialization.jsonObject(with: Data(json)) as? [String: Any] else {
+            throw CheckpointError("\(name): safetensors header is not a JSON object")
+        }
+        let dataStart = 8 + length
+        var tensors: [SafetensorsTensor] = []
+        for (key, value) in header where key != "__metadata__" {
+            guard let info = value as? [String: Any], let type = info["dtype"] as? String,
+                  let shape = info["shape"] as? [Int], let offsets = info["data_offsets"] as? [Int], offsets.count == 2,
+                  offsets[0] >= 0, offsets[1] >= offsets[0], shape.allSatisfy({ $0 >= 0 }) else {
+                throw CheckpointError("\(name): tensor \"\(key)\" has a malformed header entry")
+            }
+            guard let dtype = safetensorsTypes[type] else { throw CheckpointError("\(name): tensor \"\(key)\" has unknown dtype \(type)") }
+            let range = UInt64(offsets[0])..<UInt64(offsets[1])
+            guard dataStart + range.upperBound <= fileSize,
+                  range.count == shape.reduce(1, *) * dtype.elementSize else {
+                throw CheckpointError("\(name): tensor \"\(key)\" bytes \(range) do not match its shape or the file")
+            }
+            tensors.append(.init(name: key, dtype: dtype, shape: shape, range: range))
+        }
+        return (tensors.sorted { $0.range.lowerBound < $1.range.lowerBound }, dataStart)
+    }
+
+    static func inspectSafetensors(tree: Tree, files: [String], path: String, inArchive: Bool) throws -> Inspection {
+        var items: [Inspection.Item] = []
+        for file in files {
+            let size: UInt64
+            switch tree {
+            case .directory(let root): size = try SystemFile.openForReading(root + "/" + file).size
+            case .archive(let reader): size = reader.entry(named: file)?.size ?? 0
+            }
+            let header = try safetensorsHeader({ try tree.read(file, offset: $0, count: $1) }, fileSize: size, name: file)
+            for t in header.tensors {
+                let range = header.dataStart + t.range.lowerBound..<header.dataStart + t.range.upperBound
+                items.append(.init(name: t.name, dtype: t.dtype, shape: t.shape,
+                                   chunks: [ChunkStorageMetadata(offsets: t.shape.map { _ in 0 }, sizes: t.shape)],
+                                   files: [file], bytes: UInt64(t.range.count), storedBytes: tree.storedBytes(file, range)))
+            }
+        }
+        return Inspection(path: path, format: .safetensors, inArchive: inArchive, items: items.sorted { $0.name < $1.name })
+    }
+}
