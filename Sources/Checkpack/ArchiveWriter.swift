@@ -101,7 +101,9 @@ public final class ArchiveWriter {
         _ = fchmod(file.descriptor, 0o666 & ~FileSystem.umaskBits)   // mkstemp makes it 0600
         self.file = file
         self.output = BufferedOutput(file: file)
-        self.pipeline = OrderedPipeline(threads: options.threads, maxPending: options.threads + 2) { [unowned self] in
+        // In flight: about two frames per thread by bytes, and many more when frames are small.
+        self.pipeline = OrderedPipeline(threads: options.threads, maxPending: 64 * (options.threads + 2),
+                                        maxCost: (options.threads + 2) * options.frameSize) { [unowned self] in
             try self.sink($0)
         }
         do {
@@ -145,9 +147,11 @@ public final class ArchiveWriter {
         }
     }
 
-    /// Adds a file read from `sourcePath`; the mode defaults to the source's permission bits.
+    /// Adds a file read from `sourcePath`; the mode defaults to the source's
+    /// permission bits. `itemBoundaries` are offsets where items start; frames are cut there too.
     public func addFile(_ name: String, fromPath sourcePath: String, mode: UInt32? = nil,
-                        attributes: [String: String] = [:], codec: Codec? = nil, level: Int32? = nil) throws {
+                        attributes: [String: String] = [:], itemBoundaries: [UInt64] = [],
+                        codec: Codec? = nil, level: Int32? = nil) throws {
         let source = try SystemFile.openForReading(sourcePath)
         var info = stat()
         guard fstat(source.descriptor, &info) == 0 else { throw CheckpackError.system("cannot stat", path: sourcePath) }
@@ -155,13 +159,21 @@ public final class ArchiveWriter {
                                      attributes: attributes, codec: codec, level: level)
         try guarded {
             try startEntry(entry)
-            let frameSize = options.frameSize
+            var boundaries = itemBoundaries.sorted()[...]
+            var position: UInt64 = 0
             while true {
-                var chunk = try [UInt8](unsafeUninitializedCapacity: frameSize) { buffer, count in
+                while let next = boundaries.first, next <= position {
+                    if next == position { try cutItem() }
+                    boundaries = boundaries.dropFirst()
+                }
+                // Up to a frame, and never across the next item boundary.
+                let want = Int(min(UInt64(options.frameSize), (boundaries.first ?? .max) - position))
+                var chunk = try [UInt8](unsafeUninitializedCapacity: want) { buffer, count in
                     count = try source.readSome(into: UnsafeMutableRawBufferPointer(buffer))
                 }
                 if chunk.isEmpty { break }
-                let full = chunk.count == frameSize
+                let full = chunk.count == want
+                position += UInt64(chunk.count)
                 try appendOwned(&chunk)
                 if !full { break }
             }
@@ -363,7 +375,7 @@ public final class ArchiveWriter {
         entry.size += UInt64(data.count)
         entry.frames += 1
         let codec = entry.codec, level = entry.level
-        try pipeline.submit {
+        try pipeline.submit(cost: data.count) {
             try ArchiveWriter.encodeFrame(data, entryOffset: entryOffset, codec: codec, level: level)
         }
     }

@@ -1,37 +1,45 @@
 import Dispatch
 
 /// Runs jobs on up to `threads` cores and hands their results to `sink` in
-/// submission order, on the submitting thread. At most `maxPending` results
-/// (running or waiting to be sunk) exist at once, so memory stays bounded
-/// however much is submitted.
+/// submission order, on the submitting thread. Jobs in flight (running or
+/// waiting to be sunk) are bounded by count and by the sum of their costs
+/// (bytes), so memory stays bounded however much is submitted, while many
+/// small jobs can still overlap one large one.
 final class OrderedPipeline<Output: Sendable> {
     private final class Slot: @unchecked Sendable {
         let done = DispatchSemaphore(value: 0)
+        var cost = 0
         // Written by the worker before `done` is signalled, read after waiting.
         var result: Result<Output, Error>?
     }
 
     private let threads: Int
     private let maxPending: Int
+    private let maxCost: Int
+    private var pendingCost = 0
     private let running: DispatchSemaphore
     private var pending: [Slot] = []
     private var head = 0
     private let sink: (Output) throws -> Void
 
-    init(threads: Int, maxPending: Int, sink: @escaping (Output) throws -> Void) {
+    init(threads: Int, maxPending: Int, maxCost: Int = .max, sink: @escaping (Output) throws -> Void) {
         self.threads = max(1, threads)
         self.maxPending = max(1, maxPending)
+        self.maxCost = maxCost
         self.running = DispatchSemaphore(value: self.threads)
         self.sink = sink
     }
 
     var pendingCount: Int { pending.count - head }
 
-    /// Queues `work`; sinks finished results first, and waits while full.
-    func submit(_ work: @escaping @Sendable () throws -> Output) throws {
+    /// Queues `work` of `cost` (bytes it holds); sinks finished results
+    /// first, and waits while full.
+    func submit(cost: Int = 0, _ work: @escaping @Sendable () throws -> Output) throws {
         try sinkFinished()
-        while pendingCount >= maxPending { try sinkHead() }
+        while pendingCount >= maxPending || (pendingCount > 0 && pendingCost + cost > maxCost) { try sinkHead() }
         let slot = Slot()
+        slot.cost = cost
+        pendingCost += cost
         if threads == 1 {
             slot.result = Result(catching: work)
             slot.done.signal()
@@ -67,6 +75,7 @@ final class OrderedPipeline<Output: Sendable> {
     func abandon() {
         while pendingCount > 0 {
             pending[head].done.wait()
+            pendingCost -= pending[head].cost
             head += 1
         }
         compact()
@@ -83,6 +92,7 @@ final class OrderedPipeline<Output: Sendable> {
         let slot = pending[head]
         slot.done.wait()
         head += 1
+        pendingCost -= slot.cost
         compact()
         guard let result = slot.result else { return }
         slot.result = nil   // the queue must not keep sunk results alive

@@ -12,6 +12,17 @@ public struct TreeSummary: Sendable {
     public var bytes: UInt64 = 0
 }
 
+/// How one file of a tree should be packed: where its items start (frames
+/// are cut there) and attributes to record with it.
+public struct FileLayout: Sendable, Equatable {
+    public var itemBoundaries: [UInt64]
+    public var attributes: [String: String]
+    public init(itemBoundaries: [UInt64] = [], attributes: [String: String] = [:]) {
+        self.itemBoundaries = itemBoundaries
+        self.attributes = attributes
+    }
+}
+
 /// Packs a directory tree into an archive.
 public enum Packer {
     struct Item {
@@ -26,8 +37,11 @@ public enum Packer {
     /// each directory's names in byte order, with their permission bits. Symbolic links to files are
     /// stored as the files they point to; links to directories and special
     /// files are refused.
+    /// `layouts` (entry name → layout) lets a caller that understands the
+    /// files' formats cut frames at their items; other files get fixed-size frames.
     @discardableResult
     public static func pack(directory: String, to archive: String, options: WriterOptions = WriterOptions(),
+                            layouts: [String: FileLayout] = [:],
                             progress: ((_ done: UInt64, _ total: UInt64) -> Void)? = nil) throws -> TreeSummary {
         guard FileSystem.isDirectory(directory) else {
             throw CheckpackError(FileSystem.exists(directory) ? .invalidArgument : .io(ENOENT),
@@ -45,7 +59,10 @@ public enum Packer {
         for item in items {
             switch item.kind {
             case .directory: try writer.addDirectory(item.name, mode: item.mode)
-            case .file: try writer.addFile(item.name, fromPath: item.path, mode: item.mode)
+            case .file:
+                let layout = layouts[item.name] ?? FileLayout()
+                try writer.addFile(item.name, fromPath: item.path, mode: item.mode, attributes: layout.attributes,
+                                   itemBoundaries: layout.itemBoundaries)
             }
         }
         try writer.finish()

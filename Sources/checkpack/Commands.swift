@@ -27,14 +27,25 @@ struct PackCommand: ParsableCommand {
     var frameSize: SizeArgument = SizeArgument(argument: "4M")!
     @Option(help: "Threads that compress (default: all cores).") var threads: Int = WriterOptions.availableCores
     @Flag(help: "Replace an existing archive.") var force = false
+    @Flag(name: .customLong("fixed-frames"),
+          help: "Ignore checkpoint formats: cut every file into fixed-size frames only.") var fixedFrames = false
     @Flag(help: "No progress bar or summary.") var quiet = false
 
     func run() throws {
         reportLeftovers(beside: archive, quiet: quiet)
         let options = WriterOptions(codec: codec, level: level, frameSize: frameSize.bytes, threads: threads, overwrite: force)
+        // A torch DCP directory or safetensors files: frames are cut at their items.
+        var layouts: [String: FileLayout] = [:]
+        if !fixedFrames && FileSystemProbe.isDirectory(source) {
+            do {
+                layouts = try CheckpointLayout.layouts(forDirectory: source)
+            } catch {
+                if !quiet { printError("warning: \(source): \(error); packing with fixed-size frames") }
+            }
+        }
         let bar = ProgressBar("packing", quiet: quiet)
         let start = monotonicSeconds()
-        let summary = try Packer.pack(directory: source, to: archive, options: options) { bar.update($0, total: $1) }
+        let summary = try Packer.pack(directory: source, to: archive, options: options, layouts: layouts) { bar.update($0, total: $1) }
         bar.clear()
         if !quiet {
             let stored = (try? FileSource(path: archive).size) ?? 0
@@ -282,6 +293,13 @@ struct InspectCommand: ParsableCommand {
         fields.append(("files", .array(item.files.map(JSON.string))))
         if let stored = item.storedBytes { fields.append(("stored_bytes", .number(stored))) }
         return .object(fields)
+    }
+}
+
+enum FileSystemProbe {
+    static func isDirectory(_ path: String) -> Bool {
+        var info = stat()
+        return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
     }
 }
 
