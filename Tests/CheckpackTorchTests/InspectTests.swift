@@ -24,6 +24,17 @@ import Testing
         #expect(direct.items.first { $0.name == "extra.note" }?.dtype == nil)
     }
 
+    @Test func aHuggingFaceFolderListsWhatSafetensorsReads() throws {
+        let expected = try #require(try JSONSerialization.jsonObject(with: Data(try fixtureBytes("torch/hf.expected.json"))) as? [String: [String: Any]])
+        let inspection = try Inspector.inspect(path: fixtures + "/torch/hf")
+        #expect(inspection.format == .safetensors)
+        #expect(Set(inspection.items.map(\.name)) == Set(expected.keys))
+        for item in inspection.items {
+            #expect(item.dtype?.rawValue == expected[item.name]?["dtype"] as? String, "\(item.name)")
+            #expect(item.shape == expected[item.name]?["shape"] as? [Int], "\(item.name)")
+        }
+    }
+
     @Test func safetensorsFilesAreReadFromTheirHeader() throws {
         let scratch = NSTemporaryDirectory() + "inspect-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: scratch) }

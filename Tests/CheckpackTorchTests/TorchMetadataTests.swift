@@ -14,27 +14,29 @@ func fixtureBytes(_ name: String) throws -> [UInt8] {
 }
 
 @Suite struct TorchMetadataTests {
-    @Test func decodesARealCheckpointExactlyAsTorchReadsIt() throws {
-        let decoded = try TorchMetadataReader.decode(try fixtureBytes("example-checkpoint/.metadata"))
-        let expected = try #require(try JSONSerialization.jsonObject(with: Data(try fixtureBytes("example-checkpoint.metadata.json"))) as? [String: Any])
-        #expect(decoded.version == expected["version"] as? String)
-        let state = try #require(expected["state_dict"] as? [String: [String: Any]])
-        #expect(Set(decoded.metadata.stateDictMetadata.keys) == Set(state.keys))
-        for (fqn, want) in state {
+    /// Compares the decoded `.metadata` of a fixture checkpoint with torch's
+    /// own reading of it (written beside it by the fixture scripts).
+    func expectSameAsTorch(_ checkpoint: String, expected: String) throws -> TorchCheckpointMetadata {
+        let decoded = try TorchMetadataReader.decode(try fixtureBytes(checkpoint + "/.metadata"))
+        let want = try #require(try JSONSerialization.jsonObject(with: Data(try fixtureBytes(expected))) as? [String: Any])
+        #expect(decoded.version == want["version"] as? String)
+        let state = try #require(want["state_dict"] as? [String: [String: Any]])
+        #expect(Set(decoded.metadata.stateDictMetadata.keys) == Set(state.keys), "\(checkpoint)")
+        for (fqn, item) in state {
             switch decoded.metadata.stateDictMetadata[fqn] {
             case .bytes?:
-                #expect(want["type"] as? String == "bytes", "\(fqn)")
+                #expect(item["type"] as? String == "bytes", "\(fqn)")
             case .tensor(let t)?:
-                #expect(want["type"] as? String == "tensor", "\(fqn)")
-                #expect(t.properties.dtype.rawValue == want["dtype"] as? String, "\(fqn)")
-                #expect(t.size == want["size"] as? [Int], "\(fqn)")
-                let chunks = (want["chunks"] as? [[String: [Int]]] ?? []).map { ChunkStorageMetadata(offsets: $0["offsets"] ?? [], sizes: $0["sizes"] ?? []) }
+                #expect(item["type"] as? String == "tensor", "\(fqn)")
+                #expect(t.properties.dtype.rawValue == item["dtype"] as? String, "\(fqn)")
+                #expect(t.size == item["size"] as? [Int], "\(fqn)")
+                let chunks = (item["chunks"] as? [[String: [Int]]] ?? []).map { ChunkStorageMetadata(offsets: $0["offsets"] ?? [], sizes: $0["sizes"] ?? []) }
                 #expect(t.chunks == chunks, "\(fqn)")
             case nil:
-                Issue.record("\(fqn) missing")
+                Issue.record("\(checkpoint): \(fqn) missing")
             }
         }
-        let storage = try #require(expected["storage"] as? [[String: Any]])
+        let storage = try #require(want["storage"] as? [[String: Any]])
         #expect(decoded.metadata.storageData.count == storage.count)
         for item in storage {
             let index = MetadataIndex(fqn: item["fqn"] as? String ?? "", offset: item["offset"] as? [Int])
@@ -42,8 +44,17 @@ func fixtureBytes(_ name: String) throws -> [UInt8] {
             #expect(info.relativePath == item["relative_path"] as? String)
             #expect(info.offset == (item["byte_offset"] as? NSNumber)?.uint64Value)
             #expect(info.length == (item["length"] as? NSNumber)?.uint64Value)
+            #expect(decoded.transformDescriptors[index] ?? [] == item["transform_descriptors"] as? [String], "\(index)")
         }
-        #expect(decoded.storageMeta?.saveID != nil)
+        return decoded
+    }
+
+    @Test func decodesRealCheckpointsExactlyAsTorchReadsThem() throws {
+        let sharded = try expectSameAsTorch("example-checkpoint", expected: "example-checkpoint.metadata.json")
+        #expect(sharded.storageMeta?.saveID != nil)
+        _ = try expectSameAsTorch("torch/single", expected: "torch/single.expected.json")
+        let zstd = try expectSameAsTorch("torch/zstd", expected: "torch/zstd.expected.json")
+        #expect(!zstd.transformDescriptors.isEmpty)
     }
 
     @Test func forbiddenGlobalsAreNamedNotCalled() throws {
