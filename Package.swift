@@ -6,6 +6,8 @@ let package = Package(
     products: [
         .library(name: "Checkpack", targets: ["Checkpack"]),
         .library(name: "CheckpackStorage", targets: ["CheckpackStorage"]),
+        // The C ABI the Python adapter loads (libCheckpackC.so).
+        .library(name: "CheckpackC", type: .dynamic, targets: ["CheckpackC"]),
         .executable(name: "checkpack", targets: ["checkpack"]),
     ],
     dependencies: [
@@ -25,6 +27,7 @@ let package = Package(
         .target(name: "Checkpack", dependencies: ["CCRC32C", "CSystemShims", "CZstd", "CZlib"]),
         // The distributed-checkpoint protocols and their directory and archive backends.
         .target(name: "CheckpackStorage", dependencies: ["Checkpack"]),
+        .target(name: "CheckpackC", dependencies: ["Checkpack"]),
         // PyTorch interop: a safe pickle reader and torch checkpoint metadata.
         .target(name: "CheckpackTorch", dependencies: ["Checkpack", "CheckpackStorage"]),
         .executableTarget(

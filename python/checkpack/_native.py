@@ -1,0 +1,87 @@
+"""ctypes binding to libCheckpackC.so, the C ABI of the Swift library."""
+import ctypes
+import os
+
+_ERROR_CAPACITY = 1024
+
+
+class CheckpackError(Exception):
+    """A damaged archive, a missing entry, or a failed read."""
+
+
+def _find_library():
+    candidates = [os.environ.get("CHECKPACK_LIBRARY"),
+                  os.path.join(os.path.dirname(__file__), "libCheckpackC.so"),
+                  os.path.join(os.path.dirname(__file__), "..", "..", ".build", "release", "libCheckpackC.so")]
+    for path in candidates:
+        if path and os.path.exists(path):
+            return os.path.abspath(path)
+    raise CheckpackError("libCheckpackC.so not found: install with `pip install ./python` from a clone, "
+                         "or set CHECKPACK_LIBRARY")
+
+
+_lib = ctypes.CDLL(_find_library())
+_lib.ckpk_reader_open.restype = ctypes.c_void_p
+_lib.ckpk_reader_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
+_lib.ckpk_reader_close.argtypes = [ctypes.c_void_p]
+_lib.ckpk_reader_entry_size.restype = ctypes.c_int64
+_lib.ckpk_reader_entry_size.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+_lib.ckpk_reader_read.restype = ctypes.c_int32
+_lib.ckpk_reader_read.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint64,
+                                  ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+_lib.ckpk_reader_frames_decoded.restype = ctypes.c_uint64
+_lib.ckpk_reader_frames_decoded.argtypes = [ctypes.c_void_p]
+
+
+class Archive:
+    """An open archive: entry sizes and byte-range reads that decode only the frames they touch."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        message = ctypes.create_string_buffer(_ERROR_CAPACITY)
+        self._handle = _lib.ckpk_reader_open(os.fsencode(self.path), message, _ERROR_CAPACITY)
+        if not self._handle:
+            raise CheckpackError(message.value.decode("utf-8", "replace"))
+
+    def close(self):
+        if self._handle:
+            _lib.ckpk_reader_close(self._handle)
+            self._handle = None
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def size(self, name):
+        """The size of file entry `name`, or None when there is none."""
+        n = _lib.ckpk_reader_entry_size(self._handle, name.encode())
+        return None if n < 0 else n
+
+    def read_into(self, name, offset, buffer):
+        """Fills `buffer` (a writable buffer: bytearray, memoryview, numpy or tensor storage) from `offset`."""
+        view = memoryview(buffer).cast("B")
+        if view.nbytes == 0:
+            return
+        address = ctypes.addressof((ctypes.c_char * view.nbytes).from_buffer(view))
+        message = ctypes.create_string_buffer(_ERROR_CAPACITY)
+        if _lib.ckpk_reader_read(self._handle, name.encode(), offset, view.nbytes, address, message, _ERROR_CAPACITY) != 0:
+            raise CheckpackError(message.value.decode("utf-8", "replace"))
+
+    def read(self, name, offset=0, length=None):
+        size = self.size(name)
+        if size is None:
+            raise CheckpackError(f"{self.path}: no entry {name!r}")
+        if length is None:
+            length = size - offset
+        buffer = bytearray(length)
+        self.read_into(name, offset, buffer)
+        return bytes(buffer)
+
+    @property
+    def frames_decoded(self):
+        return _lib.ckpk_reader_frames_decoded(self._handle)

@@ -1,0 +1,161 @@
+"""torch.distributed.checkpoint loads straight out of Checkpack archives, with real torch."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+import torch.multiprocessing as mp
+
+from checkpack import Archive, CheckpackError
+from checkpack.torch import ArchiveReader
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+FIXTURES = os.path.join(REPO, "fixtures")
+CLI = os.environ.get("CHECKPACK_CLI", os.path.join(REPO, ".build", "release", "checkpack"))
+
+
+def checkpack(*args):
+    return subprocess.run([CLI, *args], check=True, capture_output=True, text=True).stdout
+
+
+def state(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "w": torch.randn(64, 48, generator=g),
+        "h": torch.randn(300, 17, generator=g).to(torch.bfloat16),
+        "ids": torch.arange(1000, dtype=torch.int64),
+        "flag": torch.tensor(True),
+        "empty": torch.zeros(0, 3),
+        "config": {"lr": 0.01, "name": "test"},
+    }
+
+
+def zeros_like(sd):
+    """Where to load into: zero tensors, and dicts with the same keys (DCP loads only keys that are there)."""
+    def blank(v):
+        if isinstance(v, torch.Tensor):
+            return torch.zeros_like(v)
+        if isinstance(v, dict):
+            return {k: blank(x) for k, x in v.items()}
+        return None
+    return {k: blank(v) for k, v in sd.items()}
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+        else:
+            assert a[k] == b[k], k
+
+
+def test_torch_save_then_pack_then_load_from_the_archive(tmp_path):
+    saved = state()
+    dcp.save(saved, storage_writer=dcp.FileSystemWriter(str(tmp_path / "ckpt")), no_dist=True)
+    checkpack("pack", str(tmp_path / "ckpt"), str(tmp_path / "ckpt.ckpk"), "--quiet")
+    loaded = zeros_like(saved)
+    dcp.load(loaded, storage_reader=ArchiveReader(str(tmp_path / "ckpt.ckpk")), no_dist=True)
+    assert_same(loaded, saved)
+
+
+def test_loading_one_tensor_decodes_only_its_frames(tmp_path):
+    saved = {f"layer{i}": torch.randn(256, 256) for i in range(8)}   # 256 KiB each
+    dcp.save(saved, storage_writer=dcp.FileSystemWriter(str(tmp_path / "ckpt")), no_dist=True)
+    checkpack("pack", str(tmp_path / "ckpt"), str(tmp_path / "c.ckpk"), "--quiet")
+    reader = ArchiveReader(str(tmp_path / "c.ckpk"))
+    one = {"layer3": torch.zeros(256, 256)}
+    dcp.load(one, storage_reader=reader, no_dist=True)
+    assert torch.equal(one["layer3"], saved["layer3"])
+    total = sum(item["frames"] for item in json.loads(checkpack("ls", "--json", str(tmp_path / "c.ckpk"))))
+    # .metadata plus the frames of one 256 KiB item, out of all eight items' frames.
+    assert 0 < reader.archive.frames_decoded <= total // 4
+
+
+def test_a_zstandard_extension_checkpoint_packs_byte_identical_and_loads(tmp_path):
+    pytest.importorskip("zstandard")
+    source = os.path.join(FIXTURES, "torch", "zstd")
+    checkpack("pack", source, str(tmp_path / "z.ckpk"), "--quiet")
+    checkpack("unpack", str(tmp_path / "z.ckpk"), str(tmp_path / "z"), "--quiet")
+    assert subprocess.run(["diff", "-r", source, str(tmp_path / "z")]).returncode == 0
+    sys.path.insert(0, FIXTURES)
+    import make_torch_fixtures
+    expected = make_torch_fixtures.state()
+    loaded = zeros_like(expected)
+    dcp.load(loaded, storage_reader=ArchiveReader(str(tmp_path / "z.ckpk")), no_dist=True)
+    assert_same({k: v for k, v in loaded.items() if k != "meta"}, {k: v for k, v in expected.items() if k != "meta"})
+    assert loaded["meta"] == expected["meta"]
+
+
+def test_a_two_rank_checkpoint_loads_resharded_into_one_process(tmp_path):
+    source = os.path.join(FIXTURES, "example-checkpoint")
+    checkpack("pack", source, str(tmp_path / "e.ckpk"), "--quiet")
+    wanted = {"embed.weight": torch.zeros(64, 32, dtype=torch.bfloat16), "linear.weight": torch.zeros(32, 32),
+              "linear.bias": torch.zeros(32), "step": torch.tensor(0), "mask": torch.zeros(40, dtype=torch.bool)}
+    from_dir = {k: v.clone() for k, v in wanted.items()}
+    dcp.load(from_dir, storage_reader=dcp.FileSystemReader(source), no_dist=True)
+    from_archive = {k: v.clone() for k, v in wanted.items()}
+    dcp.load(from_archive, storage_reader=ArchiveReader(str(tmp_path / "e.ckpk")), no_dist=True)
+    assert_same(from_archive, from_dir)
+    assert from_archive["embed.weight"].abs().sum() > 0
+
+
+def _load_on_rank(rank, world, archive, directory, port):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from torch.distributed.tensor import DeviceMesh, Shard, distribute_tensor
+    mesh = DeviceMesh("cpu", list(range(world)))
+    # Shard on dim 1: a different chunking than the save used (dim 0).
+    def fresh():
+        return {"embed.weight": distribute_tensor(torch.zeros(64, 32, dtype=torch.bfloat16), mesh, [Shard(1)]),
+                "linear.weight": distribute_tensor(torch.zeros(32, 32), mesh, [Shard(1)])}
+    a, d = fresh(), fresh()
+    dcp.load(a, storage_reader=ArchiveReader(archive))
+    dcp.load(d, storage_reader=dcp.FileSystemReader(directory))
+    for k in a:
+        assert torch.equal(a[k].to_local(), d[k].to_local()), k
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_two_gloo_processes_load_shards_from_one_archive(tmp_path):
+    source = os.path.join(FIXTURES, "example-checkpoint")
+    checkpack("pack", source, str(tmp_path / "e.ckpk"), "--quiet")
+    mp.spawn(_load_on_rank, args=(2, str(tmp_path / "e.ckpk"), source, 29611), nprocs=2, join=True)
+
+
+def test_inspect_agrees_with_torchs_own_metadata(tmp_path):
+    for name in ["example-checkpoint", os.path.join("torch", "single"), os.path.join("torch", "zstd")]:
+        source = os.path.join(FIXTURES, name)
+        checkpack("pack", source, str(tmp_path / "i.ckpk"), "--quiet", "--force")
+        torch_md = dcp.FileSystemReader(source).read_metadata()
+        for path in [source, str(tmp_path / "i.ckpk")]:
+            inspected = {item["name"]: item for item in json.loads(checkpack("inspect", "--json", path))["items"]}
+            assert inspected.keys() == torch_md.state_dict_metadata.keys(), path
+            for fqn, md in torch_md.state_dict_metadata.items():
+                if hasattr(md, "properties"):
+                    assert inspected[fqn]["dtype"] == str(md.properties.dtype).replace("torch.", ""), fqn
+                    assert inspected[fqn]["shape"] == list(md.size), fqn
+                    assert [c["offsets"] for c in inspected[fqn]["chunks"]] == [list(c.offsets) for c in md.chunks]
+                else:
+                    assert inspected[fqn]["kind"] == "bytes", fqn
+
+
+def test_damage_is_an_error_not_wrong_data(tmp_path):
+    saved = state()
+    dcp.save(saved, storage_writer=dcp.FileSystemWriter(str(tmp_path / "ckpt")), no_dist=True)
+    checkpack("pack", str(tmp_path / "ckpt"), str(tmp_path / "c.ckpk"), "--quiet")
+    data = bytearray((tmp_path / "c.ckpk").read_bytes())
+    data[len(data) // 3] ^= 0x40   # inside the data file's frames
+    (tmp_path / "bad.ckpk").write_bytes(bytes(data))
+    with pytest.raises(BaseException) as caught:   # torch wraps it in CheckpointException (a BaseException)
+        dcp.load(zeros_like(saved), storage_reader=ArchiveReader(str(tmp_path / "bad.ckpk")), no_dist=True)
+    assert "CRC32C" in str(caught.value) or "checksum" in str(caught.value).lower() or "corrupt" in str(caught.value).lower()
+    with pytest.raises(CheckpackError):
+        Archive(str(tmp_path / "ckpt" / ".metadata"))
