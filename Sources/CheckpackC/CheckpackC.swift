@@ -76,3 +76,107 @@ public func ckpk_reader_read(_ handle: UnsafeMutableRawPointer, _ name: UnsafePo
 public func ckpk_reader_frames_decoded(_ handle: UnsafeMutableRawPointer) -> UInt64 {
     UInt64(reader(handle).framesDecoded)
 }
+
+// MARK: - Writing
+
+/// What the C side holds for an archive being written.
+final class WriterHandle {
+    let writer: ArchiveWriter
+    init(_ writer: ArchiveWriter) { self.writer = writer }
+}
+
+private func writer(_ handle: UnsafeMutableRawPointer) -> ArchiveWriter {
+    Unmanaged<WriterHandle>.fromOpaque(handle).takeUnretainedValue().writer
+}
+
+/// Runs `body`, turning a thrown error into -1 and a message.
+private func status(_ message: UnsafeMutablePointer<CChar>?, _ capacity: Int, _ body: () throws -> Void) -> Int32 {
+    do {
+        try body()
+        return 0
+    } catch {
+        report(error, into: message, capacity: capacity)
+        return -1
+    }
+}
+
+/// Starts an archive at `path` (built beside it, renamed into place by
+/// `ckpk_writer_finish`; an existing file is replaced). `codec` is "zstd",
+/// "zlib" or "none"; `level` below -100 means the codec's default; `frame_size`
+/// and `threads` of 0 mean the defaults. NULL on failure.
+@_cdecl("ckpk_writer_open")
+public func ckpk_writer_open(_ path: UnsafePointer<CChar>, _ codec: UnsafePointer<CChar>, _ level: Int32,
+                             _ frameSize: Int64, _ threads: Int32,
+                             _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> UnsafeMutableRawPointer? {
+    do {
+        guard let codec = Codec(name: String(cString: codec)) else {
+            throw CheckpackError(.invalidArgument, "unknown codec \"\(String(cString: codec))\" (zstd, zlib or none)")
+        }
+        var options = WriterOptions(codec: codec, level: level < -100 ? nil : level, overwrite: true)
+        if frameSize > 0 { options.frameSize = Int(frameSize) }
+        if threads > 0 { options.threads = Int(threads) }
+        let opened = try ArchiveWriter(path: String(cString: path), options: options)
+        return Unmanaged.passRetained(WriterHandle(opened)).toOpaque()
+    } catch {
+        report(error, into: message, capacity: capacity)
+        return nil
+    }
+}
+
+@_cdecl("ckpk_writer_begin_file")
+public func ckpk_writer_begin_file(_ handle: UnsafeMutableRawPointer, _ name: UnsafePointer<CChar>,
+                                   _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
+    status(message, capacity) { try writer(handle).beginFile(String(cString: name)) }
+}
+
+@_cdecl("ckpk_writer_write")
+public func ckpk_writer_write(_ handle: UnsafeMutableRawPointer, _ data: UnsafeRawPointer?, _ length: UInt64,
+                              _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
+    status(message, capacity) {
+        guard length <= UInt64(Int.max), length == 0 || data != nil else { throw CheckpackError(.invalidArgument, "bad buffer") }
+        if length > 0 { try writer(handle).write(UnsafeRawBufferPointer(start: data, count: Int(length))) }
+    }
+}
+
+/// The next byte written starts a new item (and frame).
+@_cdecl("ckpk_writer_mark_item")
+public func ckpk_writer_mark_item(_ handle: UnsafeMutableRawPointer, _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
+    status(message, capacity) { try writer(handle).markItemBoundary() }
+}
+
+@_cdecl("ckpk_writer_end_file")
+public func ckpk_writer_end_file(_ handle: UnsafeMutableRawPointer, _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
+    status(message, capacity) { try writer(handle).endFile() }
+}
+
+/// Adds a whole file from memory.
+@_cdecl("ckpk_writer_add_file")
+public func ckpk_writer_add_file(_ handle: UnsafeMutableRawPointer, _ name: UnsafePointer<CChar>, _ data: UnsafeRawPointer?,
+                                 _ length: UInt64, _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
+    status(message, capacity) {
+        guard length <= UInt64(Int.max), length == 0 || data != nil else { throw CheckpackError(.invalidArgument, "bad buffer") }
+        let bytes = length == 0 ? [] : Array(UnsafeRawBufferPointer(start: data, count: Int(length)))
+        try writer(handle).addFile(String(cString: name), contents: bytes)
+    }
+}
+
+/// Appends every entry of the archive at `path`, copying its records as they are.
+@_cdecl("ckpk_writer_append_archive")
+public func ckpk_writer_append_archive(_ handle: UnsafeMutableRawPointer, _ path: UnsafePointer<CChar>,
+                                       _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
+    status(message, capacity) { try writer(handle).appendEntries(of: ArchiveReader(path: String(cString: path))) }
+}
+
+/// Writes index and trailer, syncs, renames into place, and releases the handle.
+@_cdecl("ckpk_writer_finish")
+public func ckpk_writer_finish(_ handle: UnsafeMutableRawPointer, _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
+    defer { Unmanaged<WriterHandle>.fromOpaque(handle).release() }
+    return status(message, capacity) { try writer(handle).finish() }
+}
+
+/// Abandons the archive (nothing is left at its path) and releases the handle.
+@_cdecl("ckpk_writer_cancel")
+public func ckpk_writer_cancel(_ handle: UnsafeMutableRawPointer) {
+    writer(handle).cancel()
+    Unmanaged<WriterHandle>.fromOpaque(handle).release()
+}

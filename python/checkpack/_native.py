@@ -85,3 +85,78 @@ class Archive:
     @property
     def frames_decoded(self):
         return _lib.ckpk_reader_frames_decoded(self._handle)
+
+_lib.ckpk_writer_open.restype = ctypes.c_void_p
+_lib.ckpk_writer_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_int32,
+                                  ctypes.c_char_p, ctypes.c_size_t]
+for _name, _args in [("begin_file", [ctypes.c_char_p]), ("write", [ctypes.c_void_p, ctypes.c_uint64]),
+                     ("mark_item", []), ("end_file", []), ("add_file", [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_uint64]),
+                     ("append_archive", [ctypes.c_char_p]), ("finish", [])]:
+    _function = getattr(_lib, "ckpk_writer_" + _name)
+    _function.restype = ctypes.c_int32
+    _function.argtypes = [ctypes.c_void_p] + _args + [ctypes.c_char_p, ctypes.c_size_t]
+_lib.ckpk_writer_cancel.argtypes = [ctypes.c_void_p]
+
+
+def _address(buffer):
+    view = memoryview(buffer).cast("B")
+    if view.nbytes == 0:
+        return None, 0, view
+    if view.readonly:
+        view = memoryview(bytearray(view))   # ctypes needs a writable buffer to take its address
+    return ctypes.addressof((ctypes.c_char * view.nbytes).from_buffer(view)), view.nbytes, view
+
+
+class ArchiveBuilder:
+    """Writes an archive front to back; it appears at `path` only when `finish()` succeeds."""
+
+    def __init__(self, path, codec="zstd", level=None, frame_size=0, threads=0):
+        self.path = os.fspath(path)
+        message = ctypes.create_string_buffer(_ERROR_CAPACITY)
+        self._handle = _lib.ckpk_writer_open(os.fsencode(self.path), codec.encode(), -1000 if level is None else level,
+                                             frame_size, threads, message, _ERROR_CAPACITY)
+        if not self._handle:
+            raise CheckpackError(message.value.decode("utf-8", "replace"))
+
+    def _call(self, name, *args):
+        if not self._handle:
+            raise CheckpackError(f"{self.path}: the archive is already finished or cancelled")
+        message = ctypes.create_string_buffer(_ERROR_CAPACITY)
+        if getattr(_lib, "ckpk_writer_" + name)(self._handle, *args, message, _ERROR_CAPACITY) != 0:
+            if name != "finish":
+                self.cancel()
+            self._handle = None
+            raise CheckpackError(message.value.decode("utf-8", "replace"))
+
+    def begin_file(self, name):
+        self._call("begin_file", name.encode())
+
+    def write(self, data):
+        address, length, keep = _address(data)
+        self._call("write", address, length)
+        return length
+
+    def mark_item(self):
+        self._call("mark_item")
+
+    def end_file(self):
+        self._call("end_file")
+
+    def add_file(self, name, data):
+        address, length, keep = _address(data)
+        self._call("add_file", name.encode(), address, length)
+
+    def append_archive(self, path):
+        self._call("append_archive", os.fsencode(path))
+
+    def finish(self):
+        self._call("finish")
+        self._handle = None
+
+    def cancel(self):
+        if self._handle:
+            _lib.ckpk_writer_cancel(self._handle)
+            self._handle = None
+
+    def __del__(self):
+        self.cancel()

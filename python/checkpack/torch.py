@@ -1,18 +1,23 @@
 """torch.distributed.checkpoint storage for Checkpack archives.
 
-`ArchiveReader` loads a checkpoint straight out of an archive that
-`checkpack pack` made from a torch.distributed.checkpoint directory. It is
-torch's own FileSystemReader with its file system replaced by the archive's
-entries, so torch's metadata, item formats and stream extensions (ZStandard)
-all work unchanged, and every item read fetches and decodes only the frames
-that hold it.
+`ArchiveWriter` saves a checkpoint straight into one archive: every rank
+writes its items into a staging part beside the destination, and the
+coordinator joins the parts (without recompressing) and adds `.metadata`.
+`ArchiveReader` loads a checkpoint straight out of an archive — one that
+ArchiveWriter wrote, or that `checkpack pack` made from a
+torch.distributed.checkpoint directory. Both are
+torch's own FileSystemWriter / FileSystemReader with the file system
+replaced by archives, so torch's metadata, item formats and stream extensions
+(ZStandard) all work unchanged; every item starts its own frame(s), and every
+item read fetches and decodes only the frames that hold it.
 """
+import glob
 import io
 import os
 
-from torch.distributed.checkpoint.filesystem import FileSystemBase, FileSystemReader
+from torch.distributed.checkpoint.filesystem import FileSystemBase, FileSystemReader, FileSystemWriter
 
-from ._native import Archive, CheckpackError
+from ._native import Archive, ArchiveBuilder, CheckpackError
 
 
 class _EntryStream(io.RawIOBase):
@@ -118,3 +123,129 @@ class ArchiveReader(FileSystemReader):
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id):
         return _is_archive(checkpoint_id)
+
+
+class _PartStream(io.RawIOBase):
+    """One rank's data file, written into its own staging archive.
+
+    torch's writer asks `tell()` at the start and the end of every item it
+    writes; each such position becomes an item boundary, so every item starts
+    a new frame."""
+
+    def __init__(self, part_path, name, codec, level, frame_size):
+        super().__init__()
+        self._builder = ArchiveBuilder(part_path, codec=codec, level=level, frame_size=frame_size)
+        self._builder.begin_file(name)
+        self._position = 0
+
+    def writable(self):
+        return True
+
+    def seekable(self):
+        return False
+
+    def tell(self):
+        self._builder.mark_item()
+        return self._position
+
+    def write(self, data):
+        n = self._builder.write(data)
+        self._position += n
+        return n
+
+    def close(self):
+        if not self.closed and self._builder is not None:
+            builder, self._builder = self._builder, None
+            builder.end_file()
+            builder.finish()
+        super().close()
+
+
+class _ArchiveWriteFileSystem(FileSystemBase):
+    """Data files become staging parts `.NAME.ckpk-part-FILE` beside the
+    archive; renaming `.metadata.tmp` into place (the coordinator's last step)
+    joins every part and the metadata into the archive."""
+
+    def __init__(self, archive_path, codec, level, frame_size):
+        self.archive_path = os.path.abspath(os.fspath(archive_path))
+        self.codec, self.level, self.frame_size = codec, level, frame_size
+        self._metadata = {}
+
+    def part_path(self, name):
+        directory, base = os.path.split(self.archive_path)
+        return os.path.join(directory, f".{base}.ckpk-part-{name}")
+
+    def parts(self):
+        directory, base = os.path.split(self.archive_path)
+        return sorted(glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(base)}.ckpk-part-*")))
+
+    def create_stream(self, path, mode):
+        name = os.fspath(path)
+        if "w" not in mode:
+            raise CheckpackError("an archive being written cannot be read")
+        if name.startswith(".metadata"):
+            fs = self
+
+            class _MetadataBuffer(io.BytesIO):
+                def close(self):
+                    fs._metadata[name] = self.getvalue()
+                    super().close()
+            return _MetadataBuffer()
+        return _PartStream(self.part_path(name), name, self.codec, self.level, self.frame_size)
+
+    def concat_path(self, path, suffix):
+        return suffix
+
+    def init_path(self, path):
+        return ""
+
+    def mkdir(self, path):
+        pass
+
+    def exists(self, path):
+        return False
+
+    def rm_file(self, path):
+        pass
+
+    def rename(self, path, new_path):
+        """The coordinator's final step: parts + metadata → the archive."""
+        metadata = self._metadata.pop(os.fspath(path))
+        builder = ArchiveBuilder(self.archive_path, codec=self.codec, level=self.level, frame_size=self.frame_size)
+        try:
+            for part in self.parts():
+                builder.append_archive(part)
+            builder.add_file(os.fspath(new_path), metadata)
+            builder.finish()
+        except BaseException:
+            builder.cancel()
+            raise
+        for part in self.parts():
+            os.unlink(part)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id):
+        return os.fspath(checkpoint_id).endswith(".ckpk")
+
+
+class ArchiveWriter(FileSystemWriter):
+    """Saves a torch.distributed.checkpoint checkpoint into one archive, from one or many processes."""
+
+    def __init__(self, path, codec="zstd", level=None, frame_size=0, _extensions=None):
+        super().__init__(path, single_file_per_rank=True, sync_files=False, thread_count=1, _extensions=_extensions)
+        self._settings = (codec, level, frame_size)
+        self._open(path)
+
+    def _open(self, path):
+        self.archive_path = os.fspath(path)
+        self.fs = _ArchiveWriteFileSystem(path, *self._settings)
+        self.path = ""
+
+    def reset(self, checkpoint_id=None):
+        super().reset(None)
+        if checkpoint_id:
+            self._open(checkpoint_id)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id):
+        return os.fspath(checkpoint_id).endswith(".ckpk")
