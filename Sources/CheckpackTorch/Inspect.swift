@@ -95,19 +95,27 @@ public enum Inspector {
     static func inspect(tree: Tree, path: String, inArchive: Bool) throws -> Inspection {
         let names = tree.names
         if names.contains(".metadata") {
-            let bytes = try tree.read(".metadata")
-            if bytes.first == 0x80 {
-                let torch = try TorchMetadataReader.decode(bytes)
-                return inspection(torch.metadata, tree: tree, path: path, format: .torchDistributed, inArchive: inArchive)
-            }
-            let metadata = try Metadata.decodeCheckpackJSON(bytes, source: path + "/.metadata")
-            return inspection(metadata, tree: tree, path: path, format: .checkpack, inArchive: inArchive)
+            let (metadata, format) = try decodeMetadataFile(try tree.read(".metadata"), source: path + "/.metadata")
+            return inspection(metadata, tree: tree, path: path, format: format, inArchive: inArchive)
         }
         let shards = names.filter { $0.hasSuffix(".safetensors") }
         guard !shards.isEmpty else {
             throw CheckpointError("\(path): no checkpoint here (neither a .metadata file nor *.safetensors files)")
         }
         return try inspectSafetensors(tree: tree, files: shards, path: path, inArchive: inArchive)
+    }
+
+    /// A `.metadata` file: this package's JSON (it opens with `{`), or else
+    /// torch's pickle, read by the safe pickle reader.
+    static func decodeMetadataFile(_ bytes: [UInt8], source: String) throws -> (Metadata, Inspection.Format) {
+        if bytes.first == UInt8(ascii: "{") {
+            return (try Metadata.decodeCheckpackJSON(bytes, source: source), .checkpack)
+        }
+        do {
+            return (try TorchMetadataReader.decode(bytes).metadata, .torchDistributed)
+        } catch let error as PickleError {
+            throw CheckpointError("\(source): \(error)")
+        }
     }
 
     static func inspection(_ metadata: Metadata, tree: Tree, path: String, format: Inspection.Format, inArchive: Bool) -> Inspection {

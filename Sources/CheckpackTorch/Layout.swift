@@ -16,9 +16,7 @@ public enum CheckpointLayout {
         var layouts: [String: FileLayout] = [:]
         let names = tree.names
         if names.contains(".metadata") {
-            let bytes = try tree.read(".metadata")
-            let metadata = bytes.first == 0x80 ? try TorchMetadataReader.decode(bytes).metadata
-                : try Metadata.decodeCheckpackJSON(bytes, source: directory + "/.metadata")
+            let (metadata, _) = try Inspector.decodeMetadataFile(try tree.read(".metadata"), source: directory + "/.metadata")
             layouts.merge(dcpLayouts(metadata)) { a, _ in a }
         }
         for name in names where name.hasSuffix(".safetensors") {

@@ -245,8 +245,6 @@ struct InspectCommand: ParsableCommand {
             inspection = try Inspector.inspect(path: path)
         } catch let error as CheckpointError {
             throw CheckpackError(.corrupt, error.message)
-        } catch let error as PickleError {
-            throw CheckpackError(.corrupt, "\(path): .metadata: \(error)")
         }
         if json {
             print(JSON.object([

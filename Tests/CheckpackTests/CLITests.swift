@@ -276,3 +276,26 @@ func removeTree(_ path: String) { _ = system("rm -rf '\(path)'") }
         }
     }
 }
+
+@Suite struct HostileMetadataCLITests {
+    @Test func aMaliciousTorchMetadataIsNamedAndNeverRun() throws {
+        let dir = TemporaryDirectory()
+        makeDirectory(dir.sub("ckpt"))
+        // GLOBAL os.system, "touch PWNED", REDUCE, STOP: what a hostile .metadata would carry.
+        let marker = dir.sub("PWNED")
+        let payload: [UInt8] = Array("cos\nsystem\n".utf8) + [0x8C, UInt8(("touch " + marker).utf8.count)]
+            + Array(("touch " + marker).utf8) + [0x85, UInt8(ascii: "R"), UInt8(ascii: ".")]
+        try writeFile(dir.sub("ckpt/.metadata"), payload)
+        try writeFile(dir.sub("ckpt/__0_0.distcp"), [1, 2, 3])
+        let inspect = try CLI.run(["inspect", dir.sub("ckpt")])
+        #expect(inspect.status == 1)
+        #expect(inspect.stderrLines.count == 1 && inspect.stderr.contains("global os.system is not allowed"), "\(inspect.stderr)")
+        // Packing still works (format detection falls back to fixed frames, with a warning).
+        let pack = try CLI.run(["pack", dir.sub("ckpt"), dir.sub("c.ckpk")])
+        #expect(pack.status == 0)
+        #expect(pack.stderr.contains("warning"), "\(pack.stderr)")
+        let archived = try CLI.run(["inspect", dir.sub("c.ckpk")])
+        #expect(archived.status == 1 && archived.stderrLines.count == 1)
+        #expect(!FileManager.default.fileExists(atPath: marker))
+    }
+}
