@@ -26,7 +26,8 @@ final class OrderedPipeline<Output: Sendable> {
         self.threads = max(1, threads)
         self.maxPending = max(1, maxPending)
         self.maxCost = maxCost
-        self.running = DispatchSemaphore(value: self.threads)
+        // A few jobs queued per thread, so a thread that finishes a small job finds the next one waiting.
+        self.running = DispatchSemaphore(value: 4 * self.threads)
         self.sink = sink
     }
 
