@@ -3,6 +3,7 @@
 #include "system_shims.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 ssize_t ckpk_copy_file_range(int in, int64_t in_offset, int out, size_t length) {
@@ -12,5 +13,14 @@ ssize_t ckpk_copy_file_range(int in, int64_t in_offset, int out, size_t length) 
 #else
     errno = ENOSYS;
     return -1;
+#endif
+}
+
+int ckpk_start_writeback(int fd, int64_t offset, int64_t length) {
+#if defined(__linux__)
+    return sync_file_range(fd, (off64_t)offset, (off64_t)length, SYNC_FILE_RANGE_WRITE);
+#else
+    (void)fd; (void)offset; (void)length;
+    return 0;
 #endif
 }

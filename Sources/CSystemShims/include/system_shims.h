@@ -10,4 +10,9 @@
 /// (ENOSYS, EXDEV, EINVAL... mean: fall back to read and write).
 ssize_t ckpk_copy_file_range(int in, int64_t in_offset, int out, size_t length);
 
+/// Starts writing back `length` bytes at `offset` of `fd` without waiting
+/// (sync_file_range with SYNC_FILE_RANGE_WRITE), so that a later fsync has
+/// less to wait for. A no-op where unsupported. Returns 0 or -1 with errno.
+int ckpk_start_writeback(int fd, int64_t offset, int64_t length);
+
 #endif
