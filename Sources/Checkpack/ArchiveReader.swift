@@ -69,6 +69,10 @@ public final class ArchiveReader: Sendable {
     public let index: ArchiveIndex
     private let entryNumbers: [String: Int]
     private let decodedFrames = Atomic<Int>(0)
+    /// The last frames decoded for partial reads: many small reads near each
+    /// other (a zip directory, a header) then decode a frame once, not each time.
+    private let recentFrames = Locked<[(number: Int, bytes: [UInt8])]>([])
+    static let recentFrameCount = 2
 
     /// How many bytes of the tail `open` reads first: the trailer and, for most
     /// archives, the whole index.
@@ -178,7 +182,7 @@ public final class ArchiveReader: Sendable {
                 if lower == range.lowerBound && upper == range.upperBound {
                     try decodeFrame(frame, into: target)
                 } else {
-                    let whole = try decodeFrame(frame)
+                    let whole = try recentlyDecoded(number) ?? remember(number, try decodeFrame(frame))
                     whole.withUnsafeBytes {
                         target.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[Int(lower - range.lowerBound)..<Int(upper - range.lowerBound)]))
                     }
@@ -190,6 +194,19 @@ public final class ArchiveReader: Sendable {
             position = upper
             number += 1
         }
+    }
+
+    private func recentlyDecoded(_ number: Int) -> [UInt8]? {
+        recentFrames.withLock { frames in frames.first { $0.number == number }?.bytes }
+    }
+
+    private func remember(_ number: Int, _ bytes: [UInt8]) -> [UInt8] {
+        recentFrames.withLock { frames in
+            frames.removeAll { $0.number == number }
+            frames.append((number, bytes))
+            if frames.count > ArchiveReader.recentFrameCount { frames.removeFirst() }
+        }
+        return bytes
     }
 
     private func firstFrame(of entry: ArchiveEntry, containing offset: UInt64) -> Int {

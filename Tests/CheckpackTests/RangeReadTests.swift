@@ -38,7 +38,7 @@ import Testing
         _ = try reader.read(entry, offset: UInt64(3 * Self.frame + 10), count: 100)
         #expect(reader.framesDecoded - before == 1)
         before = reader.framesDecoded
-        _ = try reader.read(entry, offset: UInt64(3 * Self.frame - 1), count: 2)
+        _ = try reader.read(entry, offset: UInt64(2 * Self.frame - 1), count: 2)   // frames 1 and 2, neither cached
         #expect(reader.framesDecoded - before == 2)
         before = reader.framesDecoded
         _ = try reader.read(entry, offset: UInt64(Self.frame), count: 3 * Self.frame)
@@ -46,6 +46,10 @@ import Testing
         before = reader.framesDecoded
         _ = try reader.read(entry, offset: 5, count: 0)
         #expect(reader.framesDecoded == before)
+        // Small reads inside one frame decode it once.
+        before = reader.framesDecoded
+        for i in 0..<10 { _ = try reader.read(entry, offset: UInt64(5 * Self.frame + 100 * i), count: 50) }
+        #expect(reader.framesDecoded - before == 1)
     }
 
     @Test func rangesPastTheEndAreRefused() throws {

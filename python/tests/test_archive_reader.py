@@ -60,8 +60,11 @@ def test_torch_save_then_pack_then_load_from_the_archive(tmp_path):
     dcp.save(saved, storage_writer=dcp.FileSystemWriter(str(tmp_path / "ckpt")), no_dist=True)
     checkpack("pack", str(tmp_path / "ckpt"), str(tmp_path / "ckpt.ckpk"), "--quiet")
     loaded = zeros_like(saved)
-    dcp.load(loaded, storage_reader=ArchiveReader(str(tmp_path / "ckpt.ckpk")), no_dist=True)
+    reader = ArchiveReader(str(tmp_path / "ckpt.ckpk"))
+    dcp.load(loaded, storage_reader=reader, no_dist=True)
     assert_same(loaded, saved)
+    # Whole chunks went straight from the archive into the destination tensors.
+    assert reader.direct_reads == sum(isinstance(v, torch.Tensor) and v.numel() > 0 for v in saved.values())
 
 
 def test_loading_one_tensor_decodes_only_its_frames(tmp_path):
