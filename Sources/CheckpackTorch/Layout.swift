@@ -44,34 +44,23 @@ public enum CheckpointLayout {
         layout([(0..<dataStart, "-")] + tensors.map { (dataStart + $0.range.lowerBound..<dataStart + $0.range.upperBound, $0.dtype.rawValue) })
     }
 
-    /// Items smaller than this share frames with their neighbours: a frame
-    /// of its own would cost more (per-frame work, lost compression) than it gains.
-    public static let smallItem: UInt64 = 64 << 10
-
-    /// Boundaries at item starts, with one dtype per item ("-" for bytes that
-    /// are not one tensor's elements). Runs of small items and gaps between
-    /// items are merged into one item; the last item runs to the end of the file.
+    /// Boundaries at every item start, with one dtype per item ("-" for bytes
+    /// that are not one tensor's, such as a gap between items or a file
+    /// header). The last item runs to the end of the file.
     static func layout(_ items: [(range: Range<UInt64>, dtype: String)]) -> FileLayout {
-        // Split the file into pieces: the items, and the gaps before them.
-        var pieces: [(start: UInt64, length: UInt64, dtype: String)] = []
+        var starts: [UInt64] = []
+        var dtypes: [String] = []
         var position: UInt64 = 0
         for item in items where !item.range.isEmpty && item.range.lowerBound >= position {
-            if item.range.lowerBound > position { pieces.append((position, item.range.lowerBound - position, "-")) }
-            pieces.append((item.range.lowerBound, UInt64(item.range.count), item.dtype))
+            if item.range.lowerBound > position {   // a gap before the item is an item of its own
+                starts.append(position)
+                dtypes.append("-")
+            }
+            starts.append(item.range.lowerBound)
+            dtypes.append(item.dtype)
             position = item.range.upperBound
         }
-        // Merge neighbouring small pieces.
-        var merged: [(start: UInt64, length: UInt64, dtype: String)] = []
-        for piece in pieces {
-            if let last = merged.last, last.length < smallItem, piece.length < smallItem {
-                merged[merged.count - 1].length += piece.length
-                if last.dtype != piece.dtype { merged[merged.count - 1].dtype = "-" }
-            } else {
-                merged.append(piece)
-            }
-        }
-        let boundaries = merged.map(\.start).filter { $0 > 0 }
-        let dtypes = merged.map(\.dtype)
-        return FileLayout(itemBoundaries: boundaries, attributes: dtypes.isEmpty ? [:] : [itemDTypesKey: dtypes.joined(separator: ",")])
+        return FileLayout(itemBoundaries: starts.filter { $0 > 0 },
+                          attributes: dtypes.isEmpty ? [:] : [itemDTypesKey: dtypes.joined(separator: ",")])
     }
 }

@@ -5,22 +5,20 @@ import Foundation
 import Testing
 
 @Suite struct LayoutTests {
-    @Test func smallItemsAndGapsMergeAndLargeItemsGetTheirOwnFrames() {
-        let big = CheckpointLayout.smallItem
+    @Test func everyItemAndEveryGapStartsAnItem() {
         let layout = CheckpointLayout.layout([
-            (0..<100, "float32"), (100..<300, "int64"),          // two small items: one piece, mixed
-            (300..<300 + big, "bfloat16"),                       // large
-            (300 + big + 50..<300 + 2 * big + 50, "float16"),    // a gap of 50 before it
+            (0..<100, "float32"), (100..<300, "int64"),
+            (350..<1000, "bfloat16"),   // a gap of 50 before it
         ])
-        #expect(layout.itemBoundaries == [300, 300 + big, 300 + big + 50])
-        #expect(layout.attributes[CheckpointLayout.itemDTypesKey] == "-,bfloat16,-,float16")
+        #expect(layout.itemBoundaries == [100, 300, 350])
+        #expect(layout.attributes[CheckpointLayout.itemDTypesKey] == "float32,int64,-,bfloat16")
     }
 
     @Test func aTorchCheckpointIsPackedWithFramesAtItsItems() throws {
         let scratch = NSTemporaryDirectory() + "layout-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
-        // A safetensors file with one large tensor after a small one.
+        // A safetensors file: its header, a small tensor, a large one.
         let n = 40_000   // 160 KB of float32
         let header = #"{"small":{"dtype":"BF16","shape":[4],"data_offsets":[0,8]},"large":{"dtype":"F32","shape":[\#(n)],"data_offsets":[8,\#(8 + 4 * n)]}}"#
         var bytes = withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian, Array.init) + Array(header.utf8)
@@ -28,14 +26,14 @@ import Testing
         try FileManager.default.createDirectory(atPath: scratch + "/model", withIntermediateDirectories: true)
         try Data(bytes).write(to: URL(fileURLWithPath: scratch + "/model/model.safetensors"))
         let layouts = try CheckpointLayout.layouts(forDirectory: scratch + "/model")
-        let start = UInt64(8 + header.utf8.count + 8)   // where "large" begins
-        #expect(layouts["model.safetensors"]?.itemBoundaries == [start])
-        #expect(layouts["model.safetensors"]?.attributes[CheckpointLayout.itemDTypesKey] == "-,float32")
+        let data = UInt64(8 + header.utf8.count), start = data + 8   // where "small" and "large" begin
+        #expect(layouts["model.safetensors"]?.itemBoundaries == [data, start])
+        #expect(layouts["model.safetensors"]?.attributes[CheckpointLayout.itemDTypesKey] == "-,bfloat16,float32")
         try Packer.pack(directory: scratch + "/model", to: scratch + "/m.ckpk",
                         options: WriterOptions(frameSize: 64 << 10), layouts: layouts)
         let reader = try ArchiveReader(path: scratch + "/m.ckpk")
         let entry = try #require(reader.entry(named: "model.safetensors"))
-        #expect(entry.itemBoundaries == [start])
+        #expect(entry.itemBoundaries == [data, start])
         #expect(reader.frames(of: entry).map(\.header.entryOffset).contains(start))
         #expect(try reader.read(entry) == bytes)
 
