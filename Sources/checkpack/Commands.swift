@@ -96,15 +96,7 @@ struct ListCommand: ParsableCommand {
                          String(entry.frames.count), codecs(entry, reader).joined(separator: "+"),
                          String(entry.mode, radix: 8), name])
         }
-        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
-        for row in rows {
-            let cells = row.enumerated().map { column, cell in
-                column == row.count - 1 ? cell
-                    : column >= 4 ? cell + String(repeating: " ", count: widths[column] - cell.count)
-                    : String(repeating: " ", count: widths[column] - cell.count) + cell
-            }
-            print(cells.joined(separator: "  "))
-        }
+        printTable(rows, rightAligned: [0, 1, 2, 3])
     }
 
     private func codecs(_ entry: ArchiveEntry, _ reader: ArchiveReader) -> [String] {
@@ -265,13 +257,7 @@ struct InspectCommand: ParsableCommand {
             rows.append(row)
         }
         print("\(inspection.path): \(inspection.format.rawValue)\(inspection.inArchive ? " (archived)" : ""), \(inspection.items.count) items")
-        let widths = (0..<rows[0].count).map { column in rows.map { $0[column].count }.max() ?? 0 }
-        for row in rows {
-            print(row.enumerated().map { column, cell in
-                let pad = String(repeating: " ", count: widths[column] - cell.count)
-                return column >= 3 ? pad + cell : cell + pad
-            }.joined(separator: "  "))
-        }
+        printTable(rows, rightAligned: Set(3..<rows[0].count))
     }
 
     private func describe(_ item: Inspection.Item) -> JSON {

@@ -134,3 +134,18 @@ func reportLeftovers(beside destination: String, quiet: Bool) {
         printError("warning: \(path) was left by an interrupted run; remove it if no other checkpack is writing \(destination)")
     }
 }
+
+/// Prints rows as aligned columns: the first row is the header; columns in
+/// `rightAligned` (numbers) are padded on the left.
+func printTable(_ rows: [[String]], rightAligned: Set<Int>) {
+    guard let first = rows.first else { return }
+    let widths = first.indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
+    for row in rows {
+        let cells = row.enumerated().map { column, cell -> String in
+            if column == row.count - 1 && !rightAligned.contains(column) { return cell }
+            let pad = String(repeating: " ", count: widths[column] - cell.count)
+            return rightAligned.contains(column) ? pad + cell : cell + pad
+        }
+        print(cells.joined(separator: "  "))
+    }
+}

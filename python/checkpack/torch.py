@@ -23,44 +23,8 @@ from torch.distributed.checkpoint.planner import LoadItemType
 from ._native import Archive, ArchiveBuilder, CheckpackError
 
 
-class _EntryStream(io.RawIOBase):
-    """A seekable, read-only file over one archive entry."""
-
-    def __init__(self, archive, name):
-        super().__init__()
-        self._archive = archive
-        self._name = name
-        size = archive.size(name)
-        if size is None:
-            raise FileNotFoundError(f"{archive.path}: no entry {name!r}")
-        self._size = size
-        self._position = 0
-
-    def readable(self):
-        return True
-
-    def seekable(self):
-        return True
-
-    def tell(self):
-        return self._position
-
-    def seek(self, offset, whence=io.SEEK_SET):
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        self._position = max(0, base + offset)
-        return self._position
-
-    def readinto(self, buffer):
-        view = memoryview(buffer).cast("B")
-        n = max(0, min(view.nbytes, self._size - self._position))
-        if n:
-            self._archive.read_into(self._name, self._position, view[:n])
-            self._position += n
-        return n
-
-
 class _ItemView(io.RawIOBase):
-    """A seekable view of bytes `offset`..`offset+length` of an archive entry."""
+    """A seekable, read-only view of bytes `offset`..`offset+length` of an archive entry."""
 
     def __init__(self, archive, name, offset, length):
         super().__init__()
@@ -99,7 +63,11 @@ class _ArchiveFileSystem(FileSystemBase):
     def create_stream(self, path, mode):
         if "r" not in mode or "+" in mode or "w" in mode:
             raise CheckpackError("an archive opened for reading cannot be written")
-        return io.BufferedReader(_EntryStream(self.archive, os.fspath(path)), buffer_size=1 << 20)
+        name = os.fspath(path)
+        size = self.archive.size(name)
+        if size is None:
+            raise FileNotFoundError(f"{self.archive.path}: no entry {name!r}")
+        return io.BufferedReader(_ItemView(self.archive, name, 0, size), buffer_size=1 << 20)
 
     def concat_path(self, path, suffix):
         return suffix if not path else f"{os.fspath(path)}/{suffix}"
