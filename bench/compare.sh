@@ -5,8 +5,9 @@
 #
 #   bench/compare.sh CHECKPOINT_DIR [ROUNDS]      (default 5 rounds)
 #
-# Uses .build/release/checkpack (built if missing) or $CHECKPACK. Work files go
-# to $BENCH_WORK (default: a temporary directory on the same disk as /tmp).
+# Uses .build/release/checkpack (built if missing) or $CHECKPACK; extra flags for
+# its pack in $PACK_FLAGS (e.g. --fixed-frames). Work files go to $BENCH_WORK
+# (default: a temporary directory on the same disk as /tmp).
 set -euo pipefail
 
 src=${1:?usage: bench/compare.sh CHECKPOINT_DIR [ROUNDS]}
@@ -27,7 +28,7 @@ timed() { if [[ -x /usr/bin/time ]]; then /usr/bin/time -f %M -o "$work/rss.$1" 
 pack_rss=0 unpack_rss=0
 for ((r = 0; r < rounds; r++)); do
   rm -rf "$work"/*
-  t=$(now); timed pack "$checkpack" pack "$src" "$work/a.ckpk" --quiet; ck_pack+=("$(echo "$(now) - $t" | bc)")
+  t=$(now); timed pack "$checkpack" pack "$src" "$work/a.ckpk" --quiet ${PACK_FLAGS:-}; ck_pack+=("$(echo "$(now) - $t" | bc)")
   pack_rss=$(( $(cat "$work/rss.pack") > pack_rss ? $(cat "$work/rss.pack") : pack_rss ))
   t=$(now); tar -cf - -C "$src" . | zstd -T0 -3 -q -o "$work/a.tar.zst"; tz_pack+=("$(echo "$(now) - $t" | bc)")
   t=$(now); timed unpack "$checkpack" unpack "$work/a.ckpk" "$work/ck-out" --quiet; ck_unpack+=("$(echo "$(now) - $t" | bc)")
