@@ -72,6 +72,14 @@ class Archive:
         if _lib.ckpk_reader_read(self._handle, name.encode(), offset, view.nbytes, address, message, _ERROR_CAPACITY) != 0:
             raise CheckpackError(message.value.decode("utf-8", "replace"))
 
+    def read_to_address(self, name, offset, address, length):
+        """Reads `length` bytes into memory at `address` (a tensor's data_ptr(), say)."""
+        if length == 0:
+            return
+        message = ctypes.create_string_buffer(_ERROR_CAPACITY)
+        if _lib.ckpk_reader_read(self._handle, name.encode(), offset, length, address, message, _ERROR_CAPACITY) != 0:
+            raise CheckpackError(message.value.decode("utf-8", "replace"))
+
     def read(self, name, offset=0, length=None):
         size = self.size(name)
         if size is None:

@@ -153,8 +153,9 @@ class ArchiveReader(FileSystemReader):
         if (target.device.type != "cpu" or target.dtype != saved.dtype or not target.is_contiguous()
                 or tuple(target.shape) != tuple(saved.shape)):
             return False
-        if target.numel():
-            self.archive.read_into(info.relative_path, info.offset + data_offset, target.reshape(-1).view(torch.uint8).numpy())
+        # Contiguous on the CPU: its bytes are data_ptr() .. + nbytes, and Swift decodes into them.
+        self.archive.read_to_address(info.relative_path, info.offset + data_offset, target.data_ptr(),
+                                     target.numel() * target.element_size())
         planner.commit_tensor(req, target)
         self.direct_reads += 1
         return True
