@@ -34,7 +34,7 @@ public final class ArchiveStorageWriter: StorageWriter {
     }
 
     public func optimizeGlobalPlan(_ plans: [SavePlan]) throws -> [SavePlan] {
-        CheckpointLayout.assignPrefixes(plans)
+        CheckpointFiles.assignPrefixes(plans)
     }
 
     func partPath(_ rank: Int) -> String {
@@ -45,7 +45,7 @@ public final class ArchiveStorageWriter: StorageWriter {
     }
 
     public func executeWrite(plan: SavePlan, planner: SavePlanner) throws -> [WriteResult] {
-        let name = CheckpointLayout.dataFile(prefix: plan.storageData ?? CheckpointLayout.prefix(rank: rank))
+        let name = CheckpointFiles.dataFile(prefix: plan.storageData ?? CheckpointFiles.prefix(rank: rank))
         let part = try ArchiveWriter(path: partPath(rank), options: options)
         try part.beginFile(name)
         var offset: UInt64 = 0
@@ -69,7 +69,7 @@ public final class ArchiveStorageWriter: StorageWriter {
         let archive = try ArchiveWriter(path: path, options: options)
         do {
             for rank in 0..<worldSize { try archive.appendEntries(of: ArchiveReader(path: partPath(rank))) }
-            try archive.addFile(CheckpointLayout.metadataName, contents: try MetadataCoding.encode(metadata))
+            try archive.addFile(CheckpointFiles.metadataName, contents: try MetadataCoding.encode(metadata))
             try archive.finish()
         } catch {
             archive.cancel()
@@ -107,11 +107,11 @@ public final class ArchiveStorageReader: StorageReader, StorageByteSource {
 
     public func loadMetadata() throws -> Metadata {
         let archive = try opened()
-        guard let entry = archive.entry(named: CheckpointLayout.metadataName) else {
-            throw CheckpointError("\(archive.source.name): no \(CheckpointLayout.metadataName) entry; not a checkpoint archive")
+        guard let entry = archive.entry(named: CheckpointFiles.metadataName) else {
+            throw CheckpointError("\(archive.source.name): no \(CheckpointFiles.metadataName) entry; not a checkpoint archive")
         }
         guard entry.size <= 1 << 30 else { throw CheckpointError("\(archive.source.name): metadata of \(entry.size) bytes is too large") }
-        return try MetadataCoding.decode(try archive.read(entry), source: "\(archive.source.name): \(CheckpointLayout.metadataName)")
+        return try MetadataCoding.decode(try archive.read(entry), source: "\(archive.source.name): \(CheckpointFiles.metadataName)")
     }
 
     public func configureReader(metadata: Metadata, isCoordinator: Bool, rank: Int, worldSize: Int) throws {

@@ -24,11 +24,11 @@ public final class FileSystemStorageWriter: StorageWriter {
     }
 
     public func optimizeGlobalPlan(_ plans: [SavePlan]) throws -> [SavePlan] {
-        CheckpointLayout.assignPrefixes(plans)
+        CheckpointFiles.assignPrefixes(plans)
     }
 
     public func executeWrite(plan: SavePlan, planner: SavePlanner) throws -> [WriteResult] {
-        let name = CheckpointLayout.dataFile(prefix: plan.storageData ?? CheckpointLayout.prefix(rank: rank))
+        let name = CheckpointFiles.dataFile(prefix: plan.storageData ?? CheckpointFiles.prefix(rank: rank))
         let path = directory + "/" + name
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw CheckpointError("\(path): cannot create: \(String(cString: strerror(errno)))") }
@@ -51,7 +51,7 @@ public final class FileSystemStorageWriter: StorageWriter {
         var metadata = metadata
         metadata.storageData = storageData(results)
         let bytes = try MetadataCoding.encode(metadata)
-        let path = directory + "/" + CheckpointLayout.metadataName
+        let path = directory + "/" + CheckpointFiles.metadataName
         let temporary = path + ".tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw CheckpointError("\(temporary): cannot create: \(String(cString: strerror(errno)))") }
@@ -65,7 +65,7 @@ public final class FileSystemStorageWriter: StorageWriter {
 
     public func abort() {
         if let written { unlink(written) }
-        unlink(directory + "/" + CheckpointLayout.metadataName + ".tmp")
+        unlink(directory + "/" + CheckpointFiles.metadataName + ".tmp")
     }
 }
 
@@ -88,7 +88,7 @@ public final class FileSystemStorageReader: StorageReader, StorageByteSource {
     public func initializeReader(checkpointID: String) throws { directory = checkpointID }
 
     public func loadMetadata() throws -> Metadata {
-        let path = directory + "/" + CheckpointLayout.metadataName
+        let path = directory + "/" + CheckpointFiles.metadataName
         let file: SystemFile
         let size: UInt64
         do {

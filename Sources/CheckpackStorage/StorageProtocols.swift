@@ -40,7 +40,7 @@ protocol StorageByteSource {
 }
 
 /// The file layout both backends share: one data file per rank and a metadata file.
-enum CheckpointLayout {
+enum CheckpointFiles {
     static let metadataName = ".metadata"
     static func dataFile(prefix: String) -> String { prefix + "0.distcp" }
     static func prefix(rank: Int) -> String { "__\(rank)_" }

@@ -36,7 +36,7 @@ struct PackCommand: ParsableCommand {
         let options = WriterOptions(codec: codec, level: level, frameSize: frameSize.bytes, threads: threads, overwrite: force)
         // A torch DCP directory or safetensors files: frames are cut at their items.
         var layouts: [String: FileLayout] = [:]
-        if !fixedFrames && FileSystemProbe.isDirectory(source) {
+        if !fixedFrames {   // a non-directory has no layouts; pack reports it
             do {
                 layouts = try CheckpointLayout.layouts(forDirectory: source)
             } catch {
@@ -277,13 +277,6 @@ struct InspectCommand: ParsableCommand {
         fields.append(("files", .array(item.files.map(JSON.string))))
         if let stored = item.storedBytes { fields.append(("stored_bytes", .number(stored))) }
         return .object(fields)
-    }
-}
-
-enum FileSystemProbe {
-    static func isDirectory(_ path: String) -> Bool {
-        var info = stat()
-        return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
     }
 }
 
