@@ -109,18 +109,27 @@ func retrying<T: BinaryInteger>(_ call: () -> T) -> T {
 
 /// Files and directories that an interrupted run (killed pack, unpack,
 /// salvage or archive save) leaves beside its destination: recognisable by
-/// name, `.NAME.ckpk-tmp-*`, `.NAME.ckpk-unpack-*`, `.NAME.ckpk-old-*` and `.NAME.ckpk-part-*`.
+/// name, `.NAME.ckpk-tmp-*`, `.NAME.ckpk-unpack-*`, `.NAME.ckpk-old-*` and `.NAME.ckpk-part-*`,
+/// and the leftovers of those (a staging part is itself written through a
+/// temporary file: `..NAME.ckpk-part-0.ckpk-tmp-*`).
 public enum Leftovers {
     static let suffixes = ["ckpk-tmp-", "ckpk-unpack-", "ckpk-old-", "ckpk-part-"]
 
     /// The leftovers of earlier runs that wrote `destination`.
     public static func find(beside destination: String) -> [String] {
         let directory = FileSystem.parent(of: destination)
-        let prefix = "." + FileSystem.baseName(of: destination) + "."
+        let base = FileSystem.baseName(of: destination)
         let names = (try? FileSystem.listDirectory(directory)) ?? []
-        return names.filter { name in
-            name.hasPrefix(prefix) && suffixes.contains { name.dropFirst(prefix.count).hasPrefix($0) }
-        }.map { directory + "/" + $0 }
+        return names.filter { isLeftover($0[...], of: base, depth: 2) }.map { directory + "/" + $0 }
+    }
+
+    private static func isLeftover(_ name: Substring, of base: String, depth: Int) -> Bool {
+        let prefix = "." + base + "."
+        if name.hasPrefix(prefix), suffixes.contains(where: { name.dropFirst(prefix.count).hasPrefix($0) }) {
+            return true
+        }
+        // A leftover of a leftover: ".<leftover name>.ckpk-…".
+        return depth > 1 && name.hasPrefix(".") && isLeftover(name.dropFirst(), of: base, depth: depth - 1)
     }
 }
 

@@ -299,3 +299,14 @@ func removeTree(_ path: String) { _ = system("rm -rf '\(path)'") }
         #expect(!FileManager.default.fileExists(atPath: marker))
     }
 }
+
+@Suite struct LeftoverNamingTests {
+    @Test func leftoversOfStagingPartsAreRecognised() throws {
+        let dir = TemporaryDirectory()
+        let leftovers = [".a.ckpk.ckpk-tmp-1x", ".a.ckpk.ckpk-part-0", "..a.ckpk.ckpk-part-1.ckpk-tmp-Q2", ".a.ckpk.ckpk-unpack-Z"]
+        let others = ["a.ckpk", ".b.ckpk.ckpk-tmp-1", ".a.ckpk.other", "..a.ckpk.zzz.ckpk-tmp-1", "...a.ckpk.ckpk-part-1.ckpk-tmp-1.ckpk-tmp-2x"]
+        for name in leftovers + others { try writeFile(dir.sub(name), [1]) }
+        let found = Set(Leftovers.find(beside: dir.sub("a.ckpk")))
+        #expect(found == Set(leftovers.map { dir.sub($0) }))
+    }
+}
