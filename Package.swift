@@ -16,6 +16,8 @@ let package = Package(
     targets: [
         // CRC32C with a hardware path (SSE4.2 / ARMv8 CRC) chosen at run time.
         .target(name: "CCRC32C"),
+        // The byte-plane transform's inner loops, and zstd's literals-only mode.
+        .target(name: "CBytePlanes", dependencies: ["CZstd"]),
         // Linux system calls that need _GNU_SOURCE (copy_file_range).
         .target(name: "CSystemShims"),
         .systemLibrary(
@@ -24,7 +26,7 @@ let package = Package(
         .systemLibrary(
             name: "CZlib", pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev"])]),
-        .target(name: "Checkpack", dependencies: ["CCRC32C", "CSystemShims", "CZstd", "CZlib"]),
+        .target(name: "Checkpack", dependencies: ["CCRC32C", "CBytePlanes", "CSystemShims", "CZstd", "CZlib"]),
         // The distributed-checkpoint protocols and their directory and archive backends.
         .target(name: "CheckpackStorage", dependencies: ["Checkpack"]),
         .target(name: "CheckpackC", dependencies: ["Checkpack"]),

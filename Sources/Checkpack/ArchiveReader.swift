@@ -67,6 +67,8 @@ extension ArchiveSource {
 public final class ArchiveReader: Sendable {
     public let source: any ArchiveSource
     public let index: ArchiveIndex
+    /// The archive's required feature bits (spec section 10).
+    public let requiredFeatures: UInt32
     private let entryNumbers: [String: Int]
     private let decodedFrames = Atomic<Int>(0)
     /// The last frames decoded for partial reads: many small reads near each
@@ -118,6 +120,12 @@ public final class ArchiveReader: Sendable {
                 throw CheckpackError(.checksumMismatch, "index CRC32C mismatch", offset: trailer.indexOffset)
             }
             index = try ArchiveIndex.parse(indexBytes, indexOffset: trailer.indexOffset)
+            requiredFeatures = trailer.requiredFeatures
+            if trailer.requiredFeatures & Format.bytePlanesFeature == 0,
+               let frame = index.frames.first(where: { $0.header.transform == BytePlanes.transformID }) {
+                throw CheckpackError(.corrupt, "a frame uses the byte-plane transform but the archive does not declare required feature bit 0",
+                                     offset: frame.archiveOffset)
+            }
             var numbers: [String: Int] = [:]
             numbers.reserveCapacity(index.entries.count)
             for (number, entry) in index.entries.enumerated() { numbers[entry.name] = number }
@@ -245,7 +253,7 @@ public final class ArchiveReader: Sendable {
                 guard CRC32C.update(0, stored) == header.storedCRC else {
                     throw CheckpackError(.checksumMismatch, "stored bytes CRC32C mismatch")
                 }
-                try FrameCodec.decompress(stored, codec: header.codec, into: output)
+                try FrameCodec.decode(stored, header: header, into: output)
             }
         }
         decodedFrames.add(1, ordering: .relaxed)

@@ -16,8 +16,15 @@ public struct WriterOptions: Sendable {
     public var threads: Int = WriterOptions.availableCores
     /// Replace an existing file at the destination.
     public var overwrite = false
+    /// Items whose dtype the `checkpack.item-dtypes` attribute names are split
+    /// into byte planes (spec section 5.1), in frames of `planeFrameSize`.
+    public var bytePlanes = true
+    /// Frames of byte-plane items are small: plane coding gains nothing from
+    /// a longer window, and a small read then decodes little.
+    public var planeFrameSize = WriterOptions.defaultPlaneFrameSize
 
     public static let defaultFrameSize = 4 << 20
+    public static let defaultPlaneFrameSize = 128 << 10
     public static var availableCores: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 
     public init(codec: Codec = .zstd, level: Int32? = nil, frameSize: Int = WriterOptions.defaultFrameSize,
@@ -30,8 +37,10 @@ public struct WriterOptions: Sendable {
     }
 
     func validate() throws {
-        guard (Format.minFrameSize...Format.maxFrameSize).contains(frameSize) else {
-            throw CheckpackError(.invalidArgument, "frame size \(frameSize) is outside \(Format.minFrameSize)...\(Format.maxFrameSize)")
+        for size in [frameSize, planeFrameSize] {
+            guard (Format.minFrameSize...Format.maxFrameSize).contains(size) else {
+                throw CheckpackError(.invalidArgument, "frame size \(size) is outside \(Format.minFrameSize)...\(Format.maxFrameSize)")
+            }
         }
         guard threads >= 1 else { throw CheckpackError(.invalidArgument, "threads must be at least 1") }
         try validateLevel(level, codec: codec)
@@ -63,6 +72,8 @@ public final class ArchiveWriter {
     private var open: OpenEntry?
     private var finished = false
     private var bytesIn: UInt64 = 0
+    /// Required feature bits of what was written (bit 0 once a frame uses byte planes).
+    private var requiredFeatures: UInt32 = 0
 
     /// What flows, in order, from the producer to the file.
     private enum Record: Sendable {
@@ -82,6 +93,16 @@ public final class ArchiveWriter {
         var frames: UInt64 = 0
         var boundaries: [UInt64] = []
         var buffer: [UInt8] = []
+        /// The element type of each item, by item number, where known.
+        var itemTypes: [ElementType?] = []
+        /// The element type of the item being written, and its frame size.
+        var element: ElementType? = nil
+        var frameSize: Int
+
+        mutating func startItem(number: Int, options: WriterOptions) {
+            element = number < itemTypes.count ? itemTypes[number] : nil
+            frameSize = element == nil ? options.frameSize : options.planeFrameSize
+        }
     }
 
     /// State the sink keeps while records reach the file.
@@ -167,7 +188,7 @@ public final class ArchiveWriter {
                     boundaries = boundaries.dropFirst()
                 }
                 // Up to a frame, and never across the next item boundary.
-                let want = Int(min(UInt64(options.frameSize), (boundaries.first ?? .max) - position))
+                let want = Int(min(UInt64(open?.frameSize ?? options.frameSize), (boundaries.first ?? .max) - position))
                 var chunk = try [UInt8](unsafeUninitializedCapacity: want) { buffer, count in
                     count = try source.readSome(into: UnsafeMutableRawBufferPointer(buffer))
                 }
@@ -219,6 +240,7 @@ public final class ArchiveWriter {
         try guarded {
             try pipeline.finish()
             tree = names
+            requiredFeatures |= other.requiredFeatures
             let start = UInt64(Format.headerSize), end = other.index.recordsEnd
             let base = output.offset
             try output.copy(from: otherFile, range: start..<end)
@@ -253,9 +275,13 @@ public final class ArchiveWriter {
             let indexBytes = index.encoded()
             try output.write(indexBytes)
             try output.write(Trailer(indexOffset: indexOffset, indexLength: UInt64(indexBytes.count),
-                                     indexCRC: CRC32C.checksum(indexBytes)).encoded())
+                                     indexCRC: CRC32C.checksum(indexBytes), requiredFeatures: requiredFeatures).encoded())
             try output.flush()
             guard let file else { throw CheckpackError(.invalidArgument, "writer is closed") }
+            if requiredFeatures != 0 {
+                // Only now is it known which features the frames used: the header says so too.
+                try FileHeader(requiredFeatures: requiredFeatures).encoded().withUnsafeBytes { try file.write($0, at: 0) }
+            }
             try file.sync()
             if options.overwrite {
                 try FileSystem.rename(file.path, to: path)
@@ -316,7 +342,12 @@ public final class ArchiveWriter {
         try validateLevel(level, codec: codec)
         try asArgumentError { try tree.add(name, kind: kind) }   // last: it records the name only when it succeeds
         let record = EntryRecord(kind: kind, mode: mode, name: name, attributes: pairs).encoded()
-        return OpenEntry(name: name, record: record, codec: codec, level: level)
+        var entry = OpenEntry(name: name, record: record, codec: codec, level: level, frameSize: options.frameSize)
+        if options.bytePlanes, codec != .stored, let dtypes = attributes[Format.itemDTypesKey] {
+            entry.itemTypes = dtypes.split(separator: ",", omittingEmptySubsequences: false).map { ElementType(dtype: String($0)) }
+            entry.startItem(number: 0, options: options)
+        }
+        return entry
     }
 
     /// A name the caller passes is a bad argument, not bad data.
@@ -338,11 +369,11 @@ public final class ArchiveWriter {
         defer { open = entry }
         var rest = bytes
         while !rest.isEmpty {
-            if entry.buffer.capacity < options.frameSize { entry.buffer.reserveCapacity(options.frameSize) }
-            let take = min(rest.count, options.frameSize - entry.buffer.count)
+            if entry.buffer.capacity < entry.frameSize { entry.buffer.reserveCapacity(entry.frameSize) }
+            let take = min(rest.count, entry.frameSize - entry.buffer.count)
             entry.buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest[..<take]))
             rest = UnsafeRawBufferPointer(rebasing: rest[take...])
-            if entry.buffer.count == options.frameSize { try submitFrame(&entry) }
+            if entry.buffer.count == entry.frameSize { try submitFrame(&entry) }
         }
     }
 
@@ -350,11 +381,11 @@ public final class ArchiveWriter {
     /// nothing is buffered.
     private func appendOwned(_ chunk: inout [UInt8]) throws {
         guard var entry = open else { throw CheckpackError(.invalidArgument, "no file entry is open") }
-        if entry.buffer.isEmpty && chunk.count <= options.frameSize {
+        if entry.buffer.isEmpty && chunk.count <= entry.frameSize {
             open = nil
             defer { open = entry }
             swap(&entry.buffer, &chunk)
-            if entry.buffer.count == options.frameSize { try submitFrame(&entry) }
+            if entry.buffer.count == entry.frameSize { try submitFrame(&entry) }
         } else {
             try chunk.withUnsafeBytes { try append($0) }
         }
@@ -366,6 +397,8 @@ public final class ArchiveWriter {
         defer { open = entry }
         if !entry.buffer.isEmpty { try submitFrame(&entry) }
         if entry.size > 0, entry.boundaries.last != entry.size { entry.boundaries.append(entry.size) }
+        // Item 0 starts at offset 0; item k at the k-th boundary.
+        if !entry.itemTypes.isEmpty { entry.startItem(number: entry.boundaries.count, options: options) }
     }
 
     private func submitFrame(_ entry: inout OpenEntry) throws {
@@ -374,18 +407,27 @@ public final class ArchiveWriter {
         let entryOffset = entry.size
         entry.size += UInt64(data.count)
         entry.frames += 1
-        let codec = entry.codec, level = entry.level
+        let codec = entry.codec, level = entry.level, element = entry.element
         try pipeline.submit(cost: data.count) {
-            try ArchiveWriter.encodeFrame(data, entryOffset: entryOffset, codec: codec, level: level)
+            try ArchiveWriter.encodeFrame(data, entryOffset: entryOffset, codec: codec, level: level, element: element)
         }
     }
 
-    private static func encodeFrame(_ data: [UInt8], entryOffset: UInt64, codec: Codec, level: Int32) throws -> Record {
+    /// Byte planes when the element type is known and they win; else the codec; else stored.
+    private static func encodeFrame(_ data: [UInt8], entryOffset: UInt64, codec: Codec, level: Int32, element: ElementType?) throws -> Record {
         let decodedCRC = CRC32C.checksum(data)
-        let compressed = try data.withUnsafeBytes { try FrameCodec.compress($0, codec: codec, level: level) }
+        var transform: UInt8 = 0, parameter: UInt16 = 0
+        var compressed: [UInt8]? = nil
+        if let element {
+            compressed = try data.withUnsafeBytes { try BytePlanes.encode($0, element: element, codec: codec, level: level) }
+            if compressed != nil { (transform, parameter) = (BytePlanes.transformID, element.parameter) }
+        }
+        if compressed == nil {
+            compressed = try data.withUnsafeBytes { try FrameCodec.compress($0, codec: codec, level: level) }
+        }
         let payload = compressed ?? data
-        let header = FrameHeader(codec: compressed == nil ? .stored : codec, entryOffset: entryOffset,
-                                 storedLength: UInt32(payload.count), decodedLength: UInt32(data.count),
+        let header = FrameHeader(codec: compressed == nil ? .stored : codec, transform: transform, transformParameter: parameter,
+                                 entryOffset: entryOffset, storedLength: UInt32(payload.count), decodedLength: UInt32(data.count),
                                  storedCRC: compressed == nil ? decodedCRC : CRC32C.checksum(payload), decodedCRC: decodedCRC)
         return .frame(header, payload: payload[...])
     }
@@ -408,6 +450,7 @@ public final class ArchiveWriter {
             sinkEntryCRC = 0
             try output.write(bytes)
         case .frame(let header, let payload):
+            if header.transform == BytePlanes.transformID { requiredFeatures |= Format.bytePlanesFeature }
             let headerBytes = header.encoded()
             index.addFrame(archiveOffset: output.offset, header: headerBytes)
             try output.write(headerBytes)

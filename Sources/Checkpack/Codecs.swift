@@ -1,3 +1,4 @@
+import CBytePlanes
 import CZlib
 import CZstd
 #if canImport(Glibc)
@@ -8,7 +9,8 @@ import Glibc
 enum FrameCodec {
     /// Compresses `input`, or returns nil when the result would not be smaller
     /// (the format then stores the frame as it is).
-    static func compress(_ input: UnsafeRawBufferPointer, codec: Codec, level: Int32) throws -> [UInt8]? {
+    /// `literalsOnly` (zstd) codes literals alone, without matches (see BytePlanes).
+    static func compress(_ input: UnsafeRawBufferPointer, codec: Codec, level: Int32, literalsOnly: Bool = false) throws -> [UInt8]? {
         guard input.count > 1 else { return nil }
         let capacity = input.count - 1
         switch codec {
@@ -24,6 +26,11 @@ enum FrameCodec {
                     // (level 3 alone would stop at 2 MiB). No window beyond the frame helps.
                     let spanning = Int32(Int.bitWidth - (input.count - 1).leadingZeroBitCount)
                     ZSTD_CCtx_setParameter(cctx, ZSTD_c_windowLog, min(max(spanning, 10), 27))
+                    if literalsOnly, ZSTD_isError(ckpk_zstd_literals_only(UnsafeMutableRawPointer(cctx))) != 0 {
+                        failed = true
+                        count = 0
+                        return
+                    }
                     let n = ZSTD_compress2(cctx, buffer.baseAddress, capacity, input.baseAddress, input.count)
                     if ZSTD_isError(n) != 0 {
                         // "Destination buffer is too small" means incompressible; anything else is a bug.
@@ -47,6 +54,16 @@ enum FrameCodec {
             if status == Z_BUF_ERROR { return nil }
             guard status == Z_OK else { throw CheckpackError(.invalidArgument, "zlib compression failed (\(status))") }
             return out
+        }
+    }
+
+    /// Decodes a frame's stored bytes, undoing its transform, into exactly
+    /// `output.count` bytes (the frame's decoded length).
+    static func decode(_ stored: UnsafeRawBufferPointer, header: FrameHeader, into output: UnsafeMutableRawBufferPointer) throws {
+        if header.transform == BytePlanes.transformID {
+            try BytePlanes.decode(stored, parameter: header.transformParameter, codec: header.codec, into: output)
+        } else {
+            try decompress(stored, codec: header.codec, into: output)
         }
     }
 

@@ -24,8 +24,14 @@ public enum Format {
     /// The smallest archive: header, an index of no entries, trailer.
     static let minimumArchiveSize = UInt64(headerSize + indexHeaderSize + trailerSize)
 
-    /// Required feature bits this reader understands (none in version 1).
-    static let knownRequiredFeatures: UInt32 = 0
+    /// Required feature bit 0: frames may use the byte-plane transform (transform 1).
+    public static let bytePlanesFeature: UInt32 = 1
+    /// Required feature bits this reader understands.
+    static let knownRequiredFeatures: UInt32 = bytePlanesFeature
+
+    /// Attribute naming what each item of an entry holds (section 4.4): a
+    /// torch dtype name per item, comma-separated, or "-".
+    public static let itemDTypesKey = "checkpack.item-dtypes"
 
     public static let maxFrameSize = 64 << 20
     public static let minFrameSize = 4096
@@ -335,8 +341,17 @@ public struct FrameHeader: Sendable, Equatable {
             throw CheckpackError(.checksumMismatch, "frame header CRC32C mismatch")
         }
         guard let codec = Codec(rawValue: codecByte) else { throw CheckpackError(.unsupported, "unknown codec \(codecByte)") }
-        guard transform == 0 else { throw CheckpackError(.unsupported, "unknown transform \(transform)") }
-        guard parameter == 0 else { throw CheckpackError(.corrupt, "transform parameter \(parameter) is not zero for transform 0") }
+        switch transform {
+        case 0:
+            guard parameter == 0 else { throw CheckpackError(.corrupt, "transform parameter \(parameter) is not zero for transform 0") }
+        case BytePlanes.transformID:
+            guard ElementType(parameter: parameter) != nil else {
+                throw CheckpackError(.corrupt, "byte-plane transform parameter 0x\(String(parameter, radix: 16)) is not valid")
+            }
+            guard codec != .stored else { throw CheckpackError(.corrupt, "a stored frame has the byte-plane transform") }
+        default:
+            throw CheckpackError(.unsupported, "unknown transform \(transform)")
+        }
         guard reserved == 0 else { throw CheckpackError(.corrupt, "frame header reserved field is not zero") }
         guard decoded >= 1, decoded <= Format.maxFrameSize else {
             throw CheckpackError(.limitExceeded, "decoded frame length \(decoded) is outside 1...\(Format.maxFrameSize)")

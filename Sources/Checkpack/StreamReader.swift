@@ -27,7 +27,7 @@ public struct StreamFrame: Sendable {
         }
         let n = Int(header.decodedLength)
         let decoded = try [UInt8](unsafeUninitializedCapacity: n) { buffer, count in
-            try stored.withUnsafeBytes { try FrameCodec.decompress($0, codec: header.codec, into: UnsafeMutableRawBufferPointer(buffer)) }
+            try stored.withUnsafeBytes { try FrameCodec.decode($0, header: header, into: UnsafeMutableRawBufferPointer(buffer)) }
             count = n
         }
         guard CRC32C.checksum(decoded) == header.decodedCRC else {
@@ -135,6 +135,9 @@ public final class ArchiveStreamReader {
     private func readFrame(_ name: String) throws -> StreamRecord {
         let headerBytes = try input.read(Format.frameHeaderSize)
         let header = try FrameHeader.decode(headerBytes[...])
+        guard header.transform == 0 || requiredFeatures & Format.bytePlanesFeature != 0 else {
+            throw CheckpackError(.corrupt, "a frame uses the byte-plane transform but the archive does not declare required feature bit 0")
+        }
         guard open?.record.kind == .file else { throw CheckpackError(.corrupt, "directory entry has a frame") }
         guard header.entryOffset == entrySize else {
             throw CheckpackError(.corrupt, "frame starts at entry offset \(header.entryOffset), expected \(entrySize)")

@@ -92,6 +92,16 @@ public final class SystemFile: @unchecked Sendable {
         }
     }
 
+    /// Writes all of `bytes` at `offset`, leaving the file position alone.
+    public func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        var done = 0
+        while done < bytes.count {
+            let n = retrying { pwrite(descriptor, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done)) }
+            if n < 0 { throw CheckpackError.system("write failed", path: path) }
+            done += n
+        }
+    }
+
     /// Flushes the file to stable storage. A failure is final: after a failed
     /// fsync the kernel may have dropped the dirty pages, so retrying proves nothing.
     public func sync() throws {

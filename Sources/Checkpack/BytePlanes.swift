@@ -1,0 +1,146 @@
+import CBytePlanes
+import CZlib
+import CZstd
+
+/// The element layout of an item, which selects the byte-plane transform
+/// (spec/FORMAT.md section 5.1) for its frames.
+public struct ElementType: Sendable, Hashable, CustomStringConvertible {
+    /// Bytes per element: 2, 4 or 8.
+    public let size: Int
+    /// IEEE-style float: the sign bit is rotated below the exponent.
+    public let isFloat: Bool
+
+    public init?(size: Int, isFloat: Bool) {
+        guard [2, 4, 8].contains(size) else { return nil }
+        self.size = size
+        self.isFloat = isFloat
+    }
+
+    /// The element type of a torch dtype name, or nil when planes cannot help
+    /// (one-byte types, bool, unknown names).
+    public init?(dtype: String) {
+        switch dtype {
+        case "bfloat16", "float16": self.init(size: 2, isFloat: true)
+        case "float32", "complex64": self.init(size: 4, isFloat: true)
+        case "float64", "complex128": self.init(size: 8, isFloat: true)
+        case "int16", "uint16": self.init(size: 2, isFloat: false)
+        case "int32", "uint32": self.init(size: 4, isFloat: false)
+        case "int64", "uint64": self.init(size: 8, isFloat: false)
+        default: return nil
+        }
+    }
+
+    /// The frame header's transform parameter: element size, bit 8 for floats.
+    var parameter: UInt16 { UInt16(size) | (isFloat ? 0x100 : 0) }
+
+    init?(parameter: UInt16) {
+        guard parameter & ~0x1FF == 0 else { return nil }
+        self.init(size: Int(parameter & 0xFF), isFloat: parameter & 0x100 != 0)
+    }
+
+    public var description: String { "\(size)-byte \(isFloat ? "float" : "integer")" }
+}
+
+/// Transform 1: a frame's elements split into byte planes, each plane stored
+/// raw or coded with the frame's codec. Stored bytes: a table of one 8-byte
+/// entry per plane (u32 length, u8 method, 3 zero bytes), the planes in
+/// order, then the bytes after the last whole element, raw.
+enum BytePlanes {
+    static let transformID: UInt8 = 1
+    static let tableEntrySize = 8
+    enum Method: UInt8 { case raw = 0, coded = 1 }
+
+    /// Encodes `input` as planes, or returns nil when that is not smaller than `input`.
+    static func encode(_ input: UnsafeRawBufferPointer, element: ElementType, codec: Codec, level: Int32) throws -> [UInt8]? {
+        let e = element.size
+        let count = input.count / e
+        guard count >= 1, codec != .stored else { return nil }
+        var planes = [UInt8](unsafeUninitializedCapacity: count * e) { buffer, n in
+            ckpk_planes_split(input.baseAddress!.assumingMemoryBound(to: UInt8.self), count, Int32(e), element.isFloat ? 1 : 0, buffer.baseAddress!)
+            n = count * e
+        }
+        var table = ByteWriter(capacity: e * tableEntrySize)
+        var body: [UInt8] = []
+        body.reserveCapacity(input.count)
+        try planes.withUnsafeMutableBytes { all in
+            for j in 0..<e {
+                let plane = UnsafeRawBufferPointer(rebasing: all[j * count..<(j + 1) * count])
+                let coded = try encodePlane(plane, codec: codec, level: level)
+                table.u32(UInt32(coded?.count ?? count))
+                table.u8(coded == nil ? Method.raw.rawValue : Method.coded.rawValue)
+                table.u8(0); table.u8(0); table.u8(0)
+                if let coded { body.append(contentsOf: coded) } else { body.append(contentsOf: plane) }
+            }
+        }
+        planes = []
+        body.append(contentsOf: UnsafeRawBufferPointer(rebasing: input[(count * e)...]))   // bytes after the last whole element
+        guard table.bytes.count + body.count < input.count else { return nil }
+        return table.bytes + body
+    }
+
+    /// A skewed plane (a float's exponent) is coded by its Huffman literals
+    /// alone, which beats LZ matching there; a near-random one is tried with
+    /// the codec as usual (repeated values still pay) and kept raw unless that wins.
+    private static func encodePlane(_ plane: UnsafeRawBufferPointer, codec: Codec, level: Int32) throws -> [UInt8]? {
+        let bits = ckpk_entropy_bits(plane.baseAddress!.assumingMemoryBound(to: UInt8.self), plane.count)
+        if codec == .zstd && bits < 7.0 {
+            return try FrameCodec.compress(plane, codec: .zstd, level: level, literalsOnly: true)
+        }
+        return try FrameCodec.compress(plane, codec: codec, level: bits < 7.0 ? level : min(level, 1))
+    }
+
+    /// Decodes stored bytes of a transform-1 frame into exactly `output.count` bytes.
+    static func decode(_ stored: UnsafeRawBufferPointer, parameter: UInt16, codec: Codec,
+                       into output: UnsafeMutableRawBufferPointer) throws {
+        guard let element = ElementType(parameter: parameter) else {
+            throw CheckpackError(.corrupt, "byte-plane transform parameter 0x\(String(parameter, radix: 16)) is not valid")
+        }
+        let e = element.size
+        let count = output.count / e
+        let tail = output.count - count * e
+        guard count >= 1 else { throw CheckpackError(.corrupt, "byte-plane frame of \(output.count) bytes holds no whole \(e)-byte element") }
+        guard stored.count >= e * tableEntrySize else { throw CheckpackError(.corrupt, "byte-plane table is truncated") }
+        var reader = ByteReader(ArraySlice(stored.prefix(e * tableEntrySize)))
+        var position = e * tableEntrySize
+        var sources: [(range: Range<Int>, coded: Bool)] = []
+        for j in 0..<e {
+            let length = Int(try reader.u32())
+            let methodByte = try reader.u8()
+            guard try reader.u8() == 0, try reader.u8() == 0, try reader.u8() == 0 else {
+                throw CheckpackError(.corrupt, "byte-plane table reserved bytes are not zero")
+            }
+            guard let method = Method(rawValue: methodByte) else { throw CheckpackError(.corrupt, "unknown plane method \(methodByte)") }
+            switch method {
+            case .raw: guard length == count else { throw CheckpackError(.corrupt, "raw plane \(j) has \(length) bytes, expected \(count)") }
+            case .coded: guard length >= 1 else { throw CheckpackError(.corrupt, "coded plane \(j) is empty") }
+            }
+            guard length <= stored.count - position else { throw CheckpackError(.corrupt, "plane \(j) runs past the stored bytes") }
+            sources.append((position..<position + length, method == .coded))
+            position += length
+        }
+        guard stored.count - position == tail else {
+            throw CheckpackError(.corrupt, "byte-plane frame has \(stored.count - position) bytes after its planes, expected \(tail)")
+        }
+        // Coded planes are decoded into scratch space; raw planes are read in place.
+        let codedCount = sources.filter(\.coded).count
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, codedCount * count), alignment: 64)
+        defer { scratch.deallocate() }
+        var pointers: [UnsafePointer<UInt8>?] = []
+        var slot = 0
+        for source in sources {
+            let bytes = UnsafeRawBufferPointer(rebasing: stored[source.range])
+            if source.coded {
+                let target = UnsafeMutableRawBufferPointer(rebasing: scratch[slot * count..<(slot + 1) * count])
+                try FrameCodec.decompress(bytes, codec: codec, into: target)
+                pointers.append(UnsafePointer(target.baseAddress!.assumingMemoryBound(to: UInt8.self)))
+                slot += 1
+            } else {
+                pointers.append(bytes.baseAddress!.assumingMemoryBound(to: UInt8.self))
+            }
+        }
+        ckpk_planes_merge(pointers, count, Int32(e), element.isFloat ? 1 : 0, output.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        if tail > 0 {
+            UnsafeMutableRawBufferPointer(rebasing: output[(count * e)...]).copyMemory(from: UnsafeRawBufferPointer(rebasing: stored[position...]))
+        }
+    }
+}
