@@ -6,7 +6,7 @@ import Glibc
 /// Saves a checkpoint straight into one archive. Each rank writes its items
 /// into a staging part beside the destination (`.NAME.ckpk-part-RANK`), one
 /// logical file `__{rank}_0.distcp` per rank with every item starting a new
-/// frame, without waiting for the others. The coordinator's
+/// frame (tensor items in byte planes, by their dtype), without waiting for the others. The coordinator's
 /// `finalizeCheckpoint` joins the parts by copying their records (no
 /// recompression), adds `.metadata`, writes the index last, fsyncs and renames.
 /// Staging parts are removed on success and on failure.
@@ -47,7 +47,9 @@ public final class ArchiveStorageWriter: StorageWriter {
     public func executeWrite(plan: SavePlan, planner: SavePlanner) throws -> [WriteResult] {
         let name = CheckpointFiles.dataFile(prefix: plan.storageData ?? CheckpointFiles.prefix(rank: rank))
         let part = try ArchiveWriter(path: partPath(rank), options: options)
-        try part.beginFile(name)
+        // Each item's dtype, so tensor items are split into byte planes.
+        let dtypes = plan.items.map { $0.tensorData?.properties.dtype.rawValue ?? "-" }
+        try part.beginFile(name, attributes: plan.items.isEmpty ? [:] : [Format.itemDTypesKey: dtypes.joined(separator: ",")])
         var offset: UInt64 = 0
         var results: [WriteResult] = []
         for item in plan.items {

@@ -13,8 +13,11 @@ struct Forge {
         var stored: [UInt8]
         var decodedLength: UInt32? = nil
         var decodedCRC: UInt32? = nil
+        var transform: UInt8 = 0
+        var parameter: UInt16 = 0
     }
 
+    var requiredFeatures: UInt32 = 0
     var bytes = FileHeader().encoded()
     var index = IndexBuilder()
     /// Index rows to write instead of the true ones (offsets shifted, and so on).
@@ -30,7 +33,7 @@ struct Forge {
         for frame in frames {
             let decodedLength = frame.decodedLength ?? UInt32(frame.stored.count)
             let decodedCRC = frame.decodedCRC ?? CRC32C.checksum(frame.stored)
-            let header = FrameHeader(codec: frame.codec, entryOffset: offset, storedLength: UInt32(frame.stored.count),
+            let header = FrameHeader(codec: frame.codec, transform: frame.transform, transformParameter: frame.parameter, entryOffset: offset, storedLength: UInt32(frame.stored.count),
                                      decodedLength: decodedLength, storedCRC: CRC32C.checksum(frame.stored), decodedCRC: decodedCRC).encoded()
             let number = Int(index.frameCount)
             index.addFrame(archiveOffset: UInt64(Int64(bytes.count) + (frameOffsetShift[number] ?? 0)), header: header)
@@ -47,8 +50,10 @@ struct Forge {
         var indexBytes = index.encoded()
         patchIndex(&indexBytes)
         let trailer = Trailer(indexOffset: UInt64(bytes.count), indexLength: UInt64(indexBytes.count),
-                              indexCRC: CRC32C.checksum(indexBytes)).encoded()
-        return bytes + indexBytes + trailer
+                              indexCRC: CRC32C.checksum(indexBytes), requiredFeatures: requiredFeatures).encoded()
+        var header = bytes
+        header.replaceSubrange(0..<Format.headerSize, with: FileHeader(requiredFeatures: requiredFeatures).encoded())
+        return header + indexBytes + trailer
     }
 }
 

@@ -1,0 +1,150 @@
+@testable import Checkpack
+import Testing
+
+/// Bytes that look like a tensor of `dtype`: floats near zero (skewed
+/// exponents, noisy mantissas), or small integers.
+func tensorLikeBytes(_ dtype: String, count: Int, seed: UInt64) -> [UInt8] {
+    var rng = SplitMix(seed: seed)
+    var out: [UInt8] = []
+    out.reserveCapacity(count + 8)
+    while out.count < count {
+        let x = Double.random(in: -1...1, using: &rng) * Double.random(in: 0...0.1, using: &rng)
+        switch dtype {
+        case "float64", "complex128": out += withUnsafeBytes(of: x.bitPattern.littleEndian, Array.init)
+        case "float32", "complex64": out += withUnsafeBytes(of: Float(x).bitPattern.littleEndian, Array.init)
+        case "float16": out += withUnsafeBytes(of: Float16(x).bitPattern.littleEndian, Array.init)
+        case "bfloat16": out += withUnsafeBytes(of: UInt16(Float(x).bitPattern >> 16).littleEndian, Array.init)
+        default:
+            let v = Int64(x * 5000)
+            out += withUnsafeBytes(of: v.littleEndian, Array.init).prefix(ElementType(dtype: dtype)?.size ?? 1)
+        }
+    }
+    return Array(out.prefix(count))
+}
+
+@Suite struct BytePlanesTests {
+    static let dtypes = ["bfloat16", "float16", "float32", "float64", "complex64", "complex128",
+                         "int16", "uint16", "int32", "uint32", "int64", "uint64"]
+
+    @Test(arguments: dtypes)
+    func everyDTypeRoundTripsAtAnyLength(dtype: String) throws {
+        let element = try #require(ElementType(dtype: dtype))
+        let e = element.size
+        for length in [1, e - 1, e, e + 1, 3 * e + 1, 4096, 4096 + 3, 100_003] {
+            let input = tensorLikeBytes(dtype, count: length, seed: UInt64(length))
+            for codec in [Codec.zstd, .zlib] {
+                let stored = try input.withUnsafeBytes { try BytePlanes.encode($0, element: element, codec: codec, level: codec.defaultLevel) }
+                guard let stored else {
+                    #expect(length < 64, "\(dtype), \(length) bytes, \(codec): planes did not win")
+                    continue
+                }
+                #expect(stored.count < length)
+                let decoded = try [UInt8](unsafeUninitializedCapacity: length) { buffer, n in
+                    try stored.withUnsafeBytes { try BytePlanes.decode($0, parameter: element.parameter, codec: codec, into: UnsafeMutableRawBufferPointer(buffer)) }
+                    n = length
+                }
+                #expect(decoded == input, "\(dtype), \(length) bytes, \(codec)")
+            }
+        }
+    }
+
+    @Test func oneByteTypesAndUnknownNamesGetNoPlanes() {
+        for name in ["uint8", "int8", "bool", "float8_e4m3fn", "-", "", "float128"] { #expect(ElementType(dtype: name) == nil) }
+    }
+
+    @Test func archivesUsePlanesForTypedItemsAndReadBackExactly() throws {
+        let dir = TemporaryDirectory()
+        let floats = tensorLikeBytes("bfloat16", count: 300_001, seed: 1)
+        let longs = tensorLikeBytes("int64", count: 80_000, seed: 2)
+        let text = Array(String(repeating: "header bytes ", count: 100).utf8)
+        let content = text + floats + longs
+        let boundaries = [UInt64(text.count), UInt64(text.count + floats.count)]
+        let writer = try ArchiveWriter(path: dir.sub("t.ckpk"), options: WriterOptions(frameSize: 64 << 10))
+        try writer.addFile("t", contents: content, attributes: [Format.itemDTypesKey: "-,bfloat16,int64"], itemBoundaries: boundaries)
+        try writer.addFile("plain", contents: floats)
+        try writer.finish()
+
+        let reader = try ArchiveReader(path: dir.sub("t.ckpk"))
+        #expect(reader.requiredFeatures == Format.bytePlanesFeature)
+        let entry = try #require(reader.entry(named: "t"))
+        let frames = reader.frames(of: entry)
+        #expect(frames.filter { $0.header.transform == 1 }.count >= 3)
+        #expect(frames.allSatisfy { ($0.header.transform == 1) == ($0.header.entryOffset >= UInt64(text.count)) })
+        // Typed items are cut into plane-sized frames; the untyped file is not.
+        #expect(frames.filter { $0.header.transform == 1 }.allSatisfy { $0.header.decodedLength <= UInt32(WriterOptions.defaultPlaneFrameSize) })
+        #expect(reader.frames(of: try #require(reader.entry(named: "plain"))).allSatisfy { $0.header.transform == 0 })
+        #expect(try reader.read(entry) == content)
+        #expect(try reader.read(entry, offset: 12_345, count: 4096) == Array(content[12_345..<12_345 + 4096]))
+        #expect(try reader.verify().isEmpty)
+        let streamed = try streamContents(MemoryStream(readFile(dir.sub("t.ckpk")) ?? []))
+        #expect(streamed["t"] == content)
+        // Planes make the floats smaller than zstd alone does.
+        let plain = reader.frames(of: try #require(reader.entry(named: "plain"))).reduce(0) { $0 + Int($1.header.storedLength) }
+        let planes = frames.filter { $0.header.entryOffset >= UInt64(text.count) && $0.header.entryOffset < boundaries[1] }.reduce(0) { $0 + Int($1.header.storedLength) }
+        #expect(planes < plain)
+    }
+
+    @Test func turningPlanesOffWritesPlainFramesAndNoFeatureBit() throws {
+        var options = WriterOptions()
+        options.bytePlanes = false
+        let bytes = try buildArchive(options: options) { writer in
+            try writer.addFile("t", contents: tensorLikeBytes("float32", count: 50_000, seed: 3), attributes: [Format.itemDTypesKey: "float32"])
+        }
+        let reader = try ArchiveReader(source: MemorySource(bytes))
+        #expect(reader.requiredFeatures == 0)
+        #expect(reader.index.frames.allSatisfy { $0.header.transform == 0 })
+    }
+}
+
+@Suite struct HostilePlaneFrameTests {
+    @Test func aWellFormedPlaneFrameIsAccepted() throws {
+        let decoded = (0..<4001).map { UInt8(truncatingIfNeeded: $0 / 7) }
+        let element = try #require(ElementType(parameter: 0x102))
+        let stored = try #require(try decoded.withUnsafeBytes { try BytePlanes.encode($0, element: element, codec: .zstd, level: 3) })
+        var forge = Forge()
+        forge.requiredFeatures = Format.bytePlanesFeature
+        forge.entry("t", frames: [.init(codec: .zstd, stored: stored, decodedLength: UInt32(decoded.count),
+                                        decodedCRC: CRC32C.checksum(decoded), transform: 1, parameter: 0x102)])
+        let bytes = forge.finish()
+        let reader = try ArchiveReader(source: MemorySource(bytes))
+        #expect(try reader.read(try #require(reader.entry(named: "t"))) == decoded)
+        #expect(try streamContents(MemoryStream(bytes))["t"] == decoded)
+    }
+
+    @Test func malformedPlaneFramesAreRefused() throws {
+        let decoded = (0..<4000).map { UInt8(truncatingIfNeeded: $0 / 7) }
+        let element = try #require(ElementType(parameter: 0x102))
+        let good = try #require(try decoded.withUnsafeBytes { try BytePlanes.encode($0, element: element, codec: .zstd, level: 3) })
+        func refused(_ stored: [UInt8], parameter: UInt16 = 0x102, codec: Codec = .zstd, features: UInt32 = Format.bytePlanesFeature,
+                     _ what: String) throws {
+            var forge = Forge()
+            forge.requiredFeatures = features
+            forge.entry("t", frames: [.init(codec: codec, stored: stored, decodedLength: UInt32(decoded.count),
+                                            decodedCRC: CRC32C.checksum(decoded), transform: 1, parameter: parameter)])
+            try expectRefused(forge.finish(), what)
+        }
+        var bad = good
+        bad[4] = 7
+        try refused(bad, "an unknown plane method")
+        bad = good
+        bad[5] = 1
+        try refused(bad, "a non-zero reserved byte in the plane table")
+        bad = good
+        bad[0] &+= 1
+        try refused(bad, "a plane length that does not add up")
+        try refused(Array(good.prefix(12)), "a truncated plane table")
+        try refused(good + [0], "a byte after the planes")
+        try refused(good, parameter: 0x103, "element size 3")
+        try refused(good, parameter: 0x302, "an unknown parameter bit")
+        try refused(good, parameter: 0x104, "the wrong element size")
+        try refused(good, features: 0, "planes without required feature bit 0")
+        try refused(good, codec: .zlib, "planes coded with another codec than the frame says")
+    }
+
+    @Test func anUnknownFeatureBitIsRefusedUpFront() throws {
+        var forge = Forge()
+        forge.requiredFeatures = 2
+        forge.entry("t", frames: [.init(stored: [1, 2, 3])])
+        try expectRefused(forge.finish(), "required feature bit 1", kind: .unsupported)
+    }
+}
