@@ -29,11 +29,17 @@ struct PackCommand: ParsableCommand {
     @Flag(help: "Replace an existing archive.") var force = false
     @Flag(name: .customLong("fixed-frames"),
           help: "Ignore checkpoint formats: cut every file into fixed-size frames only.") var fixedFrames = false
+    @Flag(name: .customLong("no-planes"),
+          help: "Do not split tensor items into byte planes (archives readable by Checkpack before byte planes).") var noPlanes = false
+    @Option(name: .customLong("plane-frame-size"), help: "Frame size for tensor items in byte planes (4K...64M).")
+    var planeFrameSize: SizeArgument = SizeArgument(argument: "128K")!
     @Flag(help: "No progress bar or summary.") var quiet = false
 
     func run() throws {
         reportLeftovers(beside: archive, quiet: quiet)
-        let options = WriterOptions(codec: codec, level: level, frameSize: frameSize.bytes, threads: threads, overwrite: force)
+        var options = WriterOptions(codec: codec, level: level, frameSize: frameSize.bytes, threads: threads, overwrite: force)
+        options.bytePlanes = !noPlanes
+        options.planeFrameSize = planeFrameSize.bytes
         // A torch DCP directory or safetensors files: frames are cut at their items.
         var layouts: [String: FileLayout] = [:]
         if !fixedFrames {   // a non-directory has no layouts; pack reports it
@@ -101,8 +107,9 @@ struct ListCommand: ParsableCommand {
 
     private func codecs(_ entry: ArchiveEntry, _ reader: ArchiveReader) -> [String] {
         var seen: [String] = []
-        for frame in reader.frames(of: entry) where !seen.contains(frame.header.codec.description) {
-            seen.append(frame.header.codec.description)
+        for frame in reader.frames(of: entry) {
+            let name = frame.header.codec.description + (frame.header.transform == 1 ? "/planes" : "")
+            if !seen.contains(name) { seen.append(name) }
         }
         return seen.isEmpty ? ["-"] : seen
     }

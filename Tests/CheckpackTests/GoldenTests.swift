@@ -52,6 +52,49 @@ import Glibc
         mkdir(Self.directory, 0o755)
         try Self.writeTiny(Self.directory + "/tiny.ckpk")
         try Self.writeFeatures(Self.directory + "/features.ckpk")
+        try Self.writePlanes(Self.directory + "/planes.ckpk")
+    }
+
+    /// Byte-plane frames (transform 1): four element types, both codecs, a
+    /// length that is not a multiple of the element size, an untyped item.
+    static let planeItems: [(dtype: String, bytes: [UInt8])] = [
+        ("-", Array("a header that is not a tensor\n".utf8)),
+        ("bfloat16", tensorLikeBytes("bfloat16", count: 9_001, seed: 31)),
+        ("float32", tensorLikeBytes("float32", count: 6_000, seed: 32)),
+        ("int64", tensorLikeBytes("int64", count: 4_000, seed: 33)),
+        ("float16", tensorLikeBytes("float16", count: 5_000, seed: 34)),
+    ]
+
+    static func writePlanes(_ path: String) throws {
+        var options = WriterOptions(frameSize: 4096, threads: 1, overwrite: true)
+        options.planeFrameSize = 4096
+        let writer = try ArchiveWriter(path: path, options: options)
+        var boundaries: [UInt64] = []
+        var content: [UInt8] = []
+        for item in planeItems {
+            if !content.isEmpty { boundaries.append(UInt64(content.count)) }
+            content += item.bytes
+        }
+        let dtypes = planeItems.map(\.dtype).joined(separator: ",")
+        try writer.addFile("model/zstd.bin", contents: content, attributes: [Format.itemDTypesKey: dtypes], itemBoundaries: boundaries)
+        try writer.addFile("model/zlib.bin", contents: content, attributes: [Format.itemDTypesKey: dtypes], itemBoundaries: boundaries, codec: .zlib)
+        try writer.finish()
+    }
+
+    @Test func planesRead() throws {
+        let path = Self.directory + "/planes.ckpk"
+        let reader = try ArchiveReader(path: path)
+        #expect(reader.requiredFeatures == Format.bytePlanesFeature)
+        let content = Self.planeItems.flatMap(\.bytes)
+        for (name, codec) in [("model/zstd.bin", Codec.zstd), ("model/zlib.bin", .zlib)] {
+            let entry = try #require(reader.entry(named: name))
+            #expect(try reader.read(entry) == content)
+            let planes = reader.frames(of: entry).filter { $0.header.transform == 1 }
+            #expect(Set(planes.map(\.header.transformParameter)) == [0x102, 0x104, 0x008], "\(name)")
+            #expect(planes.allSatisfy { $0.header.codec == codec })
+        }
+        #expect(try reader.verify().isEmpty)
+        #expect(try streamContents(SystemFile.openForReading(path))["model/zlib.bin"] == content)
     }
 
     @Test func tinyIsWrittenByteForByte() throws {
