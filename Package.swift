@@ -42,7 +42,7 @@ let package = Package(
             ]),
         // Saves a synthetic multi-rank checkpoint into an archive (crash tests, example).
         .executableTarget(name: "checkpoint-demo", dependencies: ["Checkpack", "CheckpackStorage"]),
-        .testTarget(name: "CheckpackTests", dependencies: ["Checkpack", "CCRC32C"]),
+        .testTarget(name: "CheckpackTests", dependencies: ["Checkpack", "CCRC32C", "CBytePlanes"]),
         .testTarget(name: "CheckpackStorageTests", dependencies: ["CheckpackStorage", "Checkpack"]),
         .testTarget(name: "CheckpackTorchTests", dependencies: ["CheckpackTorch", "CheckpackStorage"]),
     ]

@@ -1,3 +1,4 @@
+import CBytePlanes
 @testable import Checkpack
 import Testing
 
@@ -46,6 +47,18 @@ func tensorLikeBytes(_ dtype: String, count: Int, seed: UInt64) -> [UInt8] {
                 #expect(decoded == input, "\(dtype), \(length) bytes, \(codec)")
             }
         }
+    }
+
+    @Test func theSpecsExampleSplitsAsWritten() {
+        // spec/FORMAT.md 5.1: bfloat16 1.0 (80 3F) and -1.0 (80 BF) → plane 0 = 7F 7F, plane 1 = 00 01.
+        let input: [UInt8] = [0x80, 0x3F, 0x80, 0xBF]
+        var planes = [UInt8](repeating: 0, count: 4)
+        ckpk_planes_split(input, 2, 2, 1, &planes)
+        #expect(planes == [0x7F, 0x7F, 0x00, 0x01])
+        // float32 1.0 (00 00 80 3F): the exponent 0x7F alone in plane 0.
+        var four = [UInt8](repeating: 0, count: 4)
+        ckpk_planes_split([0x00, 0x00, 0x80, 0x3F], 1, 4, 1, &four)
+        #expect(four == [0x7F, 0x00, 0x00, 0x00])
     }
 
     @Test func oneByteTypesAndUnknownNamesGetNoPlanes() {
