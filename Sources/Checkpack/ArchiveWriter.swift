@@ -24,7 +24,7 @@ public struct WriterOptions: Sendable {
     public var planeFrameSize = WriterOptions.defaultPlaneFrameSize
 
     public static let defaultFrameSize = 4 << 20
-    public static let defaultPlaneFrameSize = 128 << 10
+    public static let defaultPlaneFrameSize = 32 << 10
     public static var availableCores: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 
     public init(codec: Codec = .zstd, level: Int32? = nil, frameSize: Int = WriterOptions.defaultFrameSize,

@@ -4,28 +4,38 @@ import Dispatch
 /// submission order, on the submitting thread. Jobs in flight (running or
 /// waiting to be sunk) are bounded by count and by the sum of their costs
 /// (bytes), so memory stays bounded however much is submitted, while many
-/// small jobs can still overlap one large one.
+/// small jobs can still overlap one large one. Small jobs are grouped into
+/// batches of about `batchCost` bytes: handing each 128 KiB frame to a
+/// thread on its own costs more in wake-ups than the work it moves.
 final class OrderedPipeline<Output: Sendable> {
+    typealias Job = @Sendable () throws -> Output
+
     private final class Slot: @unchecked Sendable {
         let done = DispatchSemaphore(value: 0)
         var cost = 0
-        // Written by the worker before `done` is signalled, read after waiting.
-        var result: Result<Output, Error>?
+        // Written by the worker before `done` is signalled, read after waiting:
+        // the outputs of the batch's jobs up to the first that failed, and its error.
+        var outputs: [Output] = []
+        var error: Error?
     }
 
     private let threads: Int
     private let maxPending: Int
     private let maxCost: Int
+    private let batchCost: Int
     private var pendingCost = 0
     private let running: DispatchSemaphore
     private var pending: [Slot] = []
     private var head = 0
+    private var batch: [Job] = []
+    private var batchedCost = 0
     private let sink: (Output) throws -> Void
 
-    init(threads: Int, maxPending: Int, maxCost: Int = .max, sink: @escaping (Output) throws -> Void) {
+    init(threads: Int, maxPending: Int, maxCost: Int = .max, batchCost: Int = 1 << 20, sink: @escaping (Output) throws -> Void) {
         self.threads = max(1, threads)
         self.maxPending = max(1, maxPending)
         self.maxCost = maxCost
+        self.batchCost = batchCost
         // A few jobs queued per thread, so a thread that finishes a small job finds the next one waiting.
         self.running = DispatchSemaphore(value: 4 * self.threads)
         self.sink = sink
@@ -35,51 +45,72 @@ final class OrderedPipeline<Output: Sendable> {
 
     /// Queues `work` of `cost` (bytes it holds); sinks finished results
     /// first, and waits while full.
-    func submit(cost: Int = 0, _ work: @escaping @Sendable () throws -> Output) throws {
-        try sinkFinished()
-        while pendingCount >= maxPending || (pendingCount > 0 && pendingCost + cost > maxCost) { try sinkHead() }
-        let slot = Slot()
-        slot.cost = cost
-        pendingCost += cost
-        if threads == 1 {
-            slot.result = Result(catching: work)
-            slot.done.signal()
-        } else {
-            running.wait()
-            let running = self.running
-            DispatchQueue.global().async {
-                slot.result = Result(catching: work)
-                running.signal()
-                slot.done.signal()
-            }
-        }
-        pending.append(slot)
+    func submit(cost: Int = 0, _ work: @escaping Job) throws {
+        batch.append(work)
+        batchedCost += cost
+        if batchedCost >= batchCost || batch.count >= 64 { try flushBatch() }
     }
 
     /// Queues a result that needs no work, keeping its place in the order.
     func submitReady(_ output: Output) throws {
+        try flushBatch()
         try sinkFinished()
         if pendingCount == 0 { return try sink(output) }
         while pendingCount >= maxPending { try sinkHead() }
         let slot = Slot()
-        slot.result = .success(output)
+        slot.outputs = [output]
         slot.done.signal()
         pending.append(slot)
     }
 
     /// Sinks every queued result.
     func finish() throws {
+        try flushBatch()
         while pendingCount > 0 { try sinkHead() }
     }
 
     /// Waits for every running job and drops all results (after an error).
     func abandon() {
+        batch = []
+        batchedCost = 0
         while pendingCount > 0 {
             pending[head].done.wait()
             pendingCost -= pending[head].cost
             head += 1
         }
         compact()
+    }
+
+    private func flushBatch() throws {
+        guard !batch.isEmpty else { return }
+        let jobs = batch, cost = batchedCost
+        batch = []
+        batchedCost = 0
+        try sinkFinished()
+        while pendingCount >= maxPending || (pendingCount > 0 && pendingCost + cost > maxCost) { try sinkHead() }
+        let slot = Slot()
+        slot.cost = cost
+        pendingCost += cost
+        let run: @Sendable () -> Void = {
+            do {
+                for job in jobs { slot.outputs.append(try job()) }
+            } catch {
+                slot.error = error
+            }
+        }
+        if threads == 1 {
+            run()
+            slot.done.signal()
+        } else {
+            running.wait()
+            let running = self.running
+            DispatchQueue.global().async {
+                run()
+                running.signal()
+                slot.done.signal()
+            }
+        }
+        pending.append(slot)
     }
 
     private func sinkFinished() throws {
@@ -95,9 +126,10 @@ final class OrderedPipeline<Output: Sendable> {
         head += 1
         pendingCost -= slot.cost
         compact()
-        guard let result = slot.result else { return }
-        slot.result = nil   // the queue must not keep sunk results alive
-        try sink(try result.get())
+        let outputs = slot.outputs, error = slot.error
+        slot.outputs = []   // the queue must not keep sunk results alive
+        for output in outputs { try sink(output) }
+        if let error { throw error }
     }
 
     private func compact() {

@@ -54,14 +54,15 @@ public enum Unpacker {
         let tree = TreeBuilder(root: root, progress: progress)
         // Frames decode on all cores; the tree is written in archive order.
         let threads = WriterOptions.availableCores
-        let pipeline = OrderedPipeline<Step>(threads: threads, maxPending: threads + 2) { try tree.apply($0) }
+        let pipeline = OrderedPipeline<Step>(threads: threads, maxPending: 64 * (threads + 2),
+                                             maxCost: (threads + 2) * WriterOptions.defaultFrameSize) { try tree.apply($0) }
         var entryName: String? = nil   // the entry whose frames are being read (ahead of `tree`)
         do {
             while let record = try stream.nextRecord() {
                 if case .entryStart(let started) = record { entryName = started.name }
                 if case .frame(let frame) = record {
                     let name = entryName
-                    try pipeline.submit {
+                    try pipeline.submit(cost: Int(frame.header.decodedLength) + frame.stored.count) {
                         do { return .data(try frame.decode()) } catch { throw error.checkpackContext(entry: name) }
                     }
                 } else {
@@ -85,7 +86,8 @@ public enum Unpacker {
         private var directoryModes: [(path: String, mode: UInt32)] = []
         private var made: Set<String> = []
         private var output: SystemFile? = nil
-        private var written: UInt64 = 0   // bytes of the current file
+        private var written: UInt64 = 0       // bytes of the current file
+        private var writtenBack: UInt64 = 0   // of which writeback has been started
         private var current: EntryRecord? = nil
 
         init(root: String, progress: @escaping (UInt64) -> Void) {
@@ -105,9 +107,12 @@ public enum Unpacker {
         func append(_ bytes: [UInt8]) throws {
             guard let output else { throw CheckpackError(.corrupt, "data outside a file entry") }
             try bytes.withUnsafeBytes { try output.write($0) }
-            // Start writing these bytes back now, so the fsync at the end of the file waits less.
-            _ = ckpk_start_writeback(output.descriptor, Int64(written), Int64(bytes.count))
             written += UInt64(bytes.count)
+            // Start writing back every few MiB now, so the fsync at the end of the file waits less.
+            if written - writtenBack >= 8 << 20 {
+                _ = ckpk_start_writeback(output.descriptor, Int64(writtenBack), Int64(written - writtenBack))
+                writtenBack = written
+            }
             summary.bytes += UInt64(bytes.count)
             progress(summary.bytes)
         }
@@ -138,6 +143,7 @@ public enum Unpacker {
                 guard fd >= 0 else { throw CheckpackError.system("cannot create file", path: path) }
                 output = SystemFile(descriptor: fd, path: path)
                 written = 0
+                writtenBack = 0
                 summary.files += 1
             }
         }

@@ -32,7 +32,7 @@ struct PackCommand: ParsableCommand {
     @Flag(name: .customLong("no-planes"),
           help: "Do not split tensor items into byte planes (archives readable by Checkpack before byte planes).") var noPlanes = false
     @Option(name: .customLong("plane-frame-size"), help: "Frame size for tensor items in byte planes (4K...64M).")
-    var planeFrameSize: SizeArgument = SizeArgument(argument: "128K")!
+    var planeFrameSize: SizeArgument = SizeArgument(argument: "\(WriterOptions.defaultPlaneFrameSize / 1024)K")!
     @Flag(help: "No progress bar or summary.") var quiet = false
 
     func run() throws {

@@ -69,6 +69,13 @@ struct SizeArgument: ExpressibleByArgument {
         self.bytes = bytes
     }
     static var defaultCompletionKind: CompletionKind { .default }
+    /// How the default shows in --help: 32K, 4M (the form the option takes).
+    var defaultValueDescription: String {
+        for (suffix, shift) in [("G", 30), ("M", 20), ("K", 10)] where bytes % (1 << shift) == 0 {
+            return "\(bytes >> shift)\(suffix)"
+        }
+        return "\(bytes)"
+    }
 }
 
 extension Codec: ExpressibleByArgument {

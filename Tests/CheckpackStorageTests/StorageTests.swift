@@ -160,8 +160,10 @@ func expectEqualToModel(_ loaded: StateDict, rank: Int, worldSize: Int, dimensio
         let scratch = Scratch()
         let id = scratch.sub("big.ckpk")
         let big = pattern(.float32, [64, 4096], seed: 3)   // 1 MiB, 16 KiB a row
+        var options = WriterOptions(frameSize: 64 << 10)
+        options.planeFrameSize = 64 << 10   // tensors go into byte planes, in frames of this size
         try save(["big": .tensor(big), "small": .tensor(Model.bias)], checkpointID: id,
-                 writer: ArchiveStorageWriter(options: WriterOptions(frameSize: 64 << 10)))
+                 writer: ArchiveStorageWriter(options: options))
         let reader = ArchiveStorageReader()
         // Rows 0..<8 of 64: the first 128 KiB, two 64 KiB frames.
         let slice = try load(["big": .sharded(try .zerosEvenShard(.float32, globalShape: [64, 4096], dimension: 0, rank: 0, worldSize: 8))],
