@@ -222,6 +222,20 @@ public final class ArchiveWriter {
         try guarded { try cutItem() }
     }
 
+    /// The next byte written starts a new item whose elements are of
+    /// `dtype` (a torch dtype name, "-" for none): its frames go into byte
+    /// planes when the type has 2, 4 or 8 bytes. For writers that learn
+    /// each item's type only as they reach it.
+    public func markItemBoundary(dtype: String) throws {
+        try guarded {
+            try cutItem()
+            guard var entry = open else { return }
+            entry.element = options.bytePlanes && entry.codec != .stored ? ElementType(dtype: dtype) : nil
+            entry.frameSize = entry.element == nil ? options.frameSize : options.planeFrameSize
+            open = entry
+        }
+    }
+
     public func endFile() throws {
         try guarded { try closeEntry() }
     }

@@ -144,6 +144,14 @@ public func ckpk_writer_mark_item(_ handle: UnsafeMutableRawPointer, _ message: 
     status(message, capacity) { try writer(handle).markItemBoundary() }
 }
 
+/// The next byte written starts a new item of torch dtype `dtype` ("bfloat16",
+/// "float32", …; "-" for bytes that are not one tensor's elements).
+@_cdecl("ckpk_writer_mark_typed_item")
+public func ckpk_writer_mark_typed_item(_ handle: UnsafeMutableRawPointer, _ dtype: UnsafePointer<CChar>,
+                                        _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
+    status(message, capacity) { try writer(handle).markItemBoundary(dtype: String(cString: dtype)) }
+}
+
 @_cdecl("ckpk_writer_end_file")
 public func ckpk_writer_end_file(_ handle: UnsafeMutableRawPointer, _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
     status(message, capacity) { try writer(handle).endFile() }

@@ -11,10 +11,15 @@ replaced by archives, so torch's metadata, item formats and stream extensions
 (ZStandard) all work unchanged; every item starts its own frame(s), and every
 item read fetches and decodes only the frames that hold it.
 """
+import collections
 import dataclasses
 import glob
 import io
+import math
 import os
+import pickle
+import re
+import types
 
 import torch
 from torch.distributed.checkpoint.filesystem import FileSystemBase, FileSystemReader, FileSystemWriter
@@ -100,6 +105,43 @@ def _is_archive(path):
         return False
 
 
+def _contiguous_strides(size):
+    strides, step = [], 1
+    for n in reversed(size):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+class _TensorLayout(pickle.Unpickler):
+    """Reads the layout of the one tensor a torch.save data.pkl holds —
+    storage dtype and element count, offset, size, stride — without torch
+    rebuilding it. Only the globals such a pickle names are resolved."""
+
+    def find_class(self, module, name):
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return lambda storage, offset, size, stride, *rest: (storage, offset, tuple(size), tuple(stride))
+        if module == "torch" and name.encode() in _STORAGE_DTYPES:
+            return name
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a plain tensor")
+
+    def persistent_load(self, pid):
+        return pid   # ("storage", storage class, key, location, element count)
+
+    @classmethod
+    def of(cls, data):
+        value = cls(io.BytesIO(data)).load()
+        if not (isinstance(value, tuple) and len(value) == 4 and isinstance(value[0], tuple) and len(value[0]) == 5):
+            return None
+        (kind, storage_class, key, _, numel), offset, size, stride = value
+        if kind != "storage" or key != "0":
+            return None
+        return types.SimpleNamespace(dtype=getattr(torch, _STORAGE_DTYPES[storage_class.encode()]), numel=numel,
+                                     offset=offset, size=size, stride=stride)
+
+
 class ArchiveReader(FileSystemReader):
     """Loads a torch.distributed.checkpoint checkpoint from a Checkpack archive."""
 
@@ -135,23 +177,22 @@ class ArchiveReader(FileSystemReader):
             return False
         item = _ItemView(self.archive, info.relative_path, info.offset, info.length)
         try:
-            # The tensor's layout from its pickle alone (no tensor bytes are read),
-            # and where its storage record starts inside the item.
-            saved = torch.load(io.BufferedReader(item, 1 << 16), map_location="meta", weights_only=True)
-            records = torch._C.PyTorchFileReader(io.BufferedReader(_ItemView(self.archive, info.relative_path,
-                                                                              info.offset, info.length), 1 << 16))
+            # Where the storage record starts inside the item, and the tensor's
+            # layout from its pickle alone: no tensor bytes are read.
+            records = torch._C.PyTorchFileReader(io.BufferedReader(item, 1 << 12))
             if records.get_record("byteorder") != b"little" or not records.has_record("data/0"):
                 return False
+            layout = _TensorLayout.of(records.get_record("data.pkl"))
             data_offset = records.get_record_offset("data/0")
         except Exception:
             return False
-        if (not isinstance(saved, torch.Tensor) or not saved.is_contiguous() or saved.storage_offset() != 0
-                or saved.untyped_storage().nbytes() != saved.numel() * saved.element_size()
-                or list(req.storage_offsets) != [0] * saved.dim() or list(req.lengths) != list(saved.shape)):
+        if (layout is None or layout.offset != 0 or layout.stride != _contiguous_strides(layout.size)
+                or layout.numel != math.prod(layout.size)
+                or list(req.storage_offsets) != [0] * len(layout.size) or list(req.lengths) != list(layout.size)):
             return False
         target = planner.resolve_tensor(req).detach()
-        if (target.device.type != "cpu" or target.dtype != saved.dtype or not target.is_contiguous()
-                or tuple(target.shape) != tuple(saved.shape)):
+        if (target.device.type != "cpu" or target.dtype != layout.dtype or not target.is_contiguous()
+                or tuple(target.shape) != layout.size):
             return False
         # Contiguous on the CPU: its bytes are data_ptr() .. + nbytes, and Swift decodes into them.
         self.archive.read_to_address(info.relative_path, info.offset + data_offset, target.data_ptr(),
@@ -170,18 +211,60 @@ class ArchiveReader(FileSystemReader):
         return _is_archive(checkpoint_id)
 
 
+# The legacy storage class torch.save names in data.pkl, by torch dtype.
+_STORAGE_DTYPES = {
+    b"BFloat16Storage": "bfloat16", b"HalfStorage": "float16", b"FloatStorage": "float32",
+    b"DoubleStorage": "float64", b"ComplexFloatStorage": "complex64", b"ComplexDoubleStorage": "complex128",
+    b"ShortStorage": "int16", b"IntStorage": "int32", b"LongStorage": "int64",
+    b"UInt16Storage": "uint16", b"UInt32Storage": "uint32", b"UInt64Storage": "uint64",
+    b"BoolStorage": "bool", b"ByteStorage": "uint8", b"CharStorage": "int8",   # one byte: no planes
+}
+_STORAGE_GLOBAL = re.compile(rb"ctorch\n(\w+Storage)\n")   # pickle's GLOBAL opcode
+_STORAGE_RECORD = re.compile(rb"/data/\d+$")
+
+
 class _PartStream(io.RawIOBase):
     """One rank's data file, written into its own staging archive.
 
     torch's writer asks `tell()` at the start and the end of every item it
     writes; each such position becomes an item boundary, so every item starts
-    a new frame."""
+    a new frame. Inside a torch.save item, the storage record (the tensor's
+    raw elements, one write) becomes an item of its own, typed by the dtype
+    that data.pkl names, so the archive codes it in byte planes. Anything
+    that does not look like torch.save's zip records is written as it is."""
 
     def __init__(self, part_path, name, codec, level, frame_size):
         super().__init__()
         self._builder = ArchiveBuilder(part_path, codec=codec, level=level, frame_size=frame_size)
         self._builder.begin_file(name)
         self._position = 0
+        self._expect = None   # what the next write is: "name", "extra", or a record's data
+        self._record = None   # "pickle" or "storage" for the record being written
+        self._dtype = None    # from the current item's data.pkl
+
+    def _watch(self, data):
+        """Follows torch.save's writes: local header, name, extra field, data."""
+        n = len(data)
+        if self._expect is None and n == 30 and bytes(data[:4]) == b"PK\x03\x04":
+            self._expect = "name"
+        elif self._expect == "name":
+            name = bytes(data)
+            self._record = "pickle" if name.endswith(b"/data.pkl") else "storage" if _STORAGE_RECORD.search(name) else None
+            self._expect = "extra"
+        elif self._expect == "extra" and bytes(data[:2]) == b"FB":
+            self._expect = "data"
+        else:
+            self._expect = None
+
+    def _typed(self, data):
+        """The dtype when `data` is a storage record's elements, else None."""
+        if self._expect != "data":
+            return None
+        record, self._expect = self._record, None
+        if record == "pickle":
+            found = _STORAGE_GLOBAL.search(bytes(data[:4096]))
+            self._dtype = _STORAGE_DTYPES.get(found.group(1)) if found else None
+        return self._dtype if record == "storage" else None
 
     def writable(self):
         return True
@@ -191,11 +274,19 @@ class _PartStream(io.RawIOBase):
 
     def tell(self):
         self._builder.mark_item()
+        self._expect = self._dtype = None
         return self._position
 
     def write(self, data):
+        dtype = self._typed(data)
+        if dtype is not None:
+            self._builder.mark_item(dtype)
         n = self._builder.write(data)
         self._position += n
+        if dtype is not None:
+            self._builder.mark_item()
+        elif self._expect != "data":
+            self._watch(data)
         return n
 
     def close(self):
