@@ -24,7 +24,7 @@ export PATH="/opt/swift/usr/bin:$PATH"
 case $target in
 archive)
   # C targets, instrumented for coverage and ASan; module maps for Swift to import them.
-  for module in CCRC32C CSystemShims; do
+  for module in CCRC32C CBytePlanes CSystemShims; do
     for c in "$repo/Sources/$module"/*.c; do
       clang -c -O1 -g -fsanitize=fuzzer-no-link,address -I"$repo/Sources/$module/include" "$c" -o "$build/$module.o"
     done
@@ -33,9 +33,10 @@ archive)
     printf 'module %s {\n  header "%s"\n  export *\n}\n' "$module" "$repo/Sources/$module/include/$header" >"$build/modules/$module/module.modulemap"
   done
   swiftc -sanitize=fuzzer,address -parse-as-library -O -g -module-name Checkpack \
-    -I "$build/modules/CCRC32C" -I "$build/modules/CSystemShims" -I "$repo/Sources/CZstd" -I "$repo/Sources/CZlib" \
-    "$repo"/Sources/Checkpack/*.swift "$here/FuzzArchive.swift" "$build"/CCRC32C.o "$build"/CSystemShims.o \
-    -lzstd -lz -o "$build/fuzz-archive"
+    -I "$build/modules/CCRC32C" -I "$build/modules/CBytePlanes" -I "$build/modules/CSystemShims" \
+    -I "$repo/Sources/CZstd" -I "$repo/Sources/CZlib" \
+    "$repo"/Sources/Checkpack/*.swift "$here/FuzzArchive.swift" "$build"/CCRC32C.o "$build"/CBytePlanes.o "$build"/CSystemShims.o \
+    -lzstd -lz -lm -o "$build/fuzz-archive"
   cp "$repo"/fixtures/golden/*.ckpk "$corpus/"
   ;;
 pickle)
