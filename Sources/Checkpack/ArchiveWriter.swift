@@ -93,14 +93,20 @@ public final class ArchiveWriter {
         var frames: UInt64 = 0
         var boundaries: [UInt64] = []
         var buffer: [UInt8] = []
-        /// The element type of each item, by item number, where known.
+        /// The element type of each item, by item number, where known
+        /// (from the item-dtypes attribute, or given at each boundary).
         var itemTypes: [ElementType?] = []
-        /// The element type of the item being written, and its frame size.
+        /// Follow from the item being written: its element type when it goes
+        /// into byte planes, and its frame size.
         var element: ElementType? = nil
         var frameSize: Int
 
-        mutating func startItem(number: Int, options: WriterOptions) {
-            element = number < itemTypes.count ? itemTypes[number] : nil
+        /// Item 0 starts at offset 0, item k at the k-th boundary.
+        var itemNumber: Int { boundaries.count }
+
+        mutating func startItem(options: WriterOptions) {
+            let type = itemNumber < itemTypes.count ? itemTypes[itemNumber] : nil
+            element = options.bytePlanes && codec != .stored ? type : nil
             frameSize = element == nil ? options.frameSize : options.planeFrameSize
         }
     }
@@ -219,7 +225,7 @@ public final class ArchiveWriter {
 
     /// The next byte written starts a new item, and a new frame.
     public func markItemBoundary() throws {
-        try guarded { try cutItem() }
+        try guarded { try cutItem(dtype: nil) }
     }
 
     /// The next byte written starts a new item whose elements are of
@@ -227,13 +233,7 @@ public final class ArchiveWriter {
     /// planes when the type has 2, 4 or 8 bytes. For writers that learn
     /// each item's type only as they reach it.
     public func markItemBoundary(dtype: String) throws {
-        try guarded {
-            try cutItem()
-            guard var entry = open else { return }
-            entry.element = options.bytePlanes && entry.codec != .stored ? ElementType(dtype: dtype) : nil
-            entry.frameSize = entry.element == nil ? options.frameSize : options.planeFrameSize
-            open = entry
-        }
+        try guarded { try cutItem(dtype: dtype) }
     }
 
     public func endFile() throws {
@@ -357,10 +357,10 @@ public final class ArchiveWriter {
         try asArgumentError { try tree.add(name, kind: kind) }   // last: it records the name only when it succeeds
         let record = EntryRecord(kind: kind, mode: mode, name: name, attributes: pairs).encoded()
         var entry = OpenEntry(name: name, record: record, codec: codec, level: level, frameSize: options.frameSize)
-        if options.bytePlanes, codec != .stored, let dtypes = attributes[Format.itemDTypesKey] {
+        if let dtypes = attributes[Format.itemDTypesKey] {
             entry.itemTypes = dtypes.split(separator: ",", omittingEmptySubsequences: false).map { ElementType(dtype: String($0)) }
-            entry.startItem(number: 0, options: options)
         }
+        entry.startItem(options: options)
         return entry
     }
 
@@ -405,14 +405,19 @@ public final class ArchiveWriter {
         }
     }
 
-    private func cutItem() throws {
+    /// Ends the current item; `dtype`, when given, is the next item's.
+    private func cutItem(dtype: String? = nil) throws {
         guard var entry = open else { throw CheckpackError(.invalidArgument, "no file entry is open") }
         open = nil
         defer { open = entry }
         if !entry.buffer.isEmpty { try submitFrame(&entry) }
         if entry.size > 0, entry.boundaries.last != entry.size { entry.boundaries.append(entry.size) }
-        // Item 0 starts at offset 0; item k at the k-th boundary.
-        if !entry.itemTypes.isEmpty { entry.startItem(number: entry.boundaries.count, options: options) }
+        if let dtype {
+            let number = entry.itemNumber
+            if entry.itemTypes.count <= number { entry.itemTypes += Array(repeating: nil, count: number + 1 - entry.itemTypes.count) }
+            entry.itemTypes[number] = ElementType(dtype: dtype)
+        }
+        entry.startItem(options: options)
     }
 
     private func submitFrame(_ entry: inout OpenEntry) throws {

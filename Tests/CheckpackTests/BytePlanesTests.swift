@@ -97,6 +97,34 @@ func tensorLikeBytes(_ dtype: String, count: Int, seed: UInt64) -> [UInt8] {
         #expect(planes < plain)
     }
 
+    @Test func typesGivenAtBoundariesLastForTheirItemOnly() throws {
+        // As the Python writer does: a typed item, then an untyped one, then typed again.
+        let floats = tensorLikeBytes("float32", count: 100_000, seed: 4)
+        let text = Array(String(repeating: "zip record bytes ", count: 6000).utf8)
+        let bytes = try buildArchive { writer in
+            try writer.beginFile("t")
+            try writer.write(text)
+            try writer.markItemBoundary(dtype: "float32")
+            try writer.write(floats)
+            try writer.markItemBoundary()
+            try writer.write(text)
+            try writer.markItemBoundary(dtype: "bfloat16")
+            try writer.write(floats)
+            try writer.endFile()
+        }
+        let reader = try ArchiveReader(source: MemorySource(bytes))
+        let entry = try #require(reader.entry(named: "t"))
+        #expect(try reader.read(entry) == text + floats + text + floats)
+        let starts = [0, text.count, text.count + floats.count, 2 * text.count + floats.count].map(UInt64.init)
+        for frame in reader.frames(of: entry) {
+            let item = starts.lastIndex { $0 <= frame.header.entryOffset } ?? 0
+            #expect(frame.header.transform == (item % 2 == 1 ? 1 : 0), "frame at \(frame.header.entryOffset)")
+            #expect(frame.header.transformParameter == [0, 0x104, 0, 0x102][item])
+        }
+        // The untyped items keep the ordinary frame size: one frame each.
+        #expect(reader.frames(of: entry).filter { $0.header.transform == 0 }.count == 2)
+    }
+
     @Test func turningPlanesOffWritesPlainFramesAndNoFeatureBit() throws {
         var options = WriterOptions()
         options.bytePlanes = false
