@@ -95,7 +95,7 @@ public enum Inspector {
     static func inspect(tree: Tree, path: String, inArchive: Bool) throws -> Inspection {
         let names = tree.names
         if names.contains(".metadata") {
-            let (metadata, format) = try decodeMetadataFile(try tree.read(".metadata"), source: path + "/.metadata")
+            let (metadata, format, _) = try decodeMetadataFile(try tree.read(".metadata"), source: path + "/.metadata")
             return inspection(metadata, tree: tree, path: path, format: format, inArchive: inArchive)
         }
         let shards = names.filter { $0.hasSuffix(".safetensors") }
@@ -106,13 +106,16 @@ public enum Inspector {
     }
 
     /// A `.metadata` file: this package's JSON (it opens with `{`), or else
-    /// torch's pickle, read by the safe pickle reader.
-    static func decodeMetadataFile(_ bytes: [UInt8], source: String) throws -> (Metadata, Inspection.Format) {
+    /// torch's pickle, read by the safe pickle reader. `transformed` are the
+    /// items that torch wrote through stream transforms (such as ZStandard).
+    static func decodeMetadataFile(_ bytes: [UInt8], source: String) throws
+        -> (metadata: Metadata, format: Inspection.Format, transformed: Set<MetadataIndex>) {
         if bytes.first == UInt8(ascii: "{") {
-            return (try Metadata.decodeCheckpackJSON(bytes, source: source), .checkpack)
+            return (try Metadata.decodeCheckpackJSON(bytes, source: source), .checkpack, [])
         }
         do {
-            return (try TorchMetadataReader.decode(bytes).metadata, .torchDistributed)
+            let torch = try TorchMetadataReader.decode(bytes)
+            return (torch.metadata, .torchDistributed, Set(torch.transformDescriptors.keys))
         } catch let error as PickleError {
             throw CheckpointError("\(source): \(error)")
         }

@@ -16,15 +16,11 @@ public enum CheckpointLayout {
         var layouts: [String: FileLayout] = [:]
         let names = tree.names
         if names.contains(".metadata") {
-            let bytes = try tree.read(".metadata")
-            let (metadata, format) = try Inspector.decodeMetadataFile(bytes, source: directory + "/.metadata")
-            var items = TensorItems.raw
-            if format == .torchDistributed {
-                // torch writes each tensor with torch.save; items with stream
-                // transforms (torch's ZStandard extension) are opaque bytes.
-                let opaque = Set((try? TorchMetadataReader.decode(bytes).transformDescriptors.keys).map(Array.init) ?? [])
-                items = .torchSaved(opaque: opaque)
-            }
+            let (metadata, format, transformed) = try Inspector.decodeMetadataFile(try tree.read(".metadata"),
+                                                                                   source: directory + "/.metadata")
+            // torch writes each tensor with torch.save; items with stream
+            // transforms (torch's ZStandard extension) are opaque bytes.
+            let items = format == .torchDistributed ? TensorItems.torchSaved(opaque: transformed) : .raw
             layouts.merge(dcpLayouts(metadata, items: items, directory: directory)) { a, _ in a }
         }
         for name in names where name.hasSuffix(".safetensors") {
@@ -160,7 +156,7 @@ enum TorchSaveZip {
                   let extraLength = tail.u16(at + 30).map(Int.init), let commentLength = tail.u16(at + 32).map(Int.init),
                   var localOffset = tail.u32(at + 42), at + 46 + nameLength + extraLength <= tailLength else { return nil }
             let name = tailBytes[(at + 46)..<(at + 46 + nameLength)]
-            if method == 0, let slash = name.lastIndex(of: UInt8(ascii: "/")), name[..<slash].reversed().starts(with: "atad/".utf8) {
+            if method == 0, let slash = name.lastIndex(of: UInt8(ascii: "/")), name[..<slash].suffix(5).elementsEqual("/data".utf8) {
                 // zip64 extra field: the sizes and offset that did not fit, in this order.
                 let extra = Fields(bytes: Array(tailBytes[(at + 46 + nameLength)..<(at + 46 + nameLength + extraLength)]))
                 if size == 0xFFFF_FFFF || localOffset == 0xFFFF_FFFF {

@@ -40,5 +40,12 @@ import Testing
         // The torch fixture: its .metadata gives the items of each data file.
         let dcp = try CheckpointLayout.layouts(forDirectory: fixtures + "/example-checkpoint")
         #expect(Set(dcp.keys) == ["__0_0.distcp", "__1_0.distcp"])
+        // Inside each torch.save item the storage record is an item of its own,
+        // typed, between the zip's own records.
+        let types = try #require(dcp["__0_0.distcp"]?.attributes[CheckpointLayout.itemDTypesKey])
+        #expect(types == "-,bfloat16,-,-,float32,-")
+        // Items that torch's ZStandard extension compressed are opaque.
+        let compressed = try CheckpointLayout.layouts(forDirectory: fixtures + "/torch/zstd")
+        #expect(compressed.values.allSatisfy { ($0.attributes[CheckpointLayout.itemDTypesKey] ?? "").split(separator: ",").allSatisfy { $0 == "-" } })
     }
 }
