@@ -59,23 +59,26 @@ enum BytePlanes {
             ckpk_planes_split(input.baseAddress!.assumingMemoryBound(to: UInt8.self), count, Int32(e), element.isFloat ? 1 : 0, buffer.baseAddress!)
             n = count * e
         }
-        var table = ByteWriter(capacity: e * tableEntrySize)
-        var body: [UInt8] = []
-        body.reserveCapacity(input.count)
-        try planes.withUnsafeMutableBytes { all in
+        // The table goes first and is filled in as each plane is coded.
+        var out = [UInt8](repeating: 0, count: e * tableEntrySize)
+        out.reserveCapacity(input.count)
+        let fits = try planes.withUnsafeBytes { all -> Bool in
             for j in 0..<e {
                 let plane = UnsafeRawBufferPointer(rebasing: all[j * count..<(j + 1) * count])
                 let coded = try encodePlane(plane, codec: codec, level: level)
-                table.u32(UInt32(coded?.count ?? count))
-                table.u8(coded == nil ? Method.raw.rawValue : Method.coded.rawValue)
-                table.u8(0); table.u8(0); table.u8(0)
-                if let coded { body.append(contentsOf: coded) } else { body.append(contentsOf: plane) }
+                out.withUnsafeMutableBytes { table in
+                    table.storeBytes(of: UInt32(coded?.count ?? count).littleEndian, toByteOffset: j * tableEntrySize, as: UInt32.self)
+                    table[j * tableEntrySize + 4] = (coded == nil ? Method.raw : Method.coded).rawValue
+                }
+                if let coded { out.append(contentsOf: coded) } else { out.append(contentsOf: plane) }
+                if out.count >= input.count { return false }   // planes cannot win: code no more of them
             }
+            return true
         }
         planes = []
-        body.append(contentsOf: UnsafeRawBufferPointer(rebasing: input[(count * e)...]))   // bytes after the last whole element
-        guard table.bytes.count + body.count < input.count else { return nil }
-        return table.bytes + body
+        guard fits else { return nil }
+        out.append(contentsOf: UnsafeRawBufferPointer(rebasing: input[(count * e)...]))   // bytes after the last whole element
+        return out.count < input.count ? out : nil
     }
 
     /// A skewed plane (a float's exponent) is coded by its Huffman literals
@@ -123,22 +126,22 @@ enum BytePlanes {
         }
         // Coded planes are decoded into scratch space; raw planes are read in place.
         let codedCount = sources.filter(\.coded).count
-        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, codedCount * count), alignment: 64)
-        defer { scratch.deallocate() }
-        var pointers: [UnsafePointer<UInt8>?] = []
-        var slot = 0
-        for source in sources {
-            let bytes = UnsafeRawBufferPointer(rebasing: stored[source.range])
-            if source.coded {
-                let target = UnsafeMutableRawBufferPointer(rebasing: scratch[slot * count..<(slot + 1) * count])
-                try FrameCodec.decompress(bytes, codec: codec, into: target)
-                pointers.append(UnsafePointer(target.baseAddress!.assumingMemoryBound(to: UInt8.self)))
-                slot += 1
-            } else {
-                pointers.append(bytes.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        try withUnsafeTemporaryAllocation(byteCount: max(1, codedCount * count), alignment: 64) { scratch in
+            var pointers: [UnsafePointer<UInt8>?] = []
+            var slot = 0
+            for source in sources {
+                let bytes = UnsafeRawBufferPointer(rebasing: stored[source.range])
+                if source.coded {
+                    let target = UnsafeMutableRawBufferPointer(rebasing: scratch[slot * count..<(slot + 1) * count])
+                    try FrameCodec.decompress(bytes, codec: codec, into: target)
+                    pointers.append(UnsafePointer(target.baseAddress!.assumingMemoryBound(to: UInt8.self)))
+                    slot += 1
+                } else {
+                    pointers.append(bytes.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                }
             }
+            ckpk_planes_merge(pointers, count, Int32(e), element.isFloat ? 1 : 0, output.baseAddress!.assumingMemoryBound(to: UInt8.self))
         }
-        ckpk_planes_merge(pointers, count, Int32(e), element.isFloat ? 1 : 0, output.baseAddress!.assumingMemoryBound(to: UInt8.self))
         if tail > 0 {
             UnsafeMutableRawBufferPointer(rebasing: output[(count * e)...]).copyMemory(from: UnsafeRawBufferPointer(rebasing: stored[position...]))
         }
