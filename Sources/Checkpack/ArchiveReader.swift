@@ -62,23 +62,32 @@ extension ArchiveSource {
 
 /// Reads an archive through its footer index. Opening costs a bounded read of
 /// the file's tail and validates trailer and index completely before any number
-/// in them is used. Reads of any byte range decode only the frames they overlap
-/// and verify every frame's checksums. Safe to share between threads.
+/// in them is used. Reads of any byte range find their frames through the
+/// entry's frame table (a few pages, validated before use and cached), decode
+/// only the frames they overlap, and verify every frame's checksums. Safe to
+/// share between threads.
 public final class ArchiveReader: Sendable {
     public let source: any ArchiveSource
     public let index: ArchiveIndex
     /// The archive's required feature bits (spec section 10).
     public let requiredFeatures: UInt32
-    private let entryNumbers: [String: Int]
+    private let entryNumbers: [[UInt8]: Int]
     private let decodedFrames = Atomic<Int>(0)
+    private let tableBytes = Atomic<Int>(0)
     /// The last frames decoded for partial reads: many small reads near each
     /// other (a zip directory, a header) then decode a frame once, not each time.
-    private let recentFrames = Locked<[(number: Int, bytes: [UInt8])]>([])
+    private let recentFrames = Locked<[(number: FrameKey, bytes: [UInt8])]>([])
     static let recentFrameCount = 2
+    /// Frame table pages read lately, most recent last.
+    private let pages = Locked<[(key: FrameKey, page: TablePage)]>([])
+    static let cachedPageCount = 16
 
-    /// How many bytes of the tail `open` reads first: the trailer and, for most
-    /// archives, the whole index.
-    static let tailReadSize: UInt64 = 1 << 20
+    /// A frame or page: its entry (by record offset) and its archive offset.
+    struct FrameKey: Equatable { var entry: UInt64; var offset: UInt64 }
+
+    /// How many bytes of the tail `open` reads first: the trailer and, for
+    /// archives of up to a few hundred entries, the whole index.
+    static let tailReadSize: UInt64 = 64 << 10
 
     public convenience init(path: String) throws {
         try self.init(source: FileSource(path: path))
@@ -88,15 +97,14 @@ public final class ArchiveReader: Sendable {
         self.source = source
         do {
             let size = source.size
-            guard size >= Format.minimumArchiveSize else {
-                if size >= UInt64(Format.headerSize) {
-                    _ = try FileHeader.decode(try source.read(count: Format.headerSize, at: 0)[...])
-                }
-                throw CheckpackError(.truncated, "\(size) bytes is too short for an archive (at least \(Format.minimumArchiveSize))")
-            }
-            let header = try FileHeader.decode(try source.read(count: Format.headerSize, at: 0)[...])
             let tailLength = min(size, ArchiveReader.tailReadSize)
             let tail = try source.read(count: Int(tailLength), at: size - tailLength)
+            let headerBytes = size == tailLength ? Array(tail.prefix(Format.headerSize)) : try source.read(count: Format.headerSize, at: 0)
+            guard size >= Format.minimumArchiveSize else {
+                if size >= UInt64(Format.headerSize) { _ = try FileHeader.decode(headerBytes[...]) }
+                throw CheckpackError(.truncated, "\(size) bytes is too short for an archive (at least \(Format.minimumArchiveSize))")
+            }
+            let header = try FileHeader.decode(headerBytes[...])
             let trailerOffset = size - UInt64(Format.trailerSize)
             let trailer = try Trailer.decode(tail.suffix(Format.trailerSize), base: trailerOffset)
             guard trailer.requiredFeatures == header.requiredFeatures else {
@@ -119,16 +127,11 @@ public final class ArchiveReader: Sendable {
             guard CRC32C.checksum(indexBytes) == trailer.indexCRC else {
                 throw CheckpackError(.checksumMismatch, "index CRC32C mismatch", offset: trailer.indexOffset)
             }
-            index = try ArchiveIndex.parse(indexBytes, indexOffset: trailer.indexOffset)
+            index = try ArchiveIndex.parse(indexBytes, indexOffset: trailer.indexOffset, features: trailer.requiredFeatures)
             requiredFeatures = trailer.requiredFeatures
-            if trailer.requiredFeatures & Format.bytePlanesFeature == 0,
-               let frame = index.frames.first(where: { $0.header.transform == BytePlanes.transformID }) {
-                throw CheckpackError(.corrupt, "a frame uses the byte-plane transform but the archive does not declare required feature bit 0",
-                                     offset: frame.archiveOffset)
-            }
-            var numbers: [String: Int] = [:]
+            var numbers: [[UInt8]: Int] = [:]
             numbers.reserveCapacity(index.entries.count)
-            for (number, entry) in index.entries.enumerated() { numbers[entry.name] = number }
+            for (number, entry) in index.entries.enumerated() { numbers[entry.row.name] = number }
             entryNumbers = numbers
         } catch {
             throw error.checkpackContext(path: source.name)
@@ -137,14 +140,238 @@ public final class ArchiveReader: Sendable {
 
     public var entries: [ArchiveEntry] { index.entries }
 
+    /// The entry whose name has exactly these UTF-8 bytes (names compare as bytes, not as Unicode text).
     public func entry(named name: String) -> ArchiveEntry? {
-        entryNumbers[name].map { index.entries[$0] }
+        entryNumbers[Array(name.utf8)].map { index.entries[$0] }
     }
 
     /// Frames decoded by this reader so far (stored frames count too).
     public var framesDecoded: Int { decodedFrames.load(ordering: .relaxed) }
+    func decodedFrame() { decodedFrames.add(1, ordering: .relaxed) }
+    /// Bytes of frame table pages read so far.
+    public var tableBytesRead: Int { tableBytes.load(ordering: .relaxed) }
 
-    public func frames(of entry: ArchiveEntry) -> ArraySlice<FrameLocation> { index.frames[entry.frames] }
+    // MARK: Entry records
+
+    /// The entry's attributes, from its entry record (checked against the index).
+    public func attributes(of entry: ArchiveEntry) throws -> [(key: String, value: String)] {
+        try entryRecord(of: entry).attributes
+    }
+
+    public func attribute(_ key: String, of entry: ArchiveEntry) throws -> String? {
+        try attributes(of: entry).first { Array($0.key.utf8) == Array(key.utf8) }?.value
+    }
+
+    func entryRecord(of entry: ArchiveEntry) throws -> EntryRecord {
+        do {
+            let bytes = try source.read(count: entry.row.entryRecordLength, at: entry.recordOffset)
+            let record = try EntryRecord.decode(bytes[...])
+            try checkRecord(record, bytes: bytes, against: entry)
+            return record
+        } catch {
+            throw error.checkpackContext(path: source.name, entry: entry.name, offset: entry.recordOffset)
+        }
+    }
+
+    func checkRecord(_ record: EntryRecord, bytes: [UInt8], against entry: ArchiveEntry) throws {
+        let row = IndexRow(recordOffset: entry.recordOffset, endOffset: entry.endOffset, size: entry.size, frameCount: entry.frameCount,
+                           contentCRC: entry.contentCRC, recordCRC: ByteReader.u32(bytes.suffix(4)),
+                           attributesLength: UInt32(record.attributesLength), mode: record.mode, kind: record.kind,
+                           tableExponent: record.tableExponent, frameKinds: entry.row.frameKinds, name: Array(record.name.utf8))
+        guard row == entry.row else { throw CheckpackError(.corrupt, "entry record differs from its row in the index") }
+    }
+
+    /// Where items start inside the entry (the frames marked as item starts), in increasing order.
+    public func itemBoundaries(of entry: ArchiveEntry) throws -> [UInt64] {
+        var boundaries: [UInt64] = []
+        try forEachFrameRow(of: entry) { offset, row in if row.startsItem { boundaries.append(offset) } }
+        return boundaries
+    }
+
+    /// Where each frame of the entry lies and how long it is stored, from the
+    /// frame table alone (no frame is read).
+    public func frameExtents(of entry: ArchiveEntry) throws -> [FrameExtent] {
+        var extents: [FrameExtent] = []
+        try forEachFrameRow(of: entry) { offset, row in
+            extents.append(FrameExtent(entryRange: offset..<offset + UInt64(row.decodedLength), storedLength: row.storedLength,
+                                       startsItem: row.startsItem))
+        }
+        return extents
+    }
+
+    /// Every frame of the entry with its header, in order (reads each header: O(frames)).
+    public func frames(of entry: ArchiveEntry) throws -> [FrameLocation] {
+        var frames: [FrameLocation] = []
+        try forEachFrame(of: entry, stored: false) { location, _ in frames.append(location) }
+        return frames
+    }
+
+    // MARK: Frame table
+
+    /// A leaf page of an entry's frame table, with where its frames are.
+    struct Leaf {
+        let page: TablePage
+        /// Archive offset of the first frame's header.
+        let framesStart: UInt64
+        /// One past the last byte the leaf covers.
+        var endOffset: UInt64 { entryOffsets.last ?? page.firstOffset }
+        /// Entry offset where each frame ends.
+        let entryOffsets: [UInt64]
+
+        /// The first frame that ends after `offset`.
+        func frameIndex(containing offset: UInt64) -> Int {
+            var low = 0, high = entryOffsets.count
+            while low < high {
+                let mid = (low + high) / 2
+                if entryOffsets[mid] > offset { high = mid } else { low = mid + 1 }
+            }
+            return low
+        }
+    }
+
+    /// The leaf of the frame table that holds entry offset `offset` (< size):
+    /// from the root down, each page checked against its parent's row.
+    func leaf(of entry: ArchiveEntry, containing offset: UInt64) throws -> Leaf {
+        let shape = entry.tableShape
+        guard var level = shape.rootLevel else { throw CheckpackError(.corrupt, "entry has no frames") }
+        var pageNumber: UInt64 = 0
+        var position = entry.endOffset - UInt64(shape.rootLength)   // the root comes right before the entry end record
+        var range = UInt64(0)..<entry.size
+        let lowest = entry.dataStart
+        guard position >= lowest else { throw CheckpackError(.corrupt, "frame table root lies before the entry's data") }
+        while true {
+            let page = try loadPage(entry, level: level, number: pageNumber, at: position, range: range)
+            if level == 0 {
+                var ends: [UInt64] = []
+                ends.reserveCapacity(page.frames.count)
+                var end = range.lowerBound
+                var framesLength: UInt64 = 0
+                for row in page.frames {
+                    end = try end.adding(UInt64(row.decodedLength), "entry offset")
+                    ends.append(end)
+                    framesLength += UInt64(Format.frameHeaderSize) + UInt64(row.storedLength)
+                }
+                guard end == range.upperBound else {
+                    throw CheckpackError(.corrupt, "frame table page covers \(end - range.lowerBound) bytes, its parent says \(range.count)")
+                }
+                guard position >= lowest, position - lowest >= framesLength else {
+                    throw CheckpackError(.corrupt, "frame table page's frames would start before the entry's data")
+                }
+                return Leaf(page: page, framesStart: position - framesLength, entryOffsets: ends)
+            }
+            // The last child whose range starts at or before `offset`.
+            let rows = page.children
+            var low = 0, high = rows.count - 1
+            while low < high {
+                let mid = (low + high + 1) / 2
+                if rows[mid].firstOffset <= offset { low = mid } else { high = mid - 1 }
+            }
+            let upper = low + 1 < rows.count ? rows[low + 1].firstOffset : range.upperBound
+            range = rows[low].firstOffset..<upper
+            pageNumber = pageNumber * shape.fanout + UInt64(low)
+            position = try entry.recordOffset.adding(rows[low].position, "page position")
+            level -= 1
+        }
+    }
+
+    /// Reads and checks page `number` of `level`, expected at archive offset
+    /// `position` and covering `range`, or takes it from the cache.
+    private func loadPage(_ entry: ArchiveEntry, level: Int, number: UInt64, at position: UInt64, range: Range<UInt64>) throws -> TablePage {
+        let key = FrameKey(entry: entry.recordOffset, offset: position)
+        if let page = pages.withLock({ cache in cache.first { $0.key == key }?.page }), page.level == level, page.firstOffset == range.lowerBound {
+            return page
+        }
+        let shape = entry.tableShape
+        guard number < shape.pagesPerLevel[level] else { throw CheckpackError(.corrupt, "frame table has too few pages") }
+        let rows = shape.rows(level: level, page: number)
+        let length = TableShape.pageLength(level: level, rows: rows)
+        let end = try position.adding(UInt64(length), "page end")
+        guard position >= entry.dataStart, end <= entry.endOffset else {
+            throw CheckpackError(.corrupt, "frame table page at \(position) lies outside its entry")
+        }
+        let bytes = try source.read(count: length, at: position)
+        tableBytes.add(length, ordering: .relaxed)
+        let page: TablePage
+        do {
+            page = try TablePage.decode(bytes[...], level: level, rows: rows)
+        } catch {
+            throw error.checkpackContext(offset: position)
+        }
+        guard page.firstOffset == range.lowerBound else {
+            throw CheckpackError(.corrupt, "frame table page starts at entry offset \(page.firstOffset), its parent says \(range.lowerBound)", offset: position)
+        }
+        if level > 0 {
+            // Children: in order, inside the entry, before this page, covering `range` in increasing pieces.
+            let relative = position - entry.recordOffset
+            var previousEnd = entry.dataStart - entry.recordOffset
+            for (i, child) in page.children.enumerated() {
+                let childNumber = number * shape.fanout + UInt64(i)
+                let childLength = UInt64(TableShape.pageLength(level: level - 1, rows: shape.rows(level: level - 1, page: childNumber)))
+                let childEnd = try child.position.adding(childLength, "page end")
+                let last = i == page.children.count - 1
+                guard child.position >= previousEnd, last ? childEnd == relative : childEnd <= relative else {
+                    throw CheckpackError(.corrupt, "frame table page's child \(i) at \(child.position) is out of place", offset: position)
+                }
+                guard i == 0 ? child.firstOffset == range.lowerBound : child.firstOffset > page.children[i - 1].firstOffset,
+                      child.firstOffset < range.upperBound else {
+                    throw CheckpackError(.corrupt, "frame table page's child \(i) starts at entry offset \(child.firstOffset), out of order", offset: position)
+                }
+                previousEnd = childEnd
+            }
+        }
+        pages.withLock { cache in
+            cache.removeAll { $0.key == key }
+            cache.append((key, page))
+            if cache.count > ArchiveReader.cachedPageCount { cache.removeFirst() }
+        }
+        return page
+    }
+
+    /// Visits every frame's table row in order with its entry offset.
+    func forEachFrameRow(of entry: ArchiveEntry, _ body: (UInt64, TablePage.FrameRow) throws -> Void) throws {
+        var offset: UInt64 = 0
+        do {
+            while offset < entry.size {
+                let leaf = try leaf(of: entry, containing: offset)
+                for (i, row) in leaf.page.frames.enumerated() {
+                    try body(i == 0 ? leaf.page.firstOffset : leaf.entryOffsets[i - 1], row)
+                }
+                offset = leaf.endOffset
+            }
+        } catch {
+            throw error.checkpackContext(path: source.name, entry: entry.name)
+        }
+    }
+
+    // MARK: Walking an entry's records
+
+    /// Reads the entry's records front to back, checked by the same rules as
+    /// the stream reader (`EntryValidator`) and against the index row; gives
+    /// each frame with its stored bytes (when `stored`) to `body`. Damage in a
+    /// frame's stored bytes is the body's to find (decode or check the CRC).
+    func forEachFrame(of entry: ArchiveEntry, stored: Bool, _ body: (FrameLocation, StreamFrame?) throws -> Void) throws {
+        let input = SequentialInput(source: RangeSource(source: source, range: entry.recordOffset..<entry.endOffset + UInt64(Format.entryEndSize)))
+        let records = RecordReader(input: input, offset: entry.recordOffset, features: requiredFeatures, readStored: stored)
+        var closed: IndexRow? = nil
+        records.onEntryClosed = { closed = $0 }
+        do {
+            guard case .entryStart(let record) = try records.next() else { throw CheckpackError(.corrupt, "expected an entry record") }
+            let recordBytes = try source.read(count: entry.row.entryRecordLength, at: entry.recordOffset)
+            try checkRecord(record, bytes: recordBytes, against: entry)
+            while true {
+                let at = records.offset
+                guard let next = try records.next() else { throw CheckpackError(.corrupt, "expected an entry end record") }
+                if case .frame(let frame) = next {
+                    try body(FrameLocation(archiveOffset: at, header: frame.header), stored ? frame : nil)
+                } else if case .entryEnd = next {
+                    break
+                }
+            }
+            guard closed == entry.row else { throw CheckpackError(.corrupt, "entry's records differ from its row in the index") }
+        } catch {
+            throw error.checkpackContext(path: source.name, entry: entry.name, offset: records.offset)
+        }
+    }
 
     // MARK: Range reads
 
@@ -178,57 +405,67 @@ public final class ArchiveReader: Sendable {
         guard !end.overflow, end.partialValue <= entry.size else {
             throw CheckpackError(.invalidArgument, "range \(offset)+\(buffer.count) is past the end (\(entry.size) bytes)", path: source.name, entry: entry.name)
         }
-        guard !buffer.isEmpty else { return }
-        var number = firstFrame(of: entry, containing: offset)
         var position = offset
         while position < end.partialValue {
-            let frame = index.frames[number]
-            let range = frame.entryRange
-            let lower = position, upper = min(range.upperBound, end.partialValue)
-            let target = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(lower - offset)..<Int(upper - offset)])
+            let leaf: Leaf
             do {
-                if lower == range.lowerBound && upper == range.upperBound {
-                    try decodeFrame(frame, into: target)
-                } else {
-                    let whole = try recentlyDecoded(number) ?? remember(number, try decodeFrame(frame))
-                    whole.withUnsafeBytes {
-                        target.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[Int(lower - range.lowerBound)..<Int(upper - range.lowerBound)]))
-                    }
-                }
+                leaf = try self.leaf(of: entry, containing: position)
             } catch {
-                throw error.checkpackContext(path: source.name, entry: entry.name, frame: number - entry.frames.lowerBound,
-                                             offset: frame.archiveOffset)
+                throw error.checkpackContext(path: source.name, entry: entry.name)
             }
-            position = upper
-            number += 1
+            // The leaf's frame holding `position`, and where it starts in the archive.
+            var i = leaf.frameIndex(containing: position)
+            var frameOffset = leaf.framesStart
+            for row in leaf.page.frames[..<i] { frameOffset += UInt64(Format.frameHeaderSize) + UInt64(row.storedLength) }
+            while i < leaf.page.frames.count, position < end.partialValue {
+                let row = leaf.page.frames[i]
+                let frameStart = i == 0 ? leaf.page.firstOffset : leaf.entryOffsets[i - 1]
+                let frame = ExpectedFrame(archiveOffset: frameOffset, entryOffset: frameStart, row: row)
+                let lower = position, upper = min(leaf.entryOffsets[i], end.partialValue)
+                let target = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(lower - offset)..<Int(upper - offset)])
+                do {
+                    if lower == frameStart && upper == leaf.entryOffsets[i] {
+                        try decodeFrame(frame, into: target)
+                    } else {
+                        let key = FrameKey(entry: entry.recordOffset, offset: frameOffset)
+                        let whole = try recentlyDecoded(key) ?? remember(key, try decodeFrame(frame))
+                        whole.withUnsafeBytes {
+                            target.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[Int(lower - frameStart)..<Int(upper - frameStart)]))
+                        }
+                    }
+                } catch {
+                    throw error.checkpackContext(path: source.name, entry: entry.name, offset: frameOffset)
+                }
+                position = upper
+                frameOffset += UInt64(Format.frameHeaderSize) + UInt64(row.storedLength)
+                i += 1
+            }
         }
     }
 
-    private func recentlyDecoded(_ number: Int) -> [UInt8]? {
-        recentFrames.withLock { frames in frames.first { $0.number == number }?.bytes }
+    private func recentlyDecoded(_ key: FrameKey) -> [UInt8]? {
+        recentFrames.withLock { frames in frames.first { $0.number == key }?.bytes }
     }
 
-    private func remember(_ number: Int, _ bytes: [UInt8]) -> [UInt8] {
+    private func remember(_ key: FrameKey, _ bytes: [UInt8]) -> [UInt8] {
         recentFrames.withLock { frames in
-            frames.removeAll { $0.number == number }
-            frames.append((number, bytes))
+            frames.removeAll { $0.number == key }
+            frames.append((key, bytes))
             if frames.count > ArchiveReader.recentFrameCount { frames.removeFirst() }
         }
         return bytes
     }
 
-    private func firstFrame(of entry: ArchiveEntry, containing offset: UInt64) -> Int {
-        var low = entry.frames.lowerBound, high = entry.frames.upperBound - 1
-        while low < high {
-            let mid = (low + high + 1) / 2
-            if index.frames[mid].header.entryOffset <= offset { low = mid } else { high = mid - 1 }
-        }
-        return low
+    /// A frame as its table row describes it.
+    struct ExpectedFrame {
+        var archiveOffset: UInt64
+        var entryOffset: UInt64
+        var row: TablePage.FrameRow
     }
 
     /// Decodes one whole frame.
-    func decodeFrame(_ frame: FrameLocation) throws -> [UInt8] {
-        let n = Int(frame.header.decodedLength)
+    func decodeFrame(_ frame: ExpectedFrame) throws -> [UInt8] {
+        let n = Int(frame.row.decodedLength)
         return try [UInt8](unsafeUninitializedCapacity: n) { buffer, initialized in
             try decodeFrame(frame, into: UnsafeMutableRawBufferPointer(buffer))
             initialized = n
@@ -236,34 +473,81 @@ public final class ArchiveReader: Sendable {
     }
 
     /// Reads a frame's header and stored bytes, checks the header against the
-    /// index and both checksums, and decodes into `output` (exactly the decoded length).
-    func decodeFrame(_ frame: FrameLocation, into output: UnsafeMutableRawBufferPointer) throws {
-        let header = frame.header
-        let storedLength = Int(header.storedLength)
-        if header.codec == .stored {
-            // Stored bytes go straight into the caller's buffer.
-            let headerBytes = try source.read(count: Format.frameHeaderSize, at: frame.archiveOffset)
-            try checkHeader(headerBytes[...], against: header)
-            try source.read(into: output, at: frame.payloadOffset)
-        } else {
-            let bytes = try source.read(count: Format.frameHeaderSize + storedLength, at: frame.archiveOffset)
-            try checkHeader(bytes[..<Format.frameHeaderSize], against: header)
-            try bytes.withUnsafeBytes { raw in
-                let stored = UnsafeRawBufferPointer(rebasing: raw[Format.frameHeaderSize...])
+    /// table row and both checksums, and decodes into `output` (exactly the decoded length).
+    func decodeFrame(_ frame: ExpectedFrame, into output: UnsafeMutableRawBufferPointer) throws {
+        // One read for header and stored bytes: the header says how to decode them.
+        let bytes = try source.read(count: Format.frameHeaderSize + Int(frame.row.storedLength), at: frame.archiveOffset)
+        let header = try FrameHeader.decode(bytes[..<Format.frameHeaderSize])
+        guard header.entryOffset == frame.entryOffset, header.storedLength == frame.row.storedLength,
+              header.decodedLength == frame.row.decodedLength, header.startsItem == frame.row.startsItem else {
+            throw CheckpackError(.corrupt, "frame header differs from its row in the frame table")
+        }
+        guard header.transform == 0 || requiredFeatures & Format.bytePlanesFeature != 0 else {
+            throw CheckpackError(.corrupt, "a frame uses the byte-plane transform but the archive does not declare required feature bit 0")
+        }
+        try bytes.withUnsafeBytes { raw in
+            let stored = UnsafeRawBufferPointer(rebasing: raw[Format.frameHeaderSize...])
+            if header.codec == .stored {
+                output.copyMemory(from: stored)
+            } else {
                 guard CRC32C.update(0, stored) == header.storedCRC else {
                     throw CheckpackError(.checksumMismatch, "stored bytes CRC32C mismatch")
                 }
                 try FrameCodec.decode(stored, header: header, into: output)
             }
         }
-        decodedFrames.add(1, ordering: .relaxed)
+        decodedFrame()
         guard CRC32C.update(0, UnsafeRawBufferPointer(output)) == header.decodedCRC else {
             throw CheckpackError(.checksumMismatch, header.codec == .stored ? "stored bytes CRC32C mismatch" : "decoded bytes CRC32C mismatch")
         }
     }
+}
 
-    private func checkHeader(_ bytes: ArraySlice<UInt8>, against expected: FrameHeader) throws {
-        let found = try FrameHeader.decode(bytes)
-        guard found == expected else { throw CheckpackError(.corrupt, "frame header differs from its copy in the index") }
+/// A frame as the entry's frame table describes it.
+public struct FrameExtent: Sendable, Equatable {
+    /// The bytes of its entry that the frame holds.
+    public let entryRange: Range<UInt64>
+    public let storedLength: UInt32
+    /// An item starts at the frame's first byte.
+    public let startsItem: Bool
+}
+
+/// A frame found by walking an entry's records: where its header is, and the header.
+public struct FrameLocation: Sendable, Equatable {
+    /// Archive offset of the frame's 40-byte header; its stored bytes follow it.
+    public let archiveOffset: UInt64
+    public let header: FrameHeader
+
+    var payloadOffset: UInt64 { archiveOffset + UInt64(Format.frameHeaderSize) }
+    /// The bytes of its entry that the frame holds.
+    public var entryRange: Range<UInt64> { header.entryOffset..<header.entryOffset + UInt64(header.decodedLength) }
+}
+
+/// A byte range of an archive source, read front to back; skipping moves
+/// ahead without reading.
+final class RangeSource: SequentialSource {
+    let source: any ArchiveSource
+    private var position: UInt64
+    private let end: UInt64
+    var name: String { source.name }
+
+    init(source: any ArchiveSource, range: Range<UInt64>) {
+        self.source = source
+        position = range.lowerBound
+        end = min(range.upperBound, source.size)
+    }
+
+    func readSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let n = Int(min(UInt64(buffer.count), end - position))
+        guard n > 0 else { return 0 }
+        try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<n]), at: position)
+        position += UInt64(n)
+        return n
+    }
+
+    func skip(_ count: UInt64) -> UInt64 {
+        let n = min(count, end - position)
+        position += n
+        return n
     }
 }

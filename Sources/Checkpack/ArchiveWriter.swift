@@ -22,6 +22,9 @@ public struct WriterOptions: Sendable {
     /// Frames of byte-plane items are small: plane coding gains nothing from
     /// a longer window, and a small read then decodes little.
     public var planeFrameSize = WriterOptions.defaultPlaneFrameSize
+    /// Frame table pages hold 2^tableExponent rows (spec section 4.5); small
+    /// values make deep tables from few frames, for tests.
+    var tableExponent = Format.defaultTableExponent
 
     public static let defaultFrameSize = 4 << 20
     public static let defaultPlaneFrameSize = 32 << 10
@@ -77,21 +80,23 @@ public final class ArchiveWriter {
 
     /// What flows, in order, from the producer to the file.
     private enum Record: Sendable {
-        case entryStart([UInt8])
+        case entryStart(EntryRecord, [UInt8])
         case frame(FrameHeader, payload: ArraySlice<UInt8>)
-        /// Size, frame count and boundaries; the sink adds the content CRC.
-        case entryEnd(size: UInt64, frames: UInt64, boundaries: [UInt64])
+        /// The sink knows the rest from the frames.
+        case entryEnd
     }
 
     /// The entry being written.
     private struct OpenEntry {
         var name: String
-        var record: [UInt8]
+        var record: EntryRecord
         var codec: Codec
         var level: Int32
         var size: UInt64 = 0
-        var frames: UInt64 = 0
-        var boundaries: [UInt64] = []
+        /// Items started so far after the first (item k starts at the k-th boundary).
+        var boundaryCount = 0
+        /// The next frame starts an item.
+        var itemStartPending = false
         var buffer: [UInt8] = []
         /// The element type of each item, by item number, where known
         /// (from the item-dtypes attribute, or given at each boundary).
@@ -102,7 +107,7 @@ public final class ArchiveWriter {
         var frameSize: Int
 
         /// Item 0 starts at offset 0, item k at the k-th boundary.
-        var itemNumber: Int { boundaries.count }
+        var itemNumber: Int { boundaryCount }
 
         mutating func startItem(options: WriterOptions) {
             let type = itemNumber < itemTypes.count ? itemTypes[itemNumber] : nil
@@ -111,11 +116,9 @@ public final class ArchiveWriter {
         }
     }
 
-    /// State the sink keeps while records reach the file.
-    private var sinkEntryOffset: UInt64 = 0
-    private var sinkEntryFirstFrame: UInt64 = 0
-    private var sinkEntryRecord: [UInt8] = []
-    private var sinkEntryCRC: UInt32 = 0
+    /// State the sink keeps while records reach the file: the open entry's
+    /// offset, record bytes, and the validator that builds its frame table.
+    private var sinkEntry: (offset: UInt64, record: [UInt8], validator: EntryValidator)?
 
     public init(path: String, options: WriterOptions = WriterOptions()) throws {
         try options.validate()
@@ -259,22 +262,19 @@ public final class ArchiveWriter {
             let base = output.offset
             try output.copy(from: otherFile, range: start..<end)
             for entry in other.entries {
-                let firstFrame = index.frameCount
-                for frame in other.frames(of: entry) {
-                    index.addFrame(archiveOffset: frame.archiveOffset - start + base, header: frame.header.encoded())
-                }
-                index.addEntry(recordOffset: entry.recordOffset - start + base, firstFrame: firstFrame,
-                               record: entry.record.encoded(), end: entry.end.encoded())
+                var row = entry.row
+                row.recordOffset = row.recordOffset - start + base
+                row.endOffset = row.endOffset - start + base
+                try addIndexRow(row)
             }
-            guard index.encodedLength <= Format.maxIndexLength else {
-                throw CheckpackError(.limitExceeded, "the index would exceed \(Format.maxIndexLength) bytes")
-            }
-            // The copy bypassed decoding: check what was copied against its CRCs.
-            for frame in other.index.frames {
-                let stored = try otherFile.read(count: Int(frame.header.storedLength), at: frame.payloadOffset)
-                guard CRC32C.checksum(stored) == frame.header.storedCRC else {
-                    throw CheckpackError(.checksumMismatch, "stored bytes CRC32C mismatch in appended archive", path: other.source.name,
-                                         offset: frame.archiveOffset)
+            // The copy bypassed decoding: check what was copied against its CRCs
+            // and every record against the rules, as a stream reader would.
+            for entry in other.entries {
+                try other.forEachFrame(of: entry, stored: true) { location, frame in
+                    guard let frame, CRC32C.checksum(frame.stored) == frame.header.storedCRC else {
+                        throw CheckpackError(.checksumMismatch, "stored bytes CRC32C mismatch in appended archive", path: other.source.name,
+                                             offset: location.archiveOffset)
+                    }
                 }
             }
         }
@@ -354,8 +354,13 @@ public final class ArchiveWriter {
         let codec = codec ?? options.codec
         let level = level ?? (codec == options.codec ? options.level : nil) ?? codec.defaultLevel
         try validateLevel(level, codec: codec)
+        // Known before any byte is compressed: the index row must fit.
+        let rowLength = UInt64(Format.indexRowFixedSize + name.utf8.count)
+        guard index.encodedLength + rowLength <= Format.maxIndexLength, index.entryCount < Format.maxEntries else {
+            throw CheckpackError(.limitExceeded, "the archive cannot hold more entries (the index would exceed \(Format.maxIndexLength) bytes or \(Format.maxEntries) entries)")
+        }
         try asArgumentError { try tree.add(name, kind: kind) }   // last: it records the name only when it succeeds
-        let record = EntryRecord(kind: kind, mode: mode, name: name, attributes: pairs).encoded()
+        let record = EntryRecord(kind: kind, mode: mode, name: name, attributes: pairs, tableExponent: options.tableExponent)
         var entry = OpenEntry(name: name, record: record, codec: codec, level: level, frameSize: options.frameSize)
         if let dtypes = attributes[Format.itemDTypesKey] {
             entry.itemTypes = dtypes.split(separator: ",", omittingEmptySubsequences: false).map { ElementType(dtype: String($0)) }
@@ -374,7 +379,7 @@ public final class ArchiveWriter {
 
     private func startEntry(_ entry: OpenEntry) throws {
         open = entry
-        try pipeline.submitReady(.entryStart(entry.record))
+        try pipeline.submitReady(.entryStart(entry.record, entry.record.encoded()))
     }
 
     private func append(_ bytes: UnsafeRawBufferPointer) throws {
@@ -411,7 +416,10 @@ public final class ArchiveWriter {
         open = nil
         defer { open = entry }
         if !entry.buffer.isEmpty { try submitFrame(&entry) }
-        if entry.size > 0, entry.boundaries.last != entry.size { entry.boundaries.append(entry.size) }
+        if entry.size > 0, !entry.itemStartPending {
+            entry.boundaryCount += 1
+            entry.itemStartPending = true
+        }
         if let dtype {
             let number = entry.itemNumber
             if entry.itemTypes.count <= number { entry.itemTypes += Array(repeating: nil, count: number + 1 - entry.itemTypes.count) }
@@ -425,15 +433,17 @@ public final class ArchiveWriter {
         entry.buffer = []
         let entryOffset = entry.size
         entry.size += UInt64(data.count)
-        entry.frames += 1
+        let startsItem = entry.itemStartPending
+        entry.itemStartPending = false
         let codec = entry.codec, level = entry.level, element = entry.element
         try pipeline.submit(cost: data.count) {
-            try ArchiveWriter.encodeFrame(data, entryOffset: entryOffset, codec: codec, level: level, element: element)
+            try ArchiveWriter.encodeFrame(data, entryOffset: entryOffset, startsItem: startsItem, codec: codec, level: level, element: element)
         }
     }
 
     /// Byte planes when the element type is known and they win; else the codec; else stored.
-    private static func encodeFrame(_ data: [UInt8], entryOffset: UInt64, codec: Codec, level: Int32, element: ElementType?) throws -> Record {
+    private static func encodeFrame(_ data: [UInt8], entryOffset: UInt64, startsItem: Bool, codec: Codec, level: Int32,
+                                    element: ElementType?) throws -> Record {
         let decodedCRC = CRC32C.checksum(data)
         var transform: UInt8 = 0, parameter: UInt16 = 0
         var compressed: [UInt8]? = nil
@@ -447,7 +457,8 @@ public final class ArchiveWriter {
         let payload = compressed ?? data
         let header = FrameHeader(codec: compressed == nil ? .stored : codec, transform: transform, transformParameter: parameter,
                                  entryOffset: entryOffset, storedLength: UInt32(payload.count), decodedLength: UInt32(data.count),
-                                 storedCRC: compressed == nil ? decodedCRC : CRC32C.checksum(payload), decodedCRC: decodedCRC)
+                                 storedCRC: compressed == nil ? decodedCRC : CRC32C.checksum(payload), decodedCRC: decodedCRC,
+                                 startsItem: startsItem)
         return .frame(header, payload: payload[...])
     }
 
@@ -455,36 +466,51 @@ public final class ArchiveWriter {
         guard var entry = open else { throw CheckpackError(.invalidArgument, "no entry is open") }
         open = nil
         if !entry.buffer.isEmpty { try submitFrame(&entry) }
-        let boundaries = entry.boundaries.filter { $0 < entry.size }
-        try pipeline.submitReady(.entryEnd(size: entry.size, frames: entry.frames, boundaries: boundaries))
+        try pipeline.submitReady(.entryEnd)
     }
 
-    /// Writes one record; runs on the caller's thread, in order.
+    /// Writes one record; runs on the caller's thread, in order. The entry's
+    /// validator checks each frame and says which table pages follow it.
     private func sink(_ record: Record) throws {
         switch record {
-        case .entryStart(let bytes):
-            sinkEntryOffset = output.offset
-            sinkEntryFirstFrame = index.frameCount
-            sinkEntryRecord = bytes
-            sinkEntryCRC = 0
+        case .entryStart(let record, let bytes):
+            sinkEntry = (output.offset, bytes, EntryValidator(record: record, recordLength: bytes.count, features: Format.knownRequiredFeatures))
             try output.write(bytes)
         case .frame(let header, let payload):
+            guard var entry = sinkEntry else { throw CheckpackError(.invalidArgument, "no entry is open") }
+            sinkEntry = nil   // keep the validator's buffers uniquely referenced
             if header.transform == BytePlanes.transformID { requiredFeatures |= Format.bytePlanesFeature }
-            let headerBytes = header.encoded()
-            index.addFrame(archiveOffset: output.offset, header: headerBytes)
-            try output.write(headerBytes)
+            try entry.validator.accept(header)
+            try output.write(header.encoded())
             try output.write(payload)
-            // The content CRC follows from the frames' CRCs: no second pass over the data.
-            sinkEntryCRC = CRC32C.combine(sinkEntryCRC, header.decodedCRC, length: UInt64(header.decodedLength))
+            try writePages(&entry.validator)
+            sinkEntry = entry
             bytesIn += UInt64(header.decodedLength)
             onProgress?(bytesIn)
-        case .entryEnd(let size, let frames, let boundaries):
-            let bytes = EntryEnd(size: size, frameCount: frames, contentCRC: sinkEntryCRC, itemBoundaries: boundaries).encoded()
-            index.addEntry(recordOffset: sinkEntryOffset, firstFrame: sinkEntryFirstFrame, record: sinkEntryRecord, end: bytes)
-            try output.write(bytes)
+        case .entryEnd:
+            guard var entry = sinkEntry else { throw CheckpackError(.invalidArgument, "no entry is open") }
+            sinkEntry = nil
+            try entry.validator.finishFrames()
+            try writePages(&entry.validator)
+            let end = entry.validator.end
+            try entry.validator.close(end)
+            let endOffset = output.offset
+            try output.write(end.encoded())
+            try addIndexRow(IndexRow(recordOffset: entry.offset, endOffset: endOffset, recordBytes: entry.record, validator: entry.validator))
         }
-        guard index.encodedLength <= Format.maxIndexLength else {
-            throw CheckpackError(.limitExceeded, "the index would exceed \(Format.maxIndexLength) bytes")
+    }
+
+    private func writePages(_ validator: inout EntryValidator) throws {
+        while let page = validator.nextExpectedPage {
+            try output.write(page)
+            try validator.acceptPage(page[...])
+        }
+    }
+
+    private func addIndexRow(_ row: IndexRow) throws {
+        index.add(row)
+        guard index.encodedLength <= Format.maxIndexLength, index.entryCount <= Format.maxEntries else {
+            throw CheckpackError(.limitExceeded, "the index would exceed \(Format.maxIndexLength) bytes or \(Format.maxEntries) entries")
         }
     }
 }

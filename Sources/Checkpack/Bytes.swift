@@ -35,6 +35,12 @@ struct ByteReader {
     var remaining: Int { bytes.endIndex - position }
     var consumed: Int { position - bytes.startIndex }
 
+    /// A little-endian u32 from exactly four bytes (0 for any other count).
+    static func u32(_ bytes: ArraySlice<UInt8>) -> UInt32 {
+        guard bytes.count == 4 else { return 0 }
+        return bytes.enumerated().reduce(0) { $0 | UInt32($1.element) << ($1.offset * 8) }
+    }
+
     mutating func u8() throws -> UInt8 { try integer() }
     mutating func u16() throws -> UInt16 { try integer() }
     mutating func u32() throws -> UInt32 { try integer() }

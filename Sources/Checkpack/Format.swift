@@ -1,9 +1,9 @@
-// The byte layout of a Checkpack archive, version 1. spec/FORMAT.md is the
+// The byte layout of a Checkpack archive, version 2. spec/FORMAT.md is the
 // normative description; the names here follow its section names.
 
-/// Constants and limits of format version 1.
+/// Constants and limits of format version 2.
 public enum Format {
-    public static let version: UInt16 = 1
+    public static let version: UInt16 = 2
     /// File header magic: 0x89 "CKPK" CR LF 0x1A.
     static let headerMagic: [UInt8] = [0x89, 0x43, 0x4B, 0x50, 0x4B, 0x0D, 0x0A, 0x1A]
     /// Trailer magic, the last 8 bytes of every archive.
@@ -12,14 +12,15 @@ public enum Format {
     static let frameTag: [UInt8] = Array("FRAM".utf8)
     static let entryEndTag: [UInt8] = Array("EEND".utf8)
     static let indexTag: [UInt8] = Array("INDX".utf8)
+    static let pageTag: [UInt8] = Array("FTBL".utf8)
 
     static let headerSize = 16
     static let frameHeaderSize = 40
     static let entryRecordFixedSize = 20   // 16-byte head + 4-byte CRC
-    static let entryEndFixedSize = 36      // 32-byte head + 4-byte CRC
-    static let indexHeaderSize = 32
-    static let indexFrameSize = 48         // archive offset + frame header copy
-    static let indexEntryFixedSize = 16    // archive offset + first frame
+    static let entryEndSize = 32
+    static let indexHeaderSize = 16
+    static let indexRowFixedSize = 56      // index row without the name
+    static let pageHeaderSize = 20         // frame table page: head before the rows
     static let trailerSize = 48
     /// The smallest archive: header, an index of no entries, trailer.
     static let minimumArchiveSize = UInt64(headerSize + indexHeaderSize + trailerSize)
@@ -40,8 +41,14 @@ public enum Format {
     public static let maxAttributesLength = 65536
     public static let maxAttributeKeyLength = 255
     public static let maxEntries: UInt64 = 1 << 24
-    public static let maxIndexLength: UInt64 = 256 << 20
+    public static let maxIndexLength: UInt64 = 1 << 32
     public static let maxMode: UInt32 = 0o7777
+    /// Frames of one entry: at 4 KiB frames, 4 PiB.
+    public static let maxFramesPerEntry: UInt64 = 1 << 40
+    /// Frame table pages hold up to 2^t rows; t is in this range.
+    static let tableExponents: ClosedRange<UInt8> = 1...12
+    /// What Checkpack's writer uses: 4096 rows, a 32 KiB leaf page.
+    static let defaultTableExponent: UInt8 = 12
 }
 
 /// How a frame's stored bytes are compressed.
@@ -193,12 +200,18 @@ public struct EntryRecord: Sendable, Equatable {
     public var name: String
     /// Key/value attributes, sorted by key bytes.
     public var attributes: [(key: String, value: String)]
+    /// Pages of the entry's frame table hold up to 2^tableExponent rows (section 4.5).
+    var tableExponent: UInt8 = Format.defaultTableExponent
 
     public static func == (a: EntryRecord, b: EntryRecord) -> Bool {
-        a.kind == b.kind && a.mode == b.mode && a.name == b.name
-            && a.attributes.map(\.key) == b.attributes.map(\.key)
-            && a.attributes.map(\.value) == b.attributes.map(\.value)
+        a.kind == b.kind && a.mode == b.mode && Array(a.name.utf8) == Array(b.name.utf8)
+            && a.tableExponent == b.tableExponent
+            && a.attributes.map { Array($0.key.utf8) } == b.attributes.map { Array($0.key.utf8) }
+            && a.attributes.map { Array($0.value.utf8) } == b.attributes.map { Array($0.value.utf8) }
     }
+
+    /// Bytes of the encoded attributes field.
+    var attributesLength: Int { attributes.reduce(0) { $0 + 6 + $1.key.utf8.count + $1.value.utf8.count } }
 
     func encoded() -> [UInt8] {
         let nameBytes = Array(name.utf8)
@@ -212,7 +225,7 @@ public struct EntryRecord: Sendable, Equatable {
         var w = ByteWriter(capacity: Format.entryRecordFixedSize + nameBytes.count + attrs.bytes.count)
         w.raw(Format.entryTag)
         w.u8(kind.rawValue)
-        w.u8(0)
+        w.u8(tableExponent)
         w.u16(UInt16(nameBytes.count))
         w.u32(mode)
         w.u32(UInt32(attrs.bytes.count))
@@ -246,7 +259,7 @@ public struct EntryRecord: Sendable, Equatable {
         var r = ByteReader(bytes)
         _ = try r.take(4)
         let kindByte = try r.u8()
-        let reserved = try r.u8()
+        let exponent = try r.u8()
         let nameLength = Int(try r.u16())
         let mode = try r.u32()
         let attributesLength = Int(try r.u32())
@@ -259,12 +272,15 @@ public struct EntryRecord: Sendable, Equatable {
         guard let kind = EntryKind(rawValue: kindByte) else {
             throw CheckpackError(.corrupt, "unknown entry kind \(kindByte)")
         }
-        guard reserved == 0 else { throw CheckpackError(.corrupt, "entry record reserved byte is not zero") }
+        guard Format.tableExponents.contains(exponent) else {
+            throw CheckpackError(.corrupt, "frame table exponent \(exponent) is outside \(Format.tableExponents)")
+        }
         guard mode <= Format.maxMode else {
             throw CheckpackError(.corrupt, "mode 0o\(String(mode, radix: 8)) has bits beyond 0o7777")
         }
         let name = try EntryName.validate(nameBytes)
-        return EntryRecord(kind: kind, mode: mode, name: name, attributes: try decodeAttributes(attributeBytes))
+        return EntryRecord(kind: kind, mode: mode, name: name, attributes: try decodeAttributes(attributeBytes),
+                           tableExponent: exponent)
     }
 
     private static func decodeAttributes(_ bytes: ArraySlice<UInt8>) throws -> [(key: String, value: String)] {
@@ -295,8 +311,8 @@ public struct EntryRecord: Sendable, Equatable {
 
 // MARK: - Frame header
 
-/// The 40-byte header in front of every frame's stored bytes. The index
-/// holds an exact copy of it, preceded by the frame's archive offset.
+/// The 40-byte header in front of every frame's stored bytes. Its entry's
+/// frame table repeats its lengths and item flag (section 4.5).
 public struct FrameHeader: Sendable, Equatable {
     public var codec: Codec
     public var transform: UInt8 = 0
@@ -307,6 +323,10 @@ public struct FrameHeader: Sendable, Equatable {
     public var decodedLength: UInt32
     public var storedCRC: UInt32
     public var decodedCRC: UInt32
+    /// An item (a tensor, a record) starts at this frame's first byte.
+    public var startsItem = false
+
+    static let startsItemFlag: UInt32 = 1
 
     func encoded() -> [UInt8] {
         var w = ByteWriter(capacity: Format.frameHeaderSize)
@@ -319,7 +339,7 @@ public struct FrameHeader: Sendable, Equatable {
         w.u32(decodedLength)
         w.u32(storedCRC)
         w.u32(decodedCRC)
-        w.u32(0)
+        w.u32(startsItem ? FrameHeader.startsItemFlag : 0)
         w.crcOfAll()
         return w.bytes
     }
@@ -335,7 +355,7 @@ public struct FrameHeader: Sendable, Equatable {
         let decoded = try r.u32()
         let storedCRC = try r.u32()
         let decodedCRC = try r.u32()
-        let reserved = try r.u32()
+        let flags = try r.u32()
         let crc = try r.u32()
         guard CRC32C.checksum(bytes.prefix(36)) == crc else {
             throw CheckpackError(.checksumMismatch, "frame header CRC32C mismatch")
@@ -352,7 +372,8 @@ public struct FrameHeader: Sendable, Equatable {
         default:
             throw CheckpackError(.unsupported, "unknown transform \(transform)")
         }
-        guard reserved == 0 else { throw CheckpackError(.corrupt, "frame header reserved field is not zero") }
+        guard flags & ~FrameHeader.startsItemFlag == 0 else { throw CheckpackError(.corrupt, "frame header has unknown flags 0x\(String(flags, radix: 16))") }
+        guard entryOffset > 0 || flags == 0 else { throw CheckpackError(.corrupt, "the first frame of an entry is marked as an item start") }
         guard decoded >= 1, decoded <= Format.maxFrameSize else {
             throw CheckpackError(.limitExceeded, "decoded frame length \(decoded) is outside 1...\(Format.maxFrameSize)")
         }
@@ -365,74 +386,46 @@ public struct FrameHeader: Sendable, Equatable {
             }
         }
         return FrameHeader(codec: codec, transform: transform, transformParameter: parameter, entryOffset: entryOffset,
-                           storedLength: stored, decodedLength: decoded, storedCRC: storedCRC, decodedCRC: decodedCRC)
+                           storedLength: stored, decodedLength: decoded, storedCRC: storedCRC, decodedCRC: decodedCRC,
+                           startsItem: flags != 0)
     }
 }
 
 // MARK: - Entry end record
 
-/// The in-band record that closes an entry: its size, frame count, content
-/// CRC32C and item boundaries.
+/// The in-band record that closes an entry: its size, frame count and content CRC32C.
 public struct EntryEnd: Sendable, Equatable {
     public var size: UInt64
     public var frameCount: UInt64
     public var contentCRC: UInt32
-    /// Entry offsets where caller-given items start, strictly increasing, each in 1..<size.
-    public var itemBoundaries: [UInt64]
 
     func encoded() -> [UInt8] {
-        var w = ByteWriter(capacity: Format.entryEndFixedSize + 8 * itemBoundaries.count)
+        var w = ByteWriter(capacity: Format.entryEndSize)
         w.raw(Format.entryEndTag)
         w.u32(0)
         w.u64(size)
         w.u64(frameCount)
         w.u32(contentCRC)
-        w.u32(UInt32(itemBoundaries.count))
-        for b in itemBoundaries { w.u64(b) }
         w.crcOfAll()
         return w.bytes
     }
 
-    /// Length of the record that starts with this 32-byte head. Every
-    /// boundary starts a frame other than the first, so an entry of `frames`
-    /// frames has fewer boundaries than that: checked before anything is read.
-    static func length(head: ArraySlice<UInt8>, frames: UInt64) throws -> Int {
-        var r = ByteReader(head)
-        guard Array(try r.take(4)) == Format.entryEndTag else { throw CheckpackError(.corrupt, "expected an entry end record (EEND)") }
-        _ = try r.take(24)
-        let count = UInt64(try r.u32())
-        guard count == 0 || count < frames else {
-            throw CheckpackError(.corrupt, "entry has \(count) item boundaries but only \(frames) frames")
-        }
-        return Format.entryEndFixedSize + 8 * Int(count)
-    }
-
     static func decode(_ bytes: ArraySlice<UInt8>) throws -> EntryEnd {
-        let total = try length(head: bytes.prefix(32), frames: UInt64(bytes.count / 8))
-        guard bytes.count == total else { throw CheckpackError(.truncated, "entry end record needs \(total) bytes, has \(bytes.count)") }
+        guard bytes.count == Format.entryEndSize else {
+            throw CheckpackError(.truncated, "entry end record needs \(Format.entryEndSize) bytes, has \(bytes.count)")
+        }
         var r = ByteReader(bytes)
-        _ = try r.take(4)
+        guard Array(try r.take(4)) == Format.entryEndTag else { throw CheckpackError(.corrupt, "expected an entry end record (EEND)") }
         let reserved = try r.u32()
         let size = try r.u64()
         let frames = try r.u64()
         let crc = try r.u32()
-        let count = Int(try r.u32())
-        var boundaries: [UInt64] = []
-        boundaries.reserveCapacity(count)
-        for _ in 0..<count { boundaries.append(try r.u64()) }
         let recordCRC = try r.u32()
-        guard CRC32C.checksum(bytes.prefix(total - 4)) == recordCRC else {
+        guard CRC32C.checksum(bytes.prefix(Format.entryEndSize - 4)) == recordCRC else {
             throw CheckpackError(.checksumMismatch, "entry end record CRC32C mismatch")
         }
         guard reserved == 0 else { throw CheckpackError(.corrupt, "entry end record reserved field is not zero") }
-        var previous: UInt64 = 0
-        for b in boundaries {
-            guard b > previous, b < size else {
-                throw CheckpackError(.corrupt, "item boundary \(b) is not increasing inside 1..<\(size)")
-            }
-            previous = b
-        }
-        return EntryEnd(size: size, frameCount: frames, contentCRC: crc, itemBoundaries: boundaries)
+        return EntryEnd(size: size, frameCount: frames, contentCRC: crc)
     }
 }
 

@@ -1,67 +1,166 @@
 /// One logical file or directory of an archive, as the index describes it.
+/// Attributes and item boundaries live in the entry's own records: see
+/// `ArchiveReader.attributes(of:)` and `ArchiveReader.itemBoundaries(of:)`.
 public struct ArchiveEntry: Sendable {
-    public var name: String { record.name }
-    public var kind: EntryKind { record.kind }
+    public let name: String
+    public let kind: EntryKind
     /// Permission bits (at most 0o7777).
-    public var mode: UInt32 { record.mode }
-    public var attributes: [(key: String, value: String)] { record.attributes }
-    public var size: UInt64 { end.size }
+    public let mode: UInt32
+    public let size: UInt64
     /// CRC32C of the entry's whole content.
-    public var contentCRC: UInt32 { end.contentCRC }
-    public var itemBoundaries: [UInt64] { end.itemBoundaries }
-    /// Sum of the stored (compressed) lengths of the entry's frames.
-    public let storedSize: UInt64
-    /// The entry's frames: positions in `ArchiveIndex.frames`.
-    public let frames: Range<Int>
+    public let contentCRC: UInt32
+    public let frameCount: UInt64
     /// Archive offset of the entry's in-band entry record.
     public let recordOffset: UInt64
     /// Archive offset of the entry's in-band entry end record.
     public let endOffset: UInt64
 
-    let record: EntryRecord
-    let end: EntryEnd
+    let row: IndexRow
 
-    public func attribute(_ key: String) -> String? {
-        attributes.first(where: { $0.key == key })?.value
+    init(row: IndexRow, name: String) {
+        self.row = row
+        self.name = name
+        kind = row.kind
+        mode = row.mode
+        size = row.size
+        contentCRC = row.contentCRC
+        frameCount = row.frameCount
+        recordOffset = row.recordOffset
+        endOffset = row.endOffset
+    }
+
+    /// Bytes the entry takes in the archive: its records, frames and frame table.
+    public var storedSize: UInt64 { endOffset - recordOffset + UInt64(Format.entryEndSize) }
+    /// The codecs its frames use.
+    public var codecs: [Codec] { Codec.allCases.filter { row.frameKinds & (1 << $0.rawValue) != 0 } }
+    /// Whether some frame uses the byte-plane transform.
+    public var usesBytePlanes: Bool { row.frameKinds & FrameKinds.bytePlanes != 0 }
+
+    var tableShape: TableShape { TableShape(frameCount: frameCount, exponent: row.tableExponent) }
+    /// Where the entry's frames and table start: right after its entry record.
+    var dataStart: UInt64 { recordOffset + UInt64(row.entryRecordLength) }
+}
+
+/// One entry's row of the index (section 6.2).
+struct IndexRow: Sendable, Equatable {
+    var recordOffset: UInt64
+    var endOffset: UInt64
+    var size: UInt64
+    var frameCount: UInt64
+    var contentCRC: UInt32
+    /// The CRC32C field of the entry record: ties the row to the record's attributes.
+    var recordCRC: UInt32
+    var attributesLength: UInt32
+    var mode: UInt32
+    var kind: EntryKind
+    var tableExponent: UInt8
+    var frameKinds: UInt8
+    var name: [UInt8]
+
+    var encodedLength: Int { Format.indexRowFixedSize + name.count }
+    var entryRecordLength: Int { Format.entryRecordFixedSize + name.count + Int(attributesLength) }
+
+    /// The row for an entry whose records were written or read in full.
+    init(recordOffset: UInt64, endOffset: UInt64, recordBytes: [UInt8], validator: EntryValidator) {
+        let record = validator.record
+        self.recordOffset = recordOffset
+        self.endOffset = endOffset
+        size = validator.size
+        frameCount = validator.frameCount
+        contentCRC = validator.contentCRC
+        recordCRC = ByteReader.u32(recordBytes.suffix(4))
+        attributesLength = UInt32(record.attributesLength)
+        mode = record.mode
+        kind = record.kind
+        tableExponent = record.tableExponent
+        frameKinds = validator.frameKinds
+        name = Array(record.name.utf8)
+    }
+
+    init(recordOffset: UInt64, endOffset: UInt64, size: UInt64, frameCount: UInt64, contentCRC: UInt32, recordCRC: UInt32,
+         attributesLength: UInt32, mode: UInt32, kind: EntryKind, tableExponent: UInt8, frameKinds: UInt8, name: [UInt8]) {
+        self.recordOffset = recordOffset
+        self.endOffset = endOffset
+        self.size = size
+        self.frameCount = frameCount
+        self.contentCRC = contentCRC
+        self.recordCRC = recordCRC
+        self.attributesLength = attributesLength
+        self.mode = mode
+        self.kind = kind
+        self.tableExponent = tableExponent
+        self.frameKinds = frameKinds
+        self.name = name
+    }
+
+    func encode(into w: inout ByteWriter) {
+        w.u64(recordOffset)
+        w.u64(endOffset)
+        w.u64(size)
+        w.u64(frameCount)
+        w.u32(contentCRC)
+        w.u32(recordCRC)
+        w.u32(attributesLength)
+        w.u32(mode)
+        w.u8(kind.rawValue)
+        w.u8(tableExponent)
+        w.u8(frameKinds)
+        w.u8(0)
+        w.u16(UInt16(name.count))
+        w.u16(0)
+        w.raw(name)
+    }
+
+    /// Decodes one row and checks the values it holds on its own.
+    static func decode(_ r: inout ByteReader) throws -> IndexRow {
+        let recordOffset = try r.u64()
+        let endOffset = try r.u64()
+        let size = try r.u64()
+        let frameCount = try r.u64()
+        let contentCRC = try r.u32()
+        let recordCRC = try r.u32()
+        let attributesLength = try r.u32()
+        let mode = try r.u32()
+        let kindByte = try r.u8()
+        let exponent = try r.u8()
+        let frameKinds = try r.u8()
+        let reserved1 = try r.u8()
+        let nameLength = Int(try r.u16())
+        let reserved2 = try r.u16()
+        let name = Array(try r.take(nameLength))
+        guard reserved1 == 0, reserved2 == 0 else { throw CheckpackError(.corrupt, "index row reserved field is not zero") }
+        guard let kind = EntryKind(rawValue: kindByte) else { throw CheckpackError(.corrupt, "unknown entry kind \(kindByte)") }
+        guard mode <= Format.maxMode else { throw CheckpackError(.corrupt, "mode 0o\(String(mode, radix: 8)) has bits beyond 0o7777") }
+        guard Format.tableExponents.contains(exponent) else {
+            throw CheckpackError(.corrupt, "frame table exponent \(exponent) is outside \(Format.tableExponents)")
+        }
+        guard attributesLength <= Format.maxAttributesLength else {
+            throw CheckpackError(.limitExceeded, "attributes length \(attributesLength) exceeds \(Format.maxAttributesLength)")
+        }
+        guard frameKinds & ~FrameKinds.known == 0, (frameKinds == 0) == (frameCount == 0) else {
+            throw CheckpackError(.corrupt, "index row's frame kinds 0x\(String(frameKinds, radix: 16)) do not fit \(frameCount) frames")
+        }
+        guard frameCount <= Format.maxFramesPerEntry else {
+            throw CheckpackError(.limitExceeded, "entry claims \(frameCount) frames, the limit is \(Format.maxFramesPerEntry)")
+        }
+        return IndexRow(recordOffset: recordOffset, endOffset: endOffset, size: size, frameCount: frameCount, contentCRC: contentCRC,
+                        recordCRC: recordCRC, attributesLength: attributesLength, mode: mode, kind: kind, tableExponent: exponent,
+                        frameKinds: frameKinds, name: name)
     }
 }
 
-/// A frame as the index describes it: where it is and its header.
-public struct FrameLocation: Sendable, Equatable {
-    /// Archive offset of the frame's 40-byte header; its stored bytes follow it.
-    public let archiveOffset: UInt64
-    public let header: FrameHeader
-
-    var payloadOffset: UInt64 { archiveOffset + UInt64(Format.frameHeaderSize) }
-    /// The bytes of its entry that the frame holds.
-    public var entryRange: Range<UInt64> { header.entryOffset..<header.entryOffset + UInt64(header.decodedLength) }
-}
-
-/// Serializes an index. The writer feeds it as records are written; the
-/// streaming reader feeds it as records are read and compares the result with
-/// the archive's index byte for byte.
+/// Serializes an index (section 6). The writer feeds it as entries close;
+/// the stream reader feeds it as it reads and compares the result with the
+/// archive's index byte for byte.
 struct IndexBuilder {
-    private var entries = ByteWriter(capacity: 4096)
-    private var frames = ByteWriter(capacity: 4096)
+    private var rows = ByteWriter(capacity: 4096)
     private(set) var entryCount: UInt64 = 0
-    private(set) var frameCount: UInt64 = 0
 
-    var encodedLength: UInt64 {
-        UInt64(Format.indexHeaderSize + entries.bytes.count + frames.bytes.count)
-    }
+    var encodedLength: UInt64 { UInt64(Format.indexHeaderSize + rows.bytes.count) }
 
-    mutating func addEntry(recordOffset: UInt64, firstFrame: UInt64, record: [UInt8], end: [UInt8]) {
-        entries.u64(recordOffset)
-        entries.u64(firstFrame)
-        entries.raw(record)
-        entries.raw(end)
+    mutating func add(_ row: IndexRow) {
+        row.encode(into: &rows)
         entryCount += 1
-    }
-
-    mutating func addFrame(archiveOffset: UInt64, header: [UInt8]) {
-        frames.u64(archiveOffset)
-        frames.raw(header)
-        frameCount += 1
     }
 
     func encoded() -> [UInt8] {
@@ -69,10 +168,7 @@ struct IndexBuilder {
         w.raw(Format.indexTag)
         w.u32(0)
         w.u64(entryCount)
-        w.u64(frameCount)
-        w.u64(UInt64(entries.bytes.count))
-        w.raw(entries.bytes)
-        w.raw(frames.bytes)
+        w.raw(rows.bytes)
         return w.bytes
     }
 }
@@ -80,157 +176,89 @@ struct IndexBuilder {
 /// The parsed and fully validated footer index.
 public struct ArchiveIndex: Sendable {
     public let entries: [ArchiveEntry]
-    public let frames: [FrameLocation]
     /// Where the records end and the index starts.
     public let recordsEnd: UInt64
 
-    /// The index header: tag, entry count, frame count, entries section length.
-    struct Header {
-        var entryCount: UInt64
-        var frameCount: UInt64
-        var entriesLength: UInt64
-
-        /// Total index length this header implies, overflow-checked.
-        var indexLength: UInt64 {
-            get throws {
-                let framesLength = try frameCount.multiplied(by: UInt64(Format.indexFrameSize), "index frame table length")
-                return try UInt64(Format.indexHeaderSize).adding(entriesLength, "index length").adding(framesLength, "index length")
-            }
+    /// The index header: tag and entry count.
+    static func decodeHeader(_ bytes: ArraySlice<UInt8>) throws -> UInt64 {
+        var r = ByteReader(bytes)
+        guard Array(try r.take(4)) == Format.indexTag else { throw CheckpackError(.corrupt, "expected the index (INDX)") }
+        guard try r.u32() == 0 else { throw CheckpackError(.corrupt, "index reserved field is not zero") }
+        let count = try r.u64()
+        guard count <= Format.maxEntries else {
+            throw CheckpackError(.limitExceeded, "index claims \(count) entries, the limit is \(Format.maxEntries)")
         }
-
-        static func decode(_ bytes: ArraySlice<UInt8>) throws -> Header {
-            var r = ByteReader(bytes)
-            guard Array(try r.take(4)) == Format.indexTag else { throw CheckpackError(.corrupt, "expected the index (INDX)") }
-            guard try r.u32() == 0 else { throw CheckpackError(.corrupt, "index reserved field is not zero") }
-            let header = Header(entryCount: try r.u64(), frameCount: try r.u64(), entriesLength: try r.u64())
-            guard header.entryCount <= Format.maxEntries else {
-                throw CheckpackError(.limitExceeded, "index claims \(header.entryCount) entries, the limit is \(Format.maxEntries)")
-            }
-            let minimumEntry = UInt64(Format.indexEntryFixedSize + Format.entryRecordFixedSize + 1 + Format.entryEndFixedSize)
-            guard header.entryCount <= header.entriesLength / minimumEntry else {
-                throw CheckpackError(.corrupt, "index claims \(header.entryCount) entries in \(header.entriesLength) bytes")
-            }
-            return header
-        }
+        return count
     }
 
     /// Parses `bytes`, the index found at archive offset `indexOffset`, and
-    /// checks every rule of the format that the index alone can show: the
-    /// records it describes tile the archive from the end of the file header to
-    /// the index with no gap or overlap.
-    static func parse(_ bytes: [UInt8], indexOffset: UInt64) throws -> ArchiveIndex {
-        let header = try Header.decode(bytes[...])
-        let expectedLength = try header.indexLength
-        guard expectedLength == UInt64(bytes.count) else {
-            throw CheckpackError(.corrupt, "index length \(bytes.count) does not match its header (\(expectedLength))", offset: indexOffset)
+    /// checks every rule that the index alone can show: each row's values,
+    /// names, and that the entries tile the archive from the end of the file
+    /// header to the index, each long enough for the frames and table it claims.
+    static func parse(_ bytes: [UInt8], indexOffset: UInt64, features: UInt32) throws -> ArchiveIndex {
+        let count = try decodeHeader(bytes[...])
+        let minimumRow = UInt64(Format.indexRowFixedSize + 1)
+        guard count <= UInt64(bytes.count - Format.indexHeaderSize) / minimumRow else {
+            throw CheckpackError(.corrupt, "index claims \(count) entries in \(bytes.count) bytes", offset: indexOffset)
         }
-        let entriesStart = Format.indexHeaderSize
-        let entriesEnd = entriesStart + Int(header.entriesLength)
-        let frames = try parseFrames(bytes[entriesEnd...], count: Int(header.frameCount), indexOffset: indexOffset)
-
-        var reader = ByteReader(bytes[entriesStart..<entriesEnd])
+        var reader = ByteReader(bytes[Format.indexHeaderSize...])
         var entries: [ArchiveEntry] = []
-        entries.reserveCapacity(Int(header.entryCount))
-        var cursor = UInt64(Format.headerSize)   // where the next record must start
-        var nextFrame = 0
+        entries.reserveCapacity(Int(count))
+        var cursor = UInt64(Format.headerSize)   // where the next entry record must start
         var tree = TreeCheck()
-        for _ in 0..<Int(header.entryCount) {
-            let at = indexOffset + UInt64(entriesStart + reader.consumed)
+        for _ in 0..<count {
+            let at = indexOffset + UInt64(Format.indexHeaderSize + reader.consumed)
             do {
-                let entry = try parseEntry(&reader, frames: frames, nextFrame: &nextFrame, cursor: &cursor)
-                try tree.add(entry.name, kind: entry.kind)
-                entries.append(entry)
+                let row = try IndexRow.decode(&reader)
+                let name = try EntryName.validate(row.name[...])
+                do {
+                    try checkPlacement(row, cursor: cursor, features: features)
+                    try tree.add(name, kind: row.kind)
+                } catch {
+                    throw error.checkpackContext(entry: name)
+                }
+                cursor = row.endOffset + UInt64(Format.entryEndSize)   // checked by checkPlacement
+                entries.append(ArchiveEntry(row: row, name: name))
             } catch {
                 throw error.checkpackContext(offset: at)
             }
         }
         guard reader.remaining == 0 else {
-            throw CheckpackError(.corrupt, "index entries section has \(reader.remaining) bytes after its last entry", offset: indexOffset)
-        }
-        guard nextFrame == frames.count else {
-            throw CheckpackError(.corrupt, "index lists \(frames.count - nextFrame) frames that belong to no entry", offset: indexOffset)
+            throw CheckpackError(.corrupt, "index has \(reader.remaining) bytes after its last row", offset: indexOffset)
         }
         guard cursor == indexOffset else {
             throw CheckpackError(.corrupt, "records end at \(cursor) but the index starts at \(indexOffset)", offset: indexOffset)
         }
-        return ArchiveIndex(entries: entries, frames: frames, recordsEnd: indexOffset)
+        return ArchiveIndex(entries: entries, recordsEnd: indexOffset)
     }
 
-    private static func parseFrames(_ bytes: ArraySlice<UInt8>, count: Int, indexOffset: UInt64) throws -> [FrameLocation] {
-        var frames: [FrameLocation] = []
-        frames.reserveCapacity(count)
-        var reader = ByteReader(bytes)
-        for number in 0..<count {
-            do {
-                let offset = try reader.u64()
-                let header = try FrameHeader.decode(try reader.take(Format.frameHeaderSize))
-                frames.append(FrameLocation(archiveOffset: offset, header: header))
-            } catch {
-                throw error.checkpackContext(frame: number, offset: indexOffset + UInt64(bytes.startIndex + number * Format.indexFrameSize))
-            }
+    /// The row's entry starts at `cursor`, and its records are long enough for
+    /// what it claims: the entry record, at least 41 bytes per frame, and the
+    /// exact bytes of its frame table.
+    private static func checkPlacement(_ row: IndexRow, cursor: UInt64, features: UInt32) throws {
+        guard row.recordOffset == cursor else {
+            throw CheckpackError(.corrupt, "entry record is at \(row.recordOffset), expected \(cursor) (gap or overlap)")
         }
-        return frames
-    }
-
-    private static func parseEntry(_ reader: inout ByteReader, frames: [FrameLocation], nextFrame: inout Int,
-                                   cursor: inout UInt64) throws -> ArchiveEntry {
-        let recordOffset = try reader.u64()
-        let firstFrame = try reader.u64()
-        let recordBytes = try reader.take(try EntryRecord.length(head: reader.bytes[reader.position...].prefix(16)))
-        let record = try EntryRecord.decode(recordBytes)
-        do {
-            let endHead = reader.bytes[reader.position...].prefix(32)
-            let endBytes = try reader.take(try EntryEnd.length(head: endHead, frames: UInt64(frames.count - nextFrame)))
-            let end = try EntryEnd.decode(endBytes)
-            guard recordOffset == cursor else {
-                throw CheckpackError(.corrupt, "entry record is at \(recordOffset), expected \(cursor) (gap or overlap)")
-            }
-            guard firstFrame == UInt64(nextFrame) else {
-                throw CheckpackError(.corrupt, "first frame is \(firstFrame), expected \(nextFrame)")
-            }
-            guard end.frameCount <= UInt64(frames.count - nextFrame) else {
-                throw CheckpackError(.corrupt, "entry claims \(end.frameCount) frames, the index has \(frames.count - nextFrame) left")
-            }
-            if record.kind == .directory, end.frameCount != 0 || end.size != 0 {
-                throw CheckpackError(.corrupt, "directory entry has content")
-            }
-            cursor = try cursor.adding(UInt64(recordBytes.count), "record offset")
-            let range = nextFrame..<nextFrame + Int(end.frameCount)
-            var logical: UInt64 = 0
-            var stored: UInt64 = 0
-            var boundaries = end.itemBoundaries[...]
-            for number in range {
-                let frame = frames[number]
-                guard frame.archiveOffset == cursor else {
-                    throw CheckpackError(.corrupt, "frame \(number) is at \(frame.archiveOffset), expected \(cursor) (gap or overlap)")
-                }
-                guard frame.header.entryOffset == logical else {
-                    throw CheckpackError(.corrupt, "frame \(number) starts at entry offset \(frame.header.entryOffset), expected \(logical)")
-                }
-                if let boundary = boundaries.first, boundary <= logical {
-                    guard boundary == logical else {
-                        throw CheckpackError(.corrupt, "item boundary \(boundary) is not at the start of a frame")
-                    }
-                    boundaries = boundaries.dropFirst()
-                }
-                let length = UInt64(Format.frameHeaderSize) + UInt64(frame.header.storedLength)
-                cursor = try cursor.adding(length, "frame end")
-                logical = try logical.adding(UInt64(frame.header.decodedLength), "entry size")
-                stored += UInt64(frame.header.storedLength)
-            }
-            if let stray = boundaries.first {
-                throw CheckpackError(.corrupt, "item boundary \(stray) is not at the start of a frame")
-            }
-            guard logical == end.size else {
-                throw CheckpackError(.corrupt, "frames hold \(logical) bytes, the entry says \(end.size)")
-            }
-            let endOffset = cursor
-            cursor = try cursor.adding(UInt64(endBytes.count), "record offset")
-            nextFrame = range.upperBound
-            return ArchiveEntry(storedSize: stored, frames: range, recordOffset: recordOffset, endOffset: endOffset,
-                                record: record, end: end)
-        } catch {
-            throw error.checkpackContext(entry: record.name)
+        if row.kind == .directory, row.frameCount != 0 || row.size != 0 {
+            throw CheckpackError(.corrupt, "directory entry has content")
         }
+        guard (row.frameCount == 0) == (row.size == 0), row.frameCount <= row.size else {
+            throw CheckpackError(.corrupt, "entry of \(row.size) bytes cannot have \(row.frameCount) frames")
+        }
+        let size64 = row.size
+        guard row.frameCount == 0 || size64 / row.frameCount <= UInt64(Format.maxFrameSize) else {
+            throw CheckpackError(.corrupt, "entry of \(row.size) bytes cannot fit in \(row.frameCount) frames")
+        }
+        guard row.frameKinds & FrameKinds.bytePlanes == 0 || features & Format.bytePlanesFeature != 0 else {
+            throw CheckpackError(.corrupt, "a frame uses the byte-plane transform but the archive does not declare required feature bit 0")
+        }
+        let table = try TableShape(frameCount: row.frameCount, exponent: row.tableExponent).totalPageBytes
+        let frames = try row.frameCount.multiplied(by: UInt64(Format.frameHeaderSize + 1), "entry length")
+        let minimumEnd = try cursor.adding(UInt64(row.entryRecordLength), "entry length").adding(frames, "entry length")
+            .adding(table, "entry length")
+        guard row.endOffset >= minimumEnd else {
+            throw CheckpackError(.corrupt, "entry end record at \(row.endOffset) leaves too little room for \(row.frameCount) frames and their table")
+        }
+        _ = try row.endOffset.adding(UInt64(Format.entryEndSize), "entry end")
     }
 }

@@ -67,16 +67,28 @@ public enum Salvager {
             return try? source.read(count: count, at: offset)
         }
 
+        /// Archive features from the file header; a header that names a
+        /// version or feature this reader does not know is refused, a damaged
+        /// one is skipped like any other damage.
+        var features = Format.knownRequiredFeatures
+
         mutating func run() throws {
-            position = (try? FileHeader.decode((bytes(Format.headerSize, at: 0) ?? [])[...])) != nil ? UInt64(Format.headerSize) : 0
+            do {
+                features = try FileHeader.decode((bytes(Format.headerSize, at: 0) ?? [])[...]).requiredFeatures
+                position = UInt64(Format.headerSize)
+            } catch let error as CheckpackError where error.kind == .unsupported {
+                throw error.at(path: source.name)
+            } catch {
+                position = 0
+            }
             while let tag = bytes(4, at: position) {
-                if tag == Format.indexTag, (try? ArchiveIndex.Header.decode((bytes(Format.indexHeaderSize, at: position) ?? [])[...])) != nil {
+                if tag == Format.indexTag, (try? ArchiveIndex.decodeHeader((bytes(Format.indexHeaderSize, at: position) ?? [])[...])) != nil {
                     report.reachedIndex = true
                     return
                 }
                 if tag == Format.entryTag, let (record, length) = entryRecord(at: position) {
                     position += UInt64(length)
-                    try entry(record)
+                    try entry(record, recordLength: length)
                 } else {
                     resynchronize()
                 }
@@ -116,7 +128,7 @@ public enum Salvager {
             report.damagedRanges.append(start..<position)
         }
 
-        mutating func entry(_ record: EntryRecord) throws {
+        mutating func entry(_ record: EntryRecord, recordLength: Int) throws {
             do {
                 try names.add(record.name, kind: record.kind)
             } catch let error as CheckpackError {
@@ -124,19 +136,30 @@ public enum Salvager {
                 return
             }
             try tree.start(record)
-            var written: UInt64 = 0, frames: UInt64 = 0, crc: UInt32 = 0
+            var written: UInt64 = 0
+            // The same rules as every reader: frames in order, the table pages they call for, the end record.
+            var validator = EntryValidator(record: record, recordLength: recordLength, features: features)
             func finish(_ outcome: SalvageReport.Outcome) throws {
                 try tree.end()
                 report.entries.append(.init(name: record.name, kind: record.kind, bytes: written, outcome: outcome))
             }
             while true {
+                if let page = validator.nextExpectedPage {
+                    guard let found = bytes(page.count, at: position), (try? validator.acceptPage(found[...])) != nil else {
+                        try finish(.partial(reason: "frame table page at archive offset \(position) is damaged or missing"))
+                        return resynchronize()
+                    }
+                    position += UInt64(page.count)
+                    continue
+                }
                 guard let tag = bytes(4, at: position) else { return try finish(.partial(reason: "the archive ends inside the entry")) }
-                if tag == Format.frameTag, record.kind == .file {
+                if tag == Format.frameTag, record.kind == .file, !validator.framesFinished {
+                    let frames = validator.frameCount
                     let header = bytes(Format.frameHeaderSize, at: position).flatMap { try? FrameHeader.decode($0[...]) }
                     if let header, position + UInt64(Format.frameHeaderSize) + UInt64(header.storedLength) > source.size {
                         return try finish(.partial(reason: "the archive ends inside frame \(frames)"))
                     }
-                    guard let header, header.entryOffset == written,
+                    guard let header, (try? validator.accept(header)) != nil,
                           let stored = bytes(Int(header.storedLength), at: position + UInt64(Format.frameHeaderSize)),
                           let decoded = try? StreamFrame(header: header, stored: stored).decode() else {
                         try finish(.partial(reason: "frame \(frames) at archive offset \(position) is damaged"))
@@ -144,14 +167,12 @@ public enum Salvager {
                     }
                     try tree.append(decoded)
                     written += UInt64(decoded.count)
-                    frames += 1
-                    crc = CRC32C.combine(crc, header.decodedCRC, length: UInt64(header.decodedLength))
                     position += UInt64(Format.frameHeaderSize) + UInt64(header.storedLength)
-                } else if tag == Format.entryEndTag,
-                          let head = bytes(32, at: position), let length = try? EntryEnd.length(head: head[...], frames: frames),
-                          let all = bytes(length, at: position), let end = try? EntryEnd.decode(all[...]) {
-                    position += UInt64(length)
-                    let intact = end.size == written && end.frameCount == frames && end.contentCRC == crc
+                } else if (tag == Format.pageTag || tag == Format.entryEndTag), !validator.framesFinished {
+                    try? validator.finishFrames()
+                } else if tag == Format.entryEndTag, let all = bytes(Format.entryEndSize, at: position), let end = try? EntryEnd.decode(all[...]) {
+                    position += UInt64(Format.entryEndSize)
+                    let intact = (try? validator.close(end)) != nil
                     return try finish(intact ? .complete : .partial(reason: "the entry end record disagrees with its frames"))
                 } else {
                     try finish(.partial(reason: "the entry is cut off at archive offset \(position)"))

@@ -37,38 +37,122 @@ public struct StreamFrame: Sendable {
     }
 }
 
+/// Reads records front to back from `input`, one entry after another, and
+/// checks each with an `EntryValidator`: the one record reader of the stream
+/// reader and of verify. Frame table pages are checked and consumed here;
+/// frames come out undecoded. Stops (returning nil) in front of the index.
+final class RecordReader {
+    let input: SequentialInput
+    let features: UInt32
+    /// Archive offset of the next byte of `input`.
+    private(set) var offset: UInt64
+    private var open: (validator: EntryValidator, recordBytes: [UInt8], offset: UInt64)?
+    /// The index row of each entry closed so far is handed here.
+    var onEntryClosed: ((IndexRow) throws -> Void)?
+
+    /// Read frames' stored bytes (else skip them: for walks that need headers only).
+    let readStored: Bool
+
+    init(input: SequentialInput, offset: UInt64, features: UInt32, readStored: Bool = true) {
+        self.input = input
+        self.offset = offset
+        self.features = features
+        self.readStored = readStored
+    }
+
+    var openEntryName: String? { open?.validator.record.name }
+    /// Frames of the open entry so far.
+    var openFrameCount: UInt64 { open?.validator.frameCount ?? 0 }
+
+    /// The next record, or nil at the index (`INDX`), which is left unread.
+    func next() throws -> StreamRecord? {
+        guard var entry = open else {
+            let tag = try input.peek(4)
+            if tag == Format.indexTag { return nil }
+            guard tag == Format.entryTag else { throw CheckpackError(.corrupt, "expected an entry record or the index") }
+            return try readEntryStart()
+        }
+        open = nil   // keep the validator's buffers uniquely referenced; put back below
+        while true {
+            if let page = entry.validator.nextExpectedPage {
+                try entry.validator.acceptPage(try input.read(page.count)[...])
+                offset += UInt64(page.count)
+                continue
+            }
+            let tag = try input.peek(4)
+            if tag == Format.frameTag && !entry.validator.framesFinished {
+                let headerBytes = try input.read(Format.frameHeaderSize)
+                let header = try FrameHeader.decode(headerBytes[...])
+                try entry.validator.accept(header)
+                let stored = readStored ? try input.read(Int(header.storedLength)) : try input.skip(UInt64(header.storedLength))
+                offset += UInt64(Format.frameHeaderSize) + UInt64(header.storedLength)
+                open = entry
+                return .frame(StreamFrame(header: header, stored: stored))
+            }
+            if tag == Format.pageTag || tag == Format.entryEndTag, !entry.validator.framesFinished {
+                try entry.validator.finishFrames()
+                continue
+            }
+            guard tag == Format.entryEndTag else {
+                throw CheckpackError(.corrupt, "expected a frame, a frame table page or an entry end record inside entry \"\(entry.validator.record.name)\"")
+            }
+            let end = try EntryEnd.decode(try input.read(Format.entryEndSize)[...])
+            try entry.validator.close(end)
+            let row = IndexRow(recordOffset: entry.offset, endOffset: offset, recordBytes: entry.recordBytes, validator: entry.validator)
+            offset += UInt64(Format.entryEndSize)
+            try onEntryClosed?(row)
+            return .entryEnd(end)
+        }
+    }
+
+    private func readEntryStart() throws -> StreamRecord {
+        let length = try EntryRecord.length(head: try input.peek(16)[...])
+        let bytes = try input.read(length)
+        let record = try EntryRecord.decode(bytes[...])
+        open = (EntryValidator(record: record, recordLength: length, features: features), bytes, offset)
+        offset += UInt64(length)
+        return .entryStart(record)
+    }
+}
+
 /// Reads an archive front to back without seeking, as from a pipe. Every
-/// record is checked as it arrives (checksums, order, offsets, names); at the
-/// end the index is rebuilt from what was read and must equal the archive's
-/// index byte for byte, and the trailer must close the file.
+/// record is checked as it arrives (checksums, order, offsets, frame tables,
+/// names); at the end the index is rebuilt from what was read and must equal
+/// the archive's index byte for byte, and the trailer must close the file.
 public final class ArchiveStreamReader {
-    private let input: SequentialInput
-    private var offset: UInt64 = 0
+    private let records: RecordReader
     private var index = IndexBuilder()
     private var tree = TreeCheck()
-    private var open: (record: EntryRecord, bytes: [UInt8], offset: UInt64, firstFrame: UInt64)?
-    private var entrySize: UInt64 = 0
-    private var entryFrames: UInt64 = 0
-    private var entryCRC: UInt32 = 0
-    private var frameStarts: Set<UInt64> = []
     private var done = false
     public private(set) var entryCount = 0
-    private var requiredFeatures: UInt32 = 0
+    private let source: any SequentialSource
 
-    public var name: String { input.source.name }
+    public var name: String { source.name }
 
     public init(source: any SequentialSource) throws {
-        input = SequentialInput(source: source)
+        self.source = source
+        let input = SequentialInput(source: source)
         do {
-            requiredFeatures = try FileHeader.decode(try input.read(Format.headerSize)[...]).requiredFeatures
-            offset = UInt64(Format.headerSize)
+            let features = try FileHeader.decode(try input.read(Format.headerSize)[...]).requiredFeatures
+            records = RecordReader(input: input, offset: UInt64(Format.headerSize), features: features)
         } catch {
             throw error.checkpackContext(path: source.name)
+        }
+        records.onEntryClosed = { [unowned self] row in
+            guard self.index.entryCount < Format.maxEntries else {
+                throw CheckpackError(.limitExceeded, "more than \(Format.maxEntries) entries")
+            }
+            self.index.add(row)
+            guard self.index.encodedLength <= Format.maxIndexLength else {
+                throw CheckpackError(.limitExceeded, "the index would exceed \(Format.maxIndexLength) bytes")
+            }
+            self.entryCount += 1
         }
     }
 
     /// The next event, or nil once the index and trailer are read and verified.
     public func next() throws -> StreamEvent? {
+        let at = records.offset
         switch try nextRecord() {
         case nil: return nil
         case .entryStart(let record): return .entryStart(record)
@@ -78,8 +162,7 @@ public final class ArchiveStreamReader {
                 return .data(offset: frame.header.entryOffset, bytes: try frame.decode())
             } catch {
                 done = true
-                throw error.checkpackContext(path: input.source.name, entry: lastEntryName, frame: Int(entryFrames) - 1,
-                                             offset: offset - UInt64(Format.frameHeaderSize) - UInt64(frame.header.storedLength))
+                throw error.checkpackContext(path: name, entry: records.openEntryName, frame: Int(records.openFrameCount) - 1, offset: at)
             }
         }
     }
@@ -88,107 +171,34 @@ public final class ArchiveStreamReader {
     /// Frames come undecoded: see `StreamFrame`.
     public func nextRecord() throws -> StreamRecord? {
         guard !done else { return nil }
-        let at = offset
+        let at = records.offset
+        let entryName = records.openEntryName
         do {
-            return try readRecord()
+            guard let record = try records.next() else {
+                try readIndexAndTrailer()
+                done = true
+                return nil
+            }
+            if case .entryStart(let started) = record { try tree.add(started.name, kind: started.kind) }
+            return record
         } catch {
             done = true
-            throw error.checkpackContext(path: input.source.name, entry: open?.record.name, offset: at)
+            throw error.checkpackContext(path: name, entry: entryName ?? records.openEntryName, offset: at)
         }
-    }
-
-    private var lastEntryName: String? { open?.record.name }
-
-    private func readRecord() throws -> StreamRecord? {
-        let tag = try input.peek(4)
-        if let entry = open {
-            if tag == Format.frameTag { return try readFrame(entry.record.name) }
-            if tag == Format.entryEndTag { return try readEntryEnd() }
-            throw CheckpackError(.corrupt, "expected a frame or entry end record inside entry \"\(entry.record.name)\"")
-        }
-        if tag == Format.entryTag { return try readEntryStart() }
-        if tag == Format.indexTag {
-            try readIndexAndTrailer()
-            done = true
-            return nil
-        }
-        throw CheckpackError(.corrupt, "expected an entry record or the index")
-    }
-
-    private func readEntryStart() throws -> StreamRecord {
-        let length = try EntryRecord.length(head: try input.peek(16)[...])
-        let bytes = try input.read(length)
-        let record = try EntryRecord.decode(bytes[...])
-        guard UInt64(entryCount) < Format.maxEntries else {
-            throw CheckpackError(.limitExceeded, "more than \(Format.maxEntries) entries")
-        }
-        try tree.add(record.name, kind: record.kind)
-        open = (record, bytes, offset, index.frameCount)
-        entrySize = 0
-        entryFrames = 0
-        entryCRC = 0
-        frameStarts = []
-        offset += UInt64(length)
-        return .entryStart(record)
-    }
-
-    private func readFrame(_ name: String) throws -> StreamRecord {
-        let headerBytes = try input.read(Format.frameHeaderSize)
-        let header = try FrameHeader.decode(headerBytes[...])
-        guard header.transform == 0 || requiredFeatures & Format.bytePlanesFeature != 0 else {
-            throw CheckpackError(.corrupt, "a frame uses the byte-plane transform but the archive does not declare required feature bit 0")
-        }
-        guard open?.record.kind == .file else { throw CheckpackError(.corrupt, "directory entry has a frame") }
-        guard header.entryOffset == entrySize else {
-            throw CheckpackError(.corrupt, "frame starts at entry offset \(header.entryOffset), expected \(entrySize)")
-        }
-        let stored = try input.read(Int(header.storedLength))
-        index.addFrame(archiveOffset: offset, header: headerBytes)
-        guard index.encodedLength <= Format.maxIndexLength else {
-            throw CheckpackError(.limitExceeded, "the index would exceed \(Format.maxIndexLength) bytes")
-        }
-        frameStarts.insert(entrySize)
-        entrySize = try entrySize.adding(UInt64(header.decodedLength), "entry size")
-        entryFrames += 1
-        // The content CRC follows from the frames' decoded CRCs; whoever
-        // decodes a frame checks its bytes against that CRC.
-        entryCRC = CRC32C.combine(entryCRC, header.decodedCRC, length: UInt64(header.decodedLength))
-        offset += UInt64(Format.frameHeaderSize) + UInt64(header.storedLength)
-        return .frame(StreamFrame(header: header, stored: stored))
-    }
-
-    private func readEntryEnd() throws -> StreamRecord {
-        guard let entry = open else { throw CheckpackError(.corrupt, "entry end record outside an entry") }
-        let length = try EntryEnd.length(head: try input.peek(32)[...], frames: entryFrames)
-        let bytes = try input.read(length)
-        let end = try EntryEnd.decode(bytes[...])
-        guard end.size == entrySize, end.frameCount == entryFrames else {
-            throw CheckpackError(.corrupt, "entry end says \(end.size) bytes in \(end.frameCount) frames, found \(entrySize) in \(entryFrames)")
-        }
-        guard end.contentCRC == entryCRC else { throw CheckpackError(.checksumMismatch, "entry content CRC32C mismatch") }
-        for boundary in end.itemBoundaries where !frameStarts.contains(boundary) {
-            throw CheckpackError(.corrupt, "item boundary \(boundary) is not at the start of a frame")
-        }
-        index.addEntry(recordOffset: entry.offset, firstFrame: entry.firstFrame, record: entry.bytes, end: bytes)
-        open = nil
-        entryCount += 1
-        offset += UInt64(length)
-        return .entryEnd(end)
     }
 
     private func readIndexAndTrailer() throws {
-        let indexOffset = offset
+        let input = records.input
+        let indexOffset = records.offset
         let expected = index.encoded()
-        let header = try ArchiveIndex.Header.decode(try input.peek(Format.indexHeaderSize)[...])
-        guard try header.indexLength == UInt64(expected.count) else {
-            throw CheckpackError(.corrupt, "index does not match the records before it")
-        }
+        let count = try ArchiveIndex.decodeHeader(try input.peek(Format.indexHeaderSize)[...])
+        guard count == index.entryCount else { throw CheckpackError(.corrupt, "index does not match the records before it") }
         let found = try input.read(expected.count)
         guard found == expected else { throw CheckpackError(.corrupt, "index does not match the records before it") }
-        offset += UInt64(found.count)
+        var offset = indexOffset + UInt64(found.count)
         let trailer = try Trailer.decode(try input.read(Format.trailerSize)[...], base: offset)
         guard trailer.indexOffset == indexOffset, trailer.indexLength == UInt64(found.count),
-              trailer.requiredFeatures == requiredFeatures,
+              trailer.requiredFeatures == records.features,
               trailer.indexCRC == CRC32C.checksum(found) else {
             throw CheckpackError(.corrupt, "trailer does not describe the index").at(offset: offset)
         }
@@ -256,6 +266,22 @@ final class SequentialInput {
         let bytes = try peek(count)
         start += count
         return bytes
+    }
+
+    /// Moves past `count` bytes without keeping them; returns no bytes.
+    func skip(_ count: UInt64) throws -> [UInt8] {
+        let buffered = min(UInt64(available), count)
+        start += Int(buffered)
+        var rest = count - buffered
+        if rest > 0, let seekable = source as? RangeSource {
+            rest -= seekable.skip(rest)
+        }
+        while rest > 0 {
+            let n = Int(min(rest, UInt64(buffer.count)))
+            _ = try read(n)
+            rest -= UInt64(n)
+        }
+        return []
     }
 
     func atEnd() throws -> Bool {

@@ -1,9 +1,11 @@
 extension ArchiveReader {
-    /// Checks every byte of the archive: each entry's in-band records against
-    /// the index, every frame's header and both checksums, and each entry's
-    /// content CRC32C. Returns one error per problem found (an empty array for
-    /// a sound archive); throws only when the archive cannot be read at all.
-    /// The trailer, index and file header were checked when the reader opened.
+    /// Checks every byte of the archive: each entry's records front to back
+    /// under the same rules as the stream reader (frame order, frame table
+    /// pages, entry end record) and against the index, and every frame's
+    /// header and both checksums. Returns one error per problem found (an
+    /// empty array for a sound archive); throws only when the archive cannot be
+    /// read at all. The trailer, index and file header were checked when the
+    /// reader opened.
     public func verify(progress: ((UInt64) -> Void)? = nil) throws -> [CheckpackError] {
         var problems: [CheckpackError] = []
         var done: UInt64 = 0
@@ -14,40 +16,24 @@ extension ArchiveReader {
                 if error.kind == .truncated, error.path != nil { error.path = nil }
                 problems.append(error.at(path: source.name, entry: entry.name, frame: frame, offset: offset))
             }
+            var number = 0
             do {
-                try checkRecord(entry.record.encoded(), at: entry.recordOffset, what: "entry record")
+                try forEachFrame(of: entry, stored: true) { location, frame in
+                    defer { number += 1 }
+                    do {
+                        guard let frame else { return }
+                        _ = try frame.decode()
+                        decodedFrame()
+                    } catch {
+                        try problem(error, frame: number, offset: location.archiveOffset)
+                    }
+                    done += UInt64(location.header.decodedLength)
+                    progress?(done)
+                }
             } catch {
                 try problem(error, offset: entry.recordOffset)
             }
-            var crc: UInt32 = 0
-            var intact = true
-            for number in entry.frames {
-                let frame = index.frames[number]
-                do {
-                    let bytes = try decodeFrame(frame)
-                    crc = CRC32C.checksum(bytes, continuing: crc)
-                } catch {
-                    intact = false
-                    try problem(error, frame: number - entry.frames.lowerBound, offset: frame.archiveOffset)
-                }
-                done += UInt64(frame.header.decodedLength)
-                progress?(done)
-            }
-            if intact, crc != entry.contentCRC {
-                problems.append(CheckpackError(.checksumMismatch, "entry content CRC32C mismatch", path: source.name,
-                                               entry: entry.name, offset: entry.endOffset))
-            }
-            do {
-                try checkRecord(entry.end.encoded(), at: entry.endOffset, what: "entry end record")
-            } catch {
-                try problem(error, offset: entry.endOffset)
-            }
         }
         return problems
-    }
-
-    private func checkRecord(_ expected: [UInt8], at offset: UInt64, what: String) throws {
-        let found = try source.read(count: expected.count, at: offset)
-        guard found == expected else { throw CheckpackError(.corrupt, "\(what) differs from its copy in the index") }
     }
 }

@@ -68,11 +68,12 @@ public enum Inspector {
         func storedBytes(_ name: String, _ range: Range<UInt64>) -> UInt64? {
             guard case .archive(let reader) = self, let entry = reader.entry(named: name) else { return nil }
             var total = 0.0
-            for frame in reader.frames(of: entry) {
+            guard let frames = try? reader.frameExtents(of: entry) else { return nil }
+            for frame in frames {
                 let r = frame.entryRange
                 let overlap = min(r.upperBound, range.upperBound) > max(r.lowerBound, range.lowerBound)
                     ? min(r.upperBound, range.upperBound) - max(r.lowerBound, range.lowerBound) : 0
-                total += Double(frame.header.storedLength) * Double(overlap) / Double(frame.header.decodedLength)
+                total += Double(frame.storedLength) * Double(overlap) / Double(r.count)
             }
             return UInt64(total.rounded())
         }

@@ -82,11 +82,11 @@ func measureReads(_ weights: Weights, work: String, planes: Bool, label: String,
     // Decode speed: every frame of the big entry, one at a time, on this thread.
     let frameBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Format.maxFrameSize, alignment: 64)
     defer { frameBuffer.deallocate() }
-    let frames = reader.frames(of: bigEntry)
+    let frames = try reader.frameExtents(of: bigEntry)
     let start = now()
     for frame in frames {
-        try reader.read(bigEntry, offset: frame.header.entryOffset,
-                        into: UnsafeMutableRawBufferPointer(rebasing: frameBuffer[..<Int(frame.header.decodedLength)]))
+        try reader.read(bigEntry, offset: frame.entryRange.lowerBound,
+                        into: UnsafeMutableRawBufferPointer(rebasing: frameBuffer[..<frame.entryRange.count]))
     }
     let decode = Double(bigEntry.size) / (now() - start)
     return ReadResult(label: label, bigRead: median(bigTimes), smallRead: median(smallTimes),

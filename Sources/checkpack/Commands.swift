@@ -92,40 +92,37 @@ struct ListCommand: ParsableCommand {
     func run() throws {
         let reader = try ArchiveReader(path: archive)
         if json {
-            print(JSON.array(reader.entries.map { describe($0, reader) }).rendered())
+            print(JSON.array(try reader.entries.map { try describe($0, reader) }).rendered())
             return
         }
         var rows = [["SIZE", "STORED", "RATIO", "FRAMES", "CODEC", "MODE", "NAME"]]
         for entry in reader.entries {
             let name = entry.kind == .directory ? entry.name + "/" : entry.name
             rows.append([String(entry.size), String(entry.storedSize), ratio(entry.storedSize, entry.size),
-                         String(entry.frames.count), codecs(entry, reader).joined(separator: "+"),
+                         String(entry.frameCount), codecs(entry).joined(separator: "+"),
                          String(entry.mode, radix: 8), name])
         }
         printTable(rows, rightAligned: [0, 1, 2, 3])
     }
 
-    private func codecs(_ entry: ArchiveEntry, _ reader: ArchiveReader) -> [String] {
-        var seen: [String] = []
-        for frame in reader.frames(of: entry) {
-            let name = frame.header.codec.description + (frame.header.transform == 1 ? "/planes" : "")
-            if !seen.contains(name) { seen.append(name) }
-        }
-        return seen.isEmpty ? ["-"] : seen
+    /// The codecs the index row names; "/planes" when some frame uses byte planes.
+    private func codecs(_ entry: ArchiveEntry) -> [String] {
+        let names = entry.codecs.map(\.description) + (entry.usesBytePlanes ? ["planes"] : [])
+        return names.isEmpty ? ["-"] : names
     }
 
-    private func describe(_ entry: ArchiveEntry, _ reader: ArchiveReader) -> JSON {
+    private func describe(_ entry: ArchiveEntry, _ reader: ArchiveReader) throws -> JSON {
         .object([
             ("name", .string(entry.name)),
             ("kind", .string(entry.kind == .file ? "file" : "directory")),
             ("mode", .string(String(entry.mode, radix: 8))),
             ("size", .number(entry.size)),
             ("stored_size", .number(entry.storedSize)),
-            ("frames", .number(UInt64(entry.frames.count))),
-            ("codecs", .array(codecs(entry, reader).filter { $0 != "-" }.map(JSON.string))),
+            ("frames", .number(entry.frameCount)),
+            ("codecs", .array(codecs(entry).filter { $0 != "-" }.map(JSON.string))),
             ("crc32c", .string(String(entry.contentCRC, radix: 16))),
-            ("item_boundaries", .array(entry.itemBoundaries.map(JSON.number))),
-            ("attributes", .object(entry.attributes.map { ($0.key, JSON.string($0.value)) })),
+            ("item_boundaries", .array(try reader.itemBoundaries(of: entry).map(JSON.number))),
+            ("attributes", .object(try reader.attributes(of: entry).map { ($0.key, JSON.string($0.value)) })),
         ])
     }
 }
@@ -148,7 +145,7 @@ struct VerifyCommand: ParsableCommand {
         for problem in problems { printError(problem.description) }
         guard problems.isEmpty else { throw CommandFailure(code: 1) }
         if !quiet {
-            print("\(archive): OK (\(reader.entries.count) entries, \(reader.index.frames.count) frames, \(ByteSize.format(total)))")
+            print("\(archive): OK (\(reader.entries.count) entries, \(reader.entries.reduce(0) { $0 + $1.frameCount }) frames, \(ByteSize.format(total)))")
         }
     }
 }
