@@ -211,6 +211,8 @@ public final class ArchiveReader: Sendable {
     /// A leaf page of an entry's frame table, with where its frames are.
     struct Leaf {
         let page: TablePage
+        /// The number of its first frame in the entry.
+        let firstFrame: UInt64
         /// Archive offset of the first frame's header.
         let framesStart: UInt64
         /// One past the last byte the leaf covers.
@@ -257,7 +259,7 @@ public final class ArchiveReader: Sendable {
                 guard position >= lowest, position - lowest >= framesLength else {
                     throw CheckpackError(.corrupt, "frame table page's frames would start before the entry's data")
                 }
-                return Leaf(page: page, framesStart: position - framesLength, entryOffsets: ends)
+                return Leaf(page: page, firstFrame: pageNumber * shape.fanout, framesStart: position - framesLength, entryOffsets: ends)
             }
             // The last child whose range starts at or before `offset`.
             let rows = page.children
@@ -434,7 +436,8 @@ public final class ArchiveReader: Sendable {
                         }
                     }
                 } catch {
-                    throw error.checkpackContext(path: source.name, entry: entry.name, offset: frameOffset)
+                    throw error.checkpackContext(path: source.name, entry: entry.name, frame: Int(clamping: leaf.firstFrame + UInt64(i)),
+                                                 offset: frameOffset)
                 }
                 position = upper
                 frameOffset += UInt64(Format.frameHeaderSize) + UInt64(row.storedLength)

@@ -247,7 +247,7 @@ public struct ArchiveIndex: Sendable {
         }
         let size64 = row.size
         guard row.frameCount == 0 || size64 / row.frameCount <= UInt64(Format.maxFrameSize) else {
-            throw CheckpackError(.corrupt, "entry of \(row.size) bytes cannot fit in \(row.frameCount) frames")
+            throw CheckpackError(.limitExceeded, "entry of \(row.size) bytes cannot fit in \(row.frameCount) frames of at most \(Format.maxFrameSize) bytes")
         }
         guard row.frameKinds & FrameKinds.bytePlanes == 0 || features & Format.bytePlanesFeature != 0 else {
             throw CheckpackError(.corrupt, "a frame uses the byte-plane transform but the archive does not declare required feature bit 0")

@@ -169,11 +169,11 @@ func expectEqualToModel(_ loaded: StateDict, rank: Int, worldSize: Int, dimensio
         let slice = try load(["big": .sharded(try .zerosEvenShard(.float32, globalShape: [64, 4096], dimension: 0, rank: 0, worldSize: 8))],
                              checkpointID: id, reader: reader)
         let archive = try #require(reader.archive)
-        let metadataFrames = try #require(archive.entry(named: ".metadata")).frames.count
-        #expect(archive.framesDecoded == metadataFrames + 2)
+        let metadataFrames = try #require(archive.entry(named: ".metadata")).frameCount
+        #expect(archive.framesDecoded == Int(metadataFrames) + 2)
         let expected = try ShardedTensor.evenShard(of: big, dimension: 0, rank: 0, worldSize: 8)
         #expect(slice["big"] == .sharded(expected))
-        #expect(archive.entry(named: "__0_0.distcp").map { archive.frames(of: $0).count } == 17)
+        #expect(archive.entry(named: "__0_0.distcp")?.frameCount == 17)
     }
 
     @Test func aRankThatFailsMidWriteLeavesNoArchiveAndNoStaging() throws {

@@ -93,7 +93,7 @@ struct CLI {
         #expect(try CLI.run(["pack", dir.sub("src"), dir.sub("a.ckpk"), "--frame-size", "4K", "--quiet"]).status == 0)
         var bytes = try #require(readFile(dir.sub("a.ckpk")))
         let reader = try ArchiveReader(path: dir.sub("a.ckpk"))
-        let frames = reader.frames(of: try #require(reader.entry(named: "random")))
+        let frames = try reader.frames(of: try #require(reader.entry(named: "random")))
         bytes[Int(frames[frames.startIndex].archiveOffset) + 100] ^= 1
         bytes[Int(frames[frames.startIndex + 2].archiveOffset) + 100] ^= 1
         try writeFile(dir.sub("bad.ckpk"), bytes)

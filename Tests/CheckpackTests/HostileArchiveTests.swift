@@ -18,32 +18,53 @@ struct Forge {
     }
 
     var requiredFeatures: UInt32 = 0
+    /// Pages of 2^tableExponent rows: small values make deep tables from few frames.
+    var tableExponent: UInt8 = Format.defaultTableExponent
     var bytes = FileHeader().encoded()
     var index = IndexBuilder()
-    /// Index rows to write instead of the true ones (offsets shifted, and so on).
-    var frameOffsetShift: [Int: Int64] = [:]
+    /// Rewrites the n-th page written (its bytes without the CRC, which is then recomputed).
+    var patchPage: [Int: (inout [UInt8]) -> Void] = [:]
+    /// Rewrites an entry's index row.
+    var patchRow: ((inout IndexRow) -> Void)? = nil
+    private(set) var pagesWritten = 0
 
     mutating func entry(_ name: String, kind: EntryKind = .file, frames: [Frame] = [], size: UInt64? = nil) {
-        let record = EntryRecord(kind: kind, mode: 0o644, name: name, attributes: []).encoded()
+        let record = EntryRecord(kind: kind, mode: 0o644, name: name, attributes: [], tableExponent: tableExponent)
+        let recordBytes = record.encoded()
         let recordOffset = UInt64(bytes.count)
-        let firstFrame = index.frameCount
-        bytes += record
+        bytes += recordBytes
+        var table = FrameTableBuilder(exponent: tableExponent, entryRecordLength: recordBytes.count)
         var offset: UInt64 = 0
         var crc: UInt32 = 0
+        var kinds: UInt8 = 0
         for frame in frames {
             let decodedLength = frame.decodedLength ?? UInt32(frame.stored.count)
             let decodedCRC = frame.decodedCRC ?? CRC32C.checksum(frame.stored)
-            let header = FrameHeader(codec: frame.codec, transform: frame.transform, transformParameter: frame.parameter, entryOffset: offset, storedLength: UInt32(frame.stored.count),
-                                     decodedLength: decodedLength, storedCRC: CRC32C.checksum(frame.stored), decodedCRC: decodedCRC).encoded()
-            let number = Int(index.frameCount)
-            index.addFrame(archiveOffset: UInt64(Int64(bytes.count) + (frameOffsetShift[number] ?? 0)), header: header)
-            bytes += header + frame.stored
+            let header = FrameHeader(codec: frame.codec, transform: frame.transform, transformParameter: frame.parameter, entryOffset: offset,
+                                     storedLength: UInt32(frame.stored.count), decodedLength: decodedLength,
+                                     storedCRC: CRC32C.checksum(frame.stored), decodedCRC: decodedCRC)
+            bytes += header.encoded() + frame.stored
+            for page in table.add(header) { append(page) }
             crc = CRC32C.combine(crc, decodedCRC, length: UInt64(decodedLength))
             offset += UInt64(decodedLength)
+            kinds |= FrameKinds.of(header)
         }
-        let end = EntryEnd(size: size ?? offset, frameCount: UInt64(frames.count), contentCRC: crc, itemBoundaries: []).encoded()
-        index.addEntry(recordOffset: recordOffset, firstFrame: firstFrame, record: record, end: end)
-        bytes += end
+        for page in table.finish() { append(page) }
+        let end = EntryEnd(size: size ?? offset, frameCount: UInt64(frames.count), contentCRC: crc)
+        var row = IndexRow(recordOffset: recordOffset, endOffset: UInt64(bytes.count), size: size ?? offset, frameCount: UInt64(frames.count),
+                           contentCRC: crc, recordCRC: ByteReader.u32(recordBytes.suffix(4)), attributesLength: 0, mode: 0o644, kind: kind,
+                           tableExponent: tableExponent, frameKinds: kinds, name: Array(name.utf8))
+        patchRow?(&row)
+        bytes += end.encoded()
+        index.add(row)
+    }
+
+    private mutating func append(_ page: [UInt8]) {
+        var body = Array(page.dropLast(4))
+        patchPage[pagesWritten]?(&body)
+        pagesWritten += 1
+        bytes += body
+        bytes += withUnsafeBytes(of: CRC32C.checksum(body).littleEndian, Array.init)
     }
 
     func finish(patchIndex: (inout [UInt8]) -> Void = { _ in }) -> [UInt8] {
@@ -55,6 +76,11 @@ struct Forge {
         header.replaceSubrange(0..<Format.headerSize, with: FileHeader(requiredFeatures: requiredFeatures).encoded())
         return header + indexBytes + trailer
     }
+}
+
+/// Writes a little-endian u64 into `bytes` at `at`.
+func poke(_ bytes: inout [UInt8], _ at: Int, _ value: UInt64) {
+    withUnsafeBytes(of: value.littleEndian) { bytes.replaceSubrange(at..<at + 8, with: $0) }
 }
 
 func zstdCompress(_ input: [UInt8]) -> [UInt8] {
@@ -120,29 +146,84 @@ func expectRefused(_ bytes: [UInt8], _ what: String, kind: CheckpackError.Kind? 
         try expectRefused(above.finish(), "file above an entry")
     }
 
-    @Test func framesOverlappingEachOtherOrTheIndexOrPastTheEndAreRefused() throws {
-        for (shift, what) in [(-48, "overlapping the previous frame"), (1, "leaving a gap"), (10_000, "past the end of the file")] {
+    @Test func entriesOverlappingEachOtherOrTheIndexOrPastTheEndAreRefused() throws {
+        for (shift, what) in [(-8, "overlapping the previous entry"), (1, "leaving a gap"), (10_000, "past the end of the file")] {
             var forge = Forge()
-            forge.frameOffsetShift = [1: Int64(shift)]
-            forge.entry("a", frames: [.init(stored: [UInt8](repeating: 1, count: 8)), .init(stored: [UInt8](repeating: 2, count: 8))])
-            try expectRefused(forge.finish(), "frame \(what)", kind: .corrupt)
+            forge.entry("a", frames: [.init(stored: [UInt8](repeating: 1, count: 8))])
+            forge.patchRow = { $0.recordOffset = UInt64(Int64($0.recordOffset) + Int64(shift)) }
+            forge.entry("b", frames: [.init(stored: [UInt8](repeating: 2, count: 8))])
+            try expectRefused(forge.finish(), "entry \(what)", kind: .corrupt)
         }
         var intoIndex = Forge()
-        intoIndex.frameOffsetShift = [0: 60]
+        intoIndex.patchRow = { $0.endOffset += 60 }
         intoIndex.entry("a", frames: [.init(stored: [1, 2, 3, 4])])
-        try expectRefused(intoIndex.finish(), "frame inside the index", kind: .corrupt)
+        try expectRefused(intoIndex.finish(), "entry end inside the index", kind: .corrupt)
+    }
+
+    /// An entry of `count` one-byte frames in pages of 4 rows: a table three levels deep.
+    static func deepForge(frames count: Int = 37, _ setUp: (inout Forge) -> Void = { _ in }) -> [UInt8] {
+        var forge = Forge()
+        forge.tableExponent = 2
+        setUp(&forge)
+        forge.entry("deep", frames: (0..<count).map { .init(stored: [UInt8(truncatingIfNeeded: $0)]) })
+        forge.patchRow = nil
+        forge.entry("after", frames: [.init(stored: [7])])
+        return forge.finish()
+    }
+
+    @Test func deepTablesReadEverywhere() throws {
+        let bytes = Self.deepForge()
+        let reader = try ArchiveReader(source: MemorySource(bytes))
+        let entry = try #require(reader.entry(named: "deep"))
+        #expect(entry.tableShape.pagesPerLevel == [10, 3, 1])
+        for offset in [0, 1, 3, 4, 15, 16, 17, 36] {
+            #expect(try reader.read(entry, offset: UInt64(offset), count: 1) == [UInt8(offset)])
+        }
+        #expect(try reader.read(entry) == (0..<37).map(UInt8.init))
+        #expect(try reader.verify().isEmpty)
+        #expect(try streamContents(MemoryStream(bytes))["deep"] == (0..<37).map(UInt8.init))
+    }
+
+    @Test func forgedFrameTablesAreRefused() throws {
+        // Pages in the order written: leaves 0-3, then level-1 page 0, leaves 4-7, level-1 page 1, ...
+        // A page body: 20-byte head (level at 4, row count at 8, first offset at 12), then rows (16 bytes above the leaves).
+        let child = Format.pageHeaderSize
+        let cases: [(String, Int, (inout [UInt8]) -> Void)] = [
+            ("a child outside its entry", 4, { poke(&$0, child, 1 << 40) }),
+            ("a child before the entry's data", 4, { poke(&$0, child, 0) }),
+            ("a child pointing at its parent (a cycle)", 4, { poke(&$0, child + 16 * 3, 0x1000) }),
+            ("two rows naming one child (overlap)", 4, { $0.replaceSubrange(child + 16..<child + 24, with: Array($0[child..<child + 8])) }),
+            ("child offsets out of order", 4, { poke(&$0, child + 16 + 8, 100) }),
+            ("a leaf whose lengths do not add up", 1, { $0[child + 4] = 2 }),
+            ("a leaf starting at the wrong entry offset", 1, { poke(&$0, 12, 5) }),
+            ("a page with the wrong row count", 0, { $0[8] = 3 }),
+            ("a page of the wrong level", 0, { $0[4] = 1 }),
+            ("a first frame marked as an item start", 0, { $0[child + 7] |= 0x80 }),
+        ]
+        for (what, page, patch) in cases {
+            let bytes = Self.deepForge { $0.patchPage = [page: patch] }
+            try expectRefused(bytes, what)
+        }
+    }
+
+    @Test func tablesLongerThanTheirEntryAllowsAreRefused() throws {
+        for (frames, what) in [(UInt64(1) << 40, "2^40 frames"), (38, "one frame more than written"), (36, "one frame fewer")] {
+            let bytes = Self.deepForge { forge in forge.patchRow = { $0.frameCount = frames } }
+            try expectRefused(bytes, what)
+        }
     }
 
     @Test func anIndexClaimingHugeCountsIsRefusedWithoutAllocating() throws {
-        for (field, value, what) in [(8, UInt64(1) << 40, "2^40 entries"), (16, UInt64(1) << 40, "2^40 frames"),
-                                     (24, UInt64.max, "an entries section of 2^64-1 bytes"), (16, UInt64.max / 48 + 1, "a frame table overflowing 64 bits")] {
+        for (value, what) in [(UInt64(1) << 40, "2^40 entries"), (UInt64.max, "2^64-1 entries")] {
             var forge = Forge()
             forge.entry("a", frames: [.init(stored: [1])])
-            let bytes = forge.finish { index in
-                withUnsafeBytes(of: value.littleEndian) { index.replaceSubrange(field..<field + 8, with: $0) }
-            }
+            let bytes = forge.finish { index in poke(&index, 8, value) }
             try expectRefused(bytes, what)
         }
+        var huge = Forge()
+        huge.patchRow = { $0.frameCount = UInt64.max; $0.size = UInt64.max }
+        huge.entry("a", frames: [.init(stored: [1])])
+        try expectRefused(huge.finish(), "a frame table overflowing 64 bits")
     }
 
     @Test func decodedLengthsThatLieAreRefused() throws {

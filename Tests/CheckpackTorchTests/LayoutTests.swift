@@ -33,8 +33,8 @@ import Testing
                         options: WriterOptions(frameSize: 64 << 10), layouts: layouts)
         let reader = try ArchiveReader(path: scratch + "/m.ckpk")
         let entry = try #require(reader.entry(named: "model.safetensors"))
-        #expect(entry.itemBoundaries == [data, start])
-        #expect(reader.frames(of: entry).map(\.header.entryOffset).contains(start))
+        #expect(try reader.itemBoundaries(of: entry) == [data, start])
+        #expect(try reader.frameExtents(of: entry).map(\.entryRange.lowerBound).contains(start))
         #expect(try reader.read(entry) == bytes)
 
         // The torch fixture: its .metadata gives the items of each data file.
