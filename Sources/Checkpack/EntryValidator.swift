@@ -88,13 +88,13 @@ struct EntryValidator {
     var end: EntryEnd { EntryEnd(size: size, frameCount: frameCount, contentCRC: contentCRC) }
 }
 
-/// The index row's summary of which codecs and transforms an entry's frames use.
+/// The index row's summary of the kinds of frames an entry has: bit c for a
+/// frame of codec c without a transform, bit 4 + c with byte planes.
 enum FrameKinds {
-    /// Bit 7: some frame uses the byte-plane transform.
-    static let bytePlanes: UInt8 = 0x80
-    static let known: UInt8 = 0x87
+    static let bytePlanes: UInt8 = 0x60
+    static let known: UInt8 = 0x67
 
     static func of(_ header: FrameHeader) -> UInt8 {
-        (1 << header.codec.rawValue) | (header.transform == BytePlanes.transformID ? bytePlanes : 0)
+        1 << (header.codec.rawValue + (header.transform == BytePlanes.transformID ? 4 : 0))
     }
 }

@@ -31,10 +31,13 @@ public struct ArchiveEntry: Sendable {
 
     /// Bytes the entry takes in the archive: its records, frames and frame table.
     public var storedSize: UInt64 { endOffset - recordOffset + UInt64(Format.entryEndSize) }
-    /// The codecs its frames use.
-    public var codecs: [Codec] { Codec.allCases.filter { row.frameKinds & (1 << $0.rawValue) != 0 } }
-    /// Whether some frame uses the byte-plane transform.
-    public var usesBytePlanes: Bool { row.frameKinds & FrameKinds.bytePlanes != 0 }
+    /// The kinds of frame the entry has, in codec order: each codec used without
+    /// a transform, then each codec used with byte planes.
+    public var frameKinds: [(codec: Codec, bytePlanes: Bool)] {
+        [false, true].flatMap { planes in
+            Codec.allCases.filter { row.frameKinds & (1 << ($0.rawValue + (planes ? 4 : 0))) != 0 }.map { ($0, planes) }
+        }
+    }
 
     var tableShape: TableShape { TableShape(frameCount: frameCount, exponent: row.tableExponent) }
     /// Where the entry's frames and table start: right after its entry record.

@@ -105,9 +105,9 @@ struct ListCommand: ParsableCommand {
         printTable(rows, rightAligned: [0, 1, 2, 3])
     }
 
-    /// The codecs the index row names; "/planes" when some frame uses byte planes.
+    /// The kinds of frame the index row names: a codec, "/planes" for byte planes.
     private func codecs(_ entry: ArchiveEntry) -> [String] {
-        let names = entry.codecs.map(\.description) + (entry.usesBytePlanes ? ["planes"] : [])
+        let names = entry.frameKinds.map { $0.codec.description + ($0.bytePlanes ? "/planes" : "") }
         return names.isEmpty ? ["-"] : names
     }
 
