@@ -79,7 +79,7 @@ public final class ArchiveReader: Sendable {
     private let recentFrames = Locked<[(number: FrameKey, bytes: [UInt8])]>([])
     static let recentFrameCount = 2
     /// Frame table pages read lately, most recent last.
-    private let pages = Locked<[(key: FrameKey, page: TablePage)]>([])
+    private let pages = Locked<[(key: FrameKey, number: UInt64, page: TablePage)]>([])
     static let cachedPageCount = 16
 
     /// A frame or page: its entry (by record offset) and its archive offset.
@@ -280,7 +280,8 @@ public final class ArchiveReader: Sendable {
     /// `position` and covering `range`, or takes it from the cache.
     private func loadPage(_ entry: ArchiveEntry, level: Int, number: UInt64, at position: UInt64, range: Range<UInt64>) throws -> TablePage {
         let key = FrameKey(entry: entry.recordOffset, offset: position)
-        if let page = pages.withLock({ cache in cache.first { $0.key == key }?.page }), page.level == level, page.firstOffset == range.lowerBound {
+        if let page = pages.withLock({ cache in cache.first { $0.key == key && $0.number == number }?.page }),
+           page.level == level, page.firstOffset == range.lowerBound {
             return page
         }
         let shape = entry.tableShape
@@ -323,7 +324,7 @@ public final class ArchiveReader: Sendable {
         }
         pages.withLock { cache in
             cache.removeAll { $0.key == key }
-            cache.append((key, page))
+            cache.append((key, number, page))
             if cache.count > ArchiveReader.cachedPageCount { cache.removeFirst() }
         }
         return page
@@ -361,10 +362,9 @@ public final class ArchiveReader: Sendable {
             let recordBytes = try source.read(count: entry.row.entryRecordLength, at: entry.recordOffset)
             try checkRecord(record, bytes: recordBytes, against: entry)
             while true {
-                let at = records.offset
                 guard let next = try records.next() else { throw CheckpackError(.corrupt, "expected an entry end record") }
                 if case .frame(let frame) = next {
-                    try body(FrameLocation(archiveOffset: at, header: frame.header), stored ? frame : nil)
+                    try body(FrameLocation(archiveOffset: records.recordOffset, header: frame.header), stored ? frame : nil)
                 } else if case .entryEnd = next {
                     break
                 }
@@ -407,6 +407,10 @@ public final class ArchiveReader: Sendable {
         guard !end.overflow, end.partialValue <= entry.size else {
             throw CheckpackError(.invalidArgument, "range \(offset)+\(buffer.count) is past the end (\(entry.size) bytes)", path: source.name, entry: entry.name)
         }
+        // A read of the whole entry also checks the entry's content CRC, which
+        // follows from the frames' decoded CRCs (each checked as it is decoded).
+        let whole = offset == 0 && end.partialValue == entry.size
+        var contentCRC: UInt32 = 0
         var position = offset
         while position < end.partialValue {
             let leaf: Leaf
@@ -427,7 +431,8 @@ public final class ArchiveReader: Sendable {
                 let target = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(lower - offset)..<Int(upper - offset)])
                 do {
                     if lower == frameStart && upper == leaf.entryOffsets[i] {
-                        try decodeFrame(frame, into: target)
+                        let header = try decodeFrame(frame, into: target)
+                        if whole { contentCRC = CRC32C.combine(contentCRC, header.decodedCRC, length: UInt64(header.decodedLength)) }
                     } else {
                         let key = FrameKey(entry: entry.recordOffset, offset: frameOffset)
                         let whole = try recentlyDecoded(key) ?? remember(key, try decodeFrame(frame))
@@ -443,6 +448,9 @@ public final class ArchiveReader: Sendable {
                 frameOffset += UInt64(Format.frameHeaderSize) + UInt64(row.storedLength)
                 i += 1
             }
+        }
+        guard !whole || contentCRC == entry.contentCRC else {
+            throw CheckpackError(.checksumMismatch, "entry content CRC32C mismatch", path: source.name, entry: entry.name, offset: entry.endOffset)
         }
     }
 
@@ -470,14 +478,15 @@ public final class ArchiveReader: Sendable {
     func decodeFrame(_ frame: ExpectedFrame) throws -> [UInt8] {
         let n = Int(frame.row.decodedLength)
         return try [UInt8](unsafeUninitializedCapacity: n) { buffer, initialized in
-            try decodeFrame(frame, into: UnsafeMutableRawBufferPointer(buffer))
+            _ = try decodeFrame(frame, into: UnsafeMutableRawBufferPointer(buffer))
             initialized = n
         }
     }
 
     /// Reads a frame's header and stored bytes, checks the header against the
     /// table row and both checksums, and decodes into `output` (exactly the decoded length).
-    func decodeFrame(_ frame: ExpectedFrame, into output: UnsafeMutableRawBufferPointer) throws {
+    @discardableResult
+    func decodeFrame(_ frame: ExpectedFrame, into output: UnsafeMutableRawBufferPointer) throws -> FrameHeader {
         // One read for header and stored bytes: the header says how to decode them.
         let bytes = try source.read(count: Format.frameHeaderSize + Int(frame.row.storedLength), at: frame.archiveOffset)
         let header = try FrameHeader.decode(bytes[..<Format.frameHeaderSize])
@@ -503,6 +512,7 @@ public final class ArchiveReader: Sendable {
         guard CRC32C.update(0, UnsafeRawBufferPointer(output)) == header.decodedCRC else {
             throw CheckpackError(.checksumMismatch, header.codec == .stored ? "stored bytes CRC32C mismatch" : "decoded bytes CRC32C mismatch")
         }
+        return header
     }
 }
 

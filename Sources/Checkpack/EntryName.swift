@@ -30,34 +30,30 @@ public enum EntryName {
         _ = try validate(Array(name.utf8)[...])
     }
 
-    /// The proper ancestors of a name: "a/b/c" → ["a", "a/b"].
-    static func ancestors(of name: String) -> [Substring] {
-        var result: [Substring] = []
-        var index = name.startIndex
-        while let slash = name[index...].firstIndex(of: "/") {
-            result.append(name[..<slash])
-            index = name.index(after: slash)
-        }
-        return result
+    /// The proper ancestors of a name, as bytes: "a/b/c" → ["a", "a/b"].
+    static func ancestors(of name: [UInt8]) -> [ArraySlice<UInt8>] {
+        name.indices.filter { name[$0] == UInt8(ascii: "/") }.map { name[..<$0] }
     }
 }
 
 /// Checks that a sequence of entries forms a tree: names unique, and no
-/// entry below a name that is a file.
+/// entry below a name that is a file. Names compare as their UTF-8 bytes
+/// (spec section 7): "café" in NFC and in NFD are two names.
 struct TreeCheck {
-    private var kinds: [String: EntryKind] = [:]
-    private var ancestorNames: Set<Substring> = []
+    private var kinds: [[UInt8]: EntryKind] = [:]
+    private var ancestorNames: Set<[UInt8]> = []
 
     mutating func add(_ name: String, kind: EntryKind) throws {
-        guard kinds[name] == nil else { throw CheckpackError(.corrupt, "duplicate entry name \"\(name)\"") }
-        if kind == .file, ancestorNames.contains(name[...]) {
+        let bytes = Array(name.utf8)
+        guard kinds[bytes] == nil else { throw CheckpackError(.corrupt, "duplicate entry name \"\(name)\"") }
+        if kind == .file, ancestorNames.contains(bytes) {
             throw CheckpackError(.corrupt, "file entry \"\(name)\" is also the parent of another entry")
         }
-        let parents = EntryName.ancestors(of: name)
-        for parent in parents where kinds[String(parent)] == .file {
-            throw CheckpackError(.corrupt, "entry \"\(name)\" lies below file entry \"\(parent)\"")
+        let parents = EntryName.ancestors(of: bytes).map(Array.init)
+        for parent in parents where kinds[parent] == .file {
+            throw CheckpackError(.corrupt, "entry \"\(name)\" lies below file entry \"\(String(decoding: parent, as: UTF8.self))\"")
         }
         ancestorNames.formUnion(parents)
-        kinds[name] = kind
+        kinds[bytes] = kind
     }
 }

@@ -46,6 +46,8 @@ final class RecordReader {
     let features: UInt32
     /// Archive offset of the next byte of `input`.
     private(set) var offset: UInt64
+    /// Archive offset of the record `next()` returned last.
+    private(set) var recordOffset: UInt64 = 0
     private var open: (validator: EntryValidator, recordBytes: [UInt8], offset: UInt64)?
     /// The index row of each entry closed so far is handed here.
     var onEntryClosed: ((IndexRow) throws -> Void)?
@@ -81,6 +83,7 @@ final class RecordReader {
             }
             let tag = try input.peek(4)
             if tag == Format.frameTag && !entry.validator.framesFinished {
+                recordOffset = offset
                 let headerBytes = try input.read(Format.frameHeaderSize)
                 let header = try FrameHeader.decode(headerBytes[...])
                 try entry.validator.accept(header)
@@ -96,6 +99,7 @@ final class RecordReader {
             guard tag == Format.entryEndTag else {
                 throw CheckpackError(.corrupt, "expected a frame, a frame table page or an entry end record inside entry \"\(entry.validator.record.name)\"")
             }
+            recordOffset = offset
             let end = try EntryEnd.decode(try input.read(Format.entryEndSize)[...])
             try entry.validator.close(end)
             let row = IndexRow(recordOffset: entry.offset, endOffset: offset, recordBytes: entry.recordBytes, validator: entry.validator)
@@ -107,6 +111,7 @@ final class RecordReader {
 
     private func readEntryStart() throws -> StreamRecord {
         let length = try EntryRecord.length(head: try input.peek(16)[...])
+        recordOffset = offset
         let bytes = try input.read(length)
         let record = try EntryRecord.decode(bytes[...])
         open = (EntryValidator(record: record, recordLength: length, features: features), bytes, offset)
@@ -152,7 +157,6 @@ public final class ArchiveStreamReader {
 
     /// The next event, or nil once the index and trailer are read and verified.
     public func next() throws -> StreamEvent? {
-        let at = records.offset
         switch try nextRecord() {
         case nil: return nil
         case .entryStart(let record): return .entryStart(record)
@@ -162,7 +166,8 @@ public final class ArchiveStreamReader {
                 return .data(offset: frame.header.entryOffset, bytes: try frame.decode())
             } catch {
                 done = true
-                throw error.checkpackContext(path: name, entry: records.openEntryName, frame: Int(records.openFrameCount) - 1, offset: at)
+                throw error.checkpackContext(path: name, entry: records.openEntryName, frame: Int(records.openFrameCount) - 1,
+                                             offset: records.recordOffset)
             }
         }
     }

@@ -84,7 +84,8 @@ public enum Unpacker {
         let progress: (UInt64) -> Void
         var summary = TreeSummary()
         private var directoryModes: [(path: String, mode: UInt32)] = []
-        private var made: Set<String> = []
+        /// Directories made so far, by the bytes of their names.
+        private var made: Set<[UInt8]> = []
         private var output: SystemFile? = nil
         private var written: UInt64 = 0       // bytes of the current file
         private var writtenBack: UInt64 = 0   // of which writeback has been started
@@ -118,10 +119,10 @@ public enum Unpacker {
         }
 
         private func makeParents(of name: String) throws {
-            for parent in EntryName.ancestors(of: name) where !made.contains(String(parent)) {
-                let path = root + "/" + parent
+            for parent in EntryName.ancestors(of: Array(name.utf8)) where !made.contains(Array(parent)) {
+                let path = root + "/" + String(decoding: parent, as: UTF8.self)
                 if mkdir(path, 0o700) != 0 && errno != EEXIST { throw CheckpackError.system("cannot create directory", path: path) }
-                made.insert(String(parent))
+                made.insert(Array(parent))
             }
         }
 
@@ -132,10 +133,10 @@ public enum Unpacker {
             switch record.kind {
             case .directory:
                 // Writable while its children are extracted; its own mode is set at the end.
-                if mkdir(path, 0o700) != 0 && !(errno == EEXIST && made.contains(record.name)) {
+                if mkdir(path, 0o700) != 0 && !(errno == EEXIST && made.contains(Array(record.name.utf8))) {
                     throw CheckpackError.system("cannot create directory", path: path)
                 }
-                made.insert(record.name)
+                made.insert(Array(record.name.utf8))
                 directoryModes.append((path, record.mode))
                 summary.directories += 1
             case .file:
@@ -161,7 +162,7 @@ public enum Unpacker {
 
         /// Makes directories durable, then gives them their modes.
         func finish() throws {
-            for name in made { try FileSystem.syncDirectory(root + "/" + name) }
+            for name in made { try FileSystem.syncDirectory(root + "/" + String(decoding: name, as: UTF8.self)) }
             try FileSystem.syncDirectory(root)
             guard chmod(root, 0o777 & ~FileSystem.umaskBits) == 0 else {   // mkdtemp makes it 0700
                 throw CheckpackError.system("cannot set mode", path: root)

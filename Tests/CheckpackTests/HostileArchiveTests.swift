@@ -15,6 +15,9 @@ struct Forge {
         var decodedCRC: UInt32? = nil
         var transform: UInt8 = 0
         var parameter: UInt16 = 0
+        var startsItem = false
+        /// An entry offset other than the true one.
+        var entryOffset: UInt64? = nil
     }
 
     var requiredFeatures: UInt32 = 0
@@ -24,6 +27,8 @@ struct Forge {
     var index = IndexBuilder()
     /// Rewrites the n-th page written (its bytes without the CRC, which is then recomputed).
     var patchPage: [Int: (inout [UInt8]) -> Void] = [:]
+    /// Leaves out the n-th page written.
+    var dropPage: Int? = nil
     /// Rewrites an entry's index row.
     var patchRow: ((inout IndexRow) -> Void)? = nil
     private(set) var pagesWritten = 0
@@ -40,9 +45,10 @@ struct Forge {
         for frame in frames {
             let decodedLength = frame.decodedLength ?? UInt32(frame.stored.count)
             let decodedCRC = frame.decodedCRC ?? CRC32C.checksum(frame.stored)
-            let header = FrameHeader(codec: frame.codec, transform: frame.transform, transformParameter: frame.parameter, entryOffset: offset,
-                                     storedLength: UInt32(frame.stored.count), decodedLength: decodedLength,
-                                     storedCRC: CRC32C.checksum(frame.stored), decodedCRC: decodedCRC)
+            let header = FrameHeader(codec: frame.codec, transform: frame.transform, transformParameter: frame.parameter,
+                                     entryOffset: frame.entryOffset ?? offset, storedLength: UInt32(frame.stored.count),
+                                     decodedLength: decodedLength, storedCRC: CRC32C.checksum(frame.stored), decodedCRC: decodedCRC,
+                                     startsItem: frame.startsItem)
             bytes += header.encoded() + frame.stored
             for page in table.add(header) { append(page) }
             crc = CRC32C.combine(crc, decodedCRC, length: UInt64(decodedLength))
@@ -63,6 +69,7 @@ struct Forge {
         var body = Array(page.dropLast(4))
         patchPage[pagesWritten]?(&body)
         pagesWritten += 1
+        if dropPage == pagesWritten - 1 { return }
         bytes += body
         bytes += withUnsafeBytes(of: CRC32C.checksum(body).littleEndian, Array.init)
     }
@@ -146,6 +153,27 @@ func expectRefused(_ bytes: [UInt8], _ what: String, kind: CheckpackError.Kind? 
         try expectRefused(above.finish(), "file above an entry")
     }
 
+    @Test func namesCompareAsBytesNotAsUnicodeText() throws {
+        let nfc = "caf\u{E9}", nfd = "cafe\u{301}"   // equal as Swift Strings, two files on Linux
+        let dir = TemporaryDirectory()
+        let writer = try ArchiveWriter(path: dir.sub("a.ckpk"))
+        try writer.addFile(nfc, contents: [1])
+        try writer.addFile(nfd, contents: [2])
+        try writer.finish()
+        let reader = try ArchiveReader(path: dir.sub("a.ckpk"))
+        #expect(try reader.read(try #require(reader.entry(named: nfc))) == [1])
+        #expect(try reader.read(try #require(reader.entry(named: nfd))) == [2])
+        #expect(try reader.verify().isEmpty)
+        try Unpacker.unpack(archive: dir.sub("a.ckpk"), to: dir.sub("out"))
+        #expect(readFile(dir.sub("out/") + nfc) == [1])
+        #expect(readFile(dir.sub("out/") + nfd) == [2])
+        // A combining mark right after "/" does not hide the file above the entry.
+        var below = Forge()
+        below.entry("f", frames: [.init(stored: [1])])
+        below.entry("f/\u{301}g.txt", frames: [.init(stored: [2])])
+        try expectRefused(below.finish(), "entry below a file, behind a combining mark")
+    }
+
     @Test func entriesOverlappingEachOtherOrTheIndexOrPastTheEndAreRefused() throws {
         for (shift, what) in [(-8, "overlapping the previous entry"), (1, "leaving a gap"), (10_000, "past the end of the file")] {
             var forge = Forge()
@@ -210,6 +238,55 @@ func expectRefused(_ bytes: [UInt8], _ what: String, kind: CheckpackError.Kind? 
         for (frames, what) in [(UInt64(1) << 40, "2^40 frames"), (38, "one frame more than written"), (36, "one frame fewer")] {
             let bytes = Self.deepForge { forge in forge.patchRow = { $0.frameCount = frames } }
             try expectRefused(bytes, what)
+        }
+    }
+
+    /// One validator serves every path that reads records: the index reader
+    /// (with verify), the stream reader and salvage give the same verdict on
+    /// each of these archives, broken only in their records.
+    @Test func everyReaderGivesTheSameVerdictOnBrokenRecords() throws {
+        let frames: [Forge.Frame] = (0..<9).map { .init(stored: [UInt8](repeating: UInt8($0), count: 10)) }
+        func deep(_ setUp: (inout Forge, inout [Forge.Frame]) -> Void) -> [UInt8] {
+            var forge = Forge()
+            forge.tableExponent = 1
+            var entryFrames = frames
+            setUp(&forge, &entryFrames)
+            forge.entry("e", frames: entryFrames)
+            return forge.finish()
+        }
+        let cases: [(String, [UInt8])] = [
+            ("a page that differs from its frames", deep { forge, _ in forge.patchPage = [2: { $0[20] ^= 1 }] }),
+            ("a missing page", deep { forge, _ in forge.dropPage = 0 }),
+            ("a frame at the wrong entry offset", deep { _, frames in frames[3].entryOffset = 31 }),
+            ("an item start that the table does not know", deep { forge, frames in
+                frames[4].startsItem = true
+                forge.patchPage = [3: { $0[20 + 7] &= 0x7F }]   // leaf 2 (frames 4 and 5): clear the flag again
+            }),
+            ("the first frame marked as an item start", deep { _, frames in frames[0].startsItem = true }),
+            ("byte planes without the feature bit", deep { _, frames in
+                let floats = tensorLikeBytes("bfloat16", count: 4000, seed: 1)
+                let planes = floats.withUnsafeBytes { try? BytePlanes.encode($0, element: ElementType(dtype: "bfloat16")!, codec: .zstd, level: 3) }
+                frames[8] = .init(codec: .zstd, stored: planes!, decodedLength: UInt32(floats.count), decodedCRC: CRC32C.checksum(floats),
+                                  transform: 1, parameter: ElementType(dtype: "bfloat16")!.parameter)
+            }),
+        ]
+        let dir = TemporaryDirectory()
+        for (what, bytes) in [("a sound archive", deep { _, _ in })] + cases {
+            let sound = what == "a sound archive"
+            var indexVerdict = true
+            do {
+                let reader = try ArchiveReader(source: MemorySource(bytes))
+                for entry in reader.entries { _ = try reader.read(entry) }
+                indexVerdict = try reader.verify().isEmpty
+            } catch {
+                indexVerdict = false
+            }
+            let streamVerdict = (try? streamContents(MemoryStream(bytes))) != nil
+            try writeFile(dir.sub("a.ckpk"), bytes)
+            let report = try Salvager.salvage(archive: dir.sub("a.ckpk"), to: dir.sub("out"), overwrite: true)
+            #expect(indexVerdict == sound, "\(what): index reader")
+            #expect(streamVerdict == sound, "\(what): stream reader")
+            #expect(report.isComplete == sound, "\(what): salvage")
         }
     }
 
