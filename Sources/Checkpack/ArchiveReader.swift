@@ -79,7 +79,7 @@ public final class ArchiveReader: Sendable {
     private let recentFrames = Locked<[(number: FrameKey, bytes: [UInt8])]>([])
     static let recentFrameCount = 2
     /// Frame table pages read lately, most recent last.
-    private let pages = Locked<[(key: FrameKey, number: UInt64, page: TablePage)]>([])
+    private let pages = Locked<[(key: FrameKey, level: Int, number: UInt64, page: LoadedPage)]>([])
     static let cachedPageCount = 16
 
     /// A frame or page: its entry (by record offset) and its archive offset.
@@ -209,16 +209,18 @@ public final class ArchiveReader: Sendable {
     // MARK: Frame table
 
     /// A leaf page of an entry's frame table, with where its frames are.
-    struct Leaf {
+    struct Leaf: Sendable {
         let page: TablePage
         /// The number of its first frame in the entry.
         let firstFrame: UInt64
-        /// Archive offset of the first frame's header.
-        let framesStart: UInt64
-        /// One past the last byte the leaf covers.
-        var endOffset: UInt64 { entryOffsets.last ?? page.firstOffset }
         /// Entry offset where each frame ends.
         let entryOffsets: [UInt64]
+        /// Archive offset of each frame's header.
+        let frameOffsets: [UInt64]
+        /// One past the last byte the leaf covers.
+        var endOffset: UInt64 { entryOffsets.last ?? page.firstOffset }
+
+        func frameStart(_ i: Int) -> UInt64 { i == 0 ? page.firstOffset : entryOffsets[i - 1] }
 
         /// The first frame that ends after `offset`.
         func frameIndex(containing offset: UInt64) -> Int {
@@ -231,6 +233,12 @@ public final class ArchiveReader: Sendable {
         }
     }
 
+    /// A table page as loaded and checked.
+    enum LoadedPage: Sendable {
+        case inner(TablePage)
+        case leaf(Leaf)
+    }
+
     /// The leaf of the frame table that holds entry offset `offset` (< size):
     /// from the root down, each page checked against its parent's row.
     func leaf(of entry: ArchiveEntry, containing offset: UInt64) throws -> Leaf {
@@ -239,30 +247,14 @@ public final class ArchiveReader: Sendable {
         var pageNumber: UInt64 = 0
         var position = entry.endOffset - UInt64(shape.rootLength)   // the root comes right before the entry end record
         var range = UInt64(0)..<entry.size
-        let lowest = entry.dataStart
-        guard position >= lowest else { throw CheckpackError(.corrupt, "frame table root lies before the entry's data") }
+        guard position >= entry.dataStart else { throw CheckpackError(.corrupt, "frame table root lies before the entry's data") }
         while true {
-            let page = try loadPage(entry, level: level, number: pageNumber, at: position, range: range)
-            if level == 0 {
-                var ends: [UInt64] = []
-                ends.reserveCapacity(page.frames.count)
-                var end = range.lowerBound
-                var framesLength: UInt64 = 0
-                for row in page.frames {
-                    end = try end.adding(UInt64(row.decodedLength), "entry offset")
-                    ends.append(end)
-                    framesLength += UInt64(Format.frameHeaderSize) + UInt64(row.storedLength)
-                }
-                guard end == range.upperBound else {
-                    throw CheckpackError(.corrupt, "frame table page covers \(end - range.lowerBound) bytes, its parent says \(range.count)")
-                }
-                guard position >= lowest, position - lowest >= framesLength else {
-                    throw CheckpackError(.corrupt, "frame table page's frames would start before the entry's data")
-                }
-                return Leaf(page: page, firstFrame: pageNumber * shape.fanout, framesStart: position - framesLength, entryOffsets: ends)
+            let rows: [TablePage.ChildRow]
+            switch try loadPage(entry, level: level, number: pageNumber, at: position, range: range) {
+            case .leaf(let leaf): return leaf
+            case .inner(let page): rows = page.children
             }
             // The last child whose range starts at or before `offset`.
-            let rows = page.children
             var low = 0, high = rows.count - 1
             while low < high {
                 let mid = (low + high + 1) / 2
@@ -278,11 +270,10 @@ public final class ArchiveReader: Sendable {
 
     /// Reads and checks page `number` of `level`, expected at archive offset
     /// `position` and covering `range`, or takes it from the cache.
-    private func loadPage(_ entry: ArchiveEntry, level: Int, number: UInt64, at position: UInt64, range: Range<UInt64>) throws -> TablePage {
+    private func loadPage(_ entry: ArchiveEntry, level: Int, number: UInt64, at position: UInt64, range: Range<UInt64>) throws -> LoadedPage {
         let key = FrameKey(entry: entry.recordOffset, offset: position)
-        if let page = pages.withLock({ cache in cache.first { $0.key == key && $0.number == number }?.page }),
-           page.level == level, page.firstOffset == range.lowerBound {
-            return page
+        if let cached = pages.withLock({ cache in cache.first { $0.key == key && $0.level == level && $0.number == number }?.page }) {
+            return cached
         }
         let shape = entry.tableShape
         guard number < shape.pagesPerLevel[level] else { throw CheckpackError(.corrupt, "frame table has too few pages") }
@@ -294,40 +285,79 @@ public final class ArchiveReader: Sendable {
         }
         let bytes = try source.read(count: length, at: position)
         tableBytes.add(length, ordering: .relaxed)
-        let page: TablePage
+        let loaded: LoadedPage
         do {
-            page = try TablePage.decode(bytes[...], level: level, rows: rows)
+            let page = try TablePage.decode(bytes[...], level: level, rows: rows)
+            guard page.firstOffset == range.lowerBound else {
+                throw CheckpackError(.corrupt, "frame table page starts at entry offset \(page.firstOffset), its parent says \(range.lowerBound)")
+            }
+            loaded = level == 0 ? .leaf(try checkedLeaf(page, number: number, at: position, range: range, entry: entry))
+                                : .inner(try checkedInner(page, number: number, at: position, range: range, entry: entry))
         } catch {
             throw error.checkpackContext(offset: position)
         }
-        guard page.firstOffset == range.lowerBound else {
-            throw CheckpackError(.corrupt, "frame table page starts at entry offset \(page.firstOffset), its parent says \(range.lowerBound)", offset: position)
-        }
-        if level > 0 {
-            // Children: in order, inside the entry, before this page, covering `range` in increasing pieces.
-            let relative = position - entry.recordOffset
-            var previousEnd = entry.dataStart - entry.recordOffset
-            for (i, child) in page.children.enumerated() {
-                let childNumber = number * shape.fanout + UInt64(i)
-                let childLength = UInt64(TableShape.pageLength(level: level - 1, rows: shape.rows(level: level - 1, page: childNumber)))
-                let childEnd = try child.position.adding(childLength, "page end")
-                let last = i == page.children.count - 1
-                guard child.position >= previousEnd, last ? childEnd == relative : childEnd <= relative else {
-                    throw CheckpackError(.corrupt, "frame table page's child \(i) at \(child.position) is out of place", offset: position)
-                }
-                guard i == 0 ? child.firstOffset == range.lowerBound : child.firstOffset > page.children[i - 1].firstOffset,
-                      child.firstOffset < range.upperBound else {
-                    throw CheckpackError(.corrupt, "frame table page's child \(i) starts at entry offset \(child.firstOffset), out of order", offset: position)
-                }
-                previousEnd = childEnd
-            }
-        }
         pages.withLock { cache in
             cache.removeAll { $0.key == key }
-            cache.append((key, number, page))
+            cache.append((key, level, number, loaded))
             if cache.count > ArchiveReader.cachedPageCount { cache.removeFirst() }
         }
+        return loaded
+    }
+
+    /// An inner page's children are in order, inside the entry, before the
+    /// page itself, and cover `range` in increasing pieces.
+    private func checkedInner(_ page: TablePage, number: UInt64, at position: UInt64, range: Range<UInt64>,
+                              entry: ArchiveEntry) throws -> TablePage {
+        let shape = entry.tableShape
+        let relative = position - entry.recordOffset
+        var previousEnd = entry.dataStart - entry.recordOffset
+        for (i, child) in page.children.enumerated() {
+            let childNumber = number * shape.fanout + UInt64(i)
+            let childLength = UInt64(TableShape.pageLength(level: page.level - 1, rows: shape.rows(level: page.level - 1, page: childNumber)))
+            let childEnd = try child.position.adding(childLength, "page end")
+            let last = i == page.children.count - 1
+            guard child.position >= previousEnd, last ? childEnd == relative : childEnd <= relative else {
+                throw CheckpackError(.corrupt, "frame table page's child \(i) at \(child.position) is out of place")
+            }
+            guard i == 0 ? child.firstOffset == range.lowerBound : child.firstOffset > page.children[i - 1].firstOffset,
+                  child.firstOffset < range.upperBound else {
+                throw CheckpackError(.corrupt, "frame table page's child \(i) starts at entry offset \(child.firstOffset), out of order")
+            }
+            previousEnd = childEnd
+        }
         return page
+    }
+
+    /// A leaf's frames cover exactly `range` and lie right before it, inside the entry.
+    private func checkedLeaf(_ page: TablePage, number: UInt64, at position: UInt64, range: Range<UInt64>,
+                             entry: ArchiveEntry) throws -> Leaf {
+        var ends: [UInt64] = []
+        var lengths: [UInt64] = []
+        ends.reserveCapacity(page.frames.count)
+        lengths.reserveCapacity(page.frames.count)
+        var end = range.lowerBound
+        var framesLength: UInt64 = 0
+        for row in page.frames {
+            end = try end.adding(UInt64(row.decodedLength), "entry offset")
+            ends.append(end)
+            let length = UInt64(Format.frameHeaderSize) + UInt64(row.storedLength)
+            lengths.append(length)
+            framesLength += length
+        }
+        guard end == range.upperBound else {
+            throw CheckpackError(.corrupt, "frame table page covers \(end - range.lowerBound) bytes, its parent says \(range.count)")
+        }
+        guard position - entry.dataStart >= framesLength else {
+            throw CheckpackError(.corrupt, "frame table page's frames would start before the entry's data")
+        }
+        var offsets: [UInt64] = []
+        offsets.reserveCapacity(lengths.count)
+        var at = position - framesLength
+        for length in lengths {
+            offsets.append(at)
+            at += length
+        }
+        return Leaf(page: page, firstFrame: number * entry.tableShape.fanout, entryOffsets: ends, frameOffsets: offsets)
     }
 
     /// Visits every frame's table row in order with its entry offset.
@@ -336,9 +366,7 @@ public final class ArchiveReader: Sendable {
         do {
             while offset < entry.size {
                 let leaf = try leaf(of: entry, containing: offset)
-                for (i, row) in leaf.page.frames.enumerated() {
-                    try body(i == 0 ? leaf.page.firstOffset : leaf.entryOffsets[i - 1], row)
-                }
+                for (i, row) in leaf.page.frames.enumerated() { try body(leaf.frameStart(i), row) }
                 offset = leaf.endOffset
             }
         } catch {
@@ -421,11 +449,13 @@ public final class ArchiveReader: Sendable {
             }
             // The leaf's frame holding `position`, and where it starts in the archive.
             var i = leaf.frameIndex(containing: position)
-            var frameOffset = leaf.framesStart
-            for row in leaf.page.frames[..<i] { frameOffset += UInt64(Format.frameHeaderSize) + UInt64(row.storedLength) }
+            guard i < leaf.page.frames.count else {
+                throw CheckpackError(.corrupt, "frame table leaf does not hold entry offset \(position)", path: source.name, entry: entry.name)
+            }
             while i < leaf.page.frames.count, position < end.partialValue {
                 let row = leaf.page.frames[i]
-                let frameStart = i == 0 ? leaf.page.firstOffset : leaf.entryOffsets[i - 1]
+                let frameStart = leaf.frameStart(i)
+                let frameOffset = leaf.frameOffsets[i]
                 let frame = ExpectedFrame(archiveOffset: frameOffset, entryOffset: frameStart, row: row)
                 let lower = position, upper = min(leaf.entryOffsets[i], end.partialValue)
                 let target = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(lower - offset)..<Int(upper - offset)])
@@ -445,7 +475,6 @@ public final class ArchiveReader: Sendable {
                                                  offset: frameOffset)
                 }
                 position = upper
-                frameOffset += UInt64(Format.frameHeaderSize) + UInt64(row.storedLength)
                 i += 1
             }
         }
