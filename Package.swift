@@ -38,6 +38,7 @@ let package = Package(
                 "Checkpack",
                 "CheckpackStorage",
                 "CheckpackTorch",
+                "CSystemShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         // Benchmarks against tar + zstd, torch's ZStandard extension and the directory backend.

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <unistd.h>
 
 ssize_t ckpk_copy_file_range(int in, int64_t in_offset, int out, size_t length) {
@@ -23,4 +24,9 @@ int ckpk_start_writeback(int fd, int64_t offset, int64_t length) {
     (void)fd; (void)offset; (void)length;
     return 0;
 #endif
+}
+
+int ckpk_stdout_failed(void) {
+    // fflush reports a failure of the last write; ferror one of any earlier write.
+    return fflush(stdout) != 0 || ferror(stdout);
 }

@@ -27,6 +27,9 @@ public struct WriterOptions: Sendable {
     var tableExponent = Format.defaultTableExponent
 
     public static let defaultFrameSize = 4 << 20
+    /// Threads beyond this add nothing (GCD's pool is about this size) and would
+    /// only let more bytes wait in flight: memory stays bounded whatever `threads` says.
+    public static let maxUsefulThreads = 64
     public static let defaultPlaneFrameSize = 32 << 10
     public static var availableCores: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 
@@ -122,8 +125,10 @@ public final class ArchiveWriter {
 
     public init(path: String, options: WriterOptions = WriterOptions()) throws {
         try options.validate()
-        if !options.overwrite, FileSystem.exists(path) {
-            throw CheckpackError(.invalidArgument, "already exists (use --force to replace it)", path: path)
+        if FileSystem.exists(path) {
+            guard options.overwrite else { throw CheckpackError(.alreadyExists, "already exists", path: path) }
+            // Known now, not after compressing everything: a directory is never replaced by an archive.
+            if FileSystem.isDirectory(path) { throw CheckpackError(.io(EISDIR), "is a directory", path: path) }
         }
         self.path = path
         self.options = options
@@ -132,8 +137,10 @@ public final class ArchiveWriter {
         self.file = file
         self.output = BufferedOutput(file: file)
         // In flight: about two frames per thread by bytes, and many more when frames are small.
-        self.pipeline = OrderedPipeline(threads: options.threads, maxPending: 64 * (options.threads + 2),
-                                        maxCost: (options.threads + 2) * options.frameSize) { [unowned self] in
+        // More threads than GCD will run at once would only raise the bound on bytes in flight.
+        let workers = min(options.threads, WriterOptions.maxUsefulThreads)
+        self.pipeline = OrderedPipeline(threads: workers, maxPending: 64 * (workers + 2),
+                                        maxCost: (workers + 2) * options.frameSize) { [unowned self] in
             try self.sink($0)
         }
         do {

@@ -24,6 +24,8 @@ public struct CheckpackError: Error, CustomStringConvertible, Sendable, Equatabl
         case invalidArgument
         /// The caller named an entry the archive does not have.
         case notFound
+        /// The destination exists and the caller did not ask to replace it.
+        case alreadyExists
         /// A system call failed; the value is `errno`.
         case io(Int32)
     }
@@ -49,11 +51,13 @@ public struct CheckpackError: Error, CustomStringConvertible, Sendable, Equatabl
     public var isDataError: Bool {
         switch kind {
         case .notAnArchive, .truncated, .unsupported, .corrupt, .checksumMismatch, .limitExceeded: return true
-        case .invalidArgument, .notFound, .io: return false
+        case .invalidArgument, .notFound, .alreadyExists, .io: return false
         }
     }
 
     /// One line: `path: entry "a/b", frame 3, archive offset 1234: message`.
+    /// Control characters (from names, paths, or a hostile archive) are
+    /// escaped, so the line can neither break nor drive a terminal.
     public var description: String {
         var place: [String] = []
         if let entry { place.append("entry \"\(entry)\"") }
@@ -61,7 +65,20 @@ public struct CheckpackError: Error, CustomStringConvertible, Sendable, Equatabl
         if let offset { place.append("archive offset \(offset)") }
         var line = place.isEmpty ? message : place.joined(separator: ", ") + ": " + message
         if let path { line = path + ": " + line }
-        return line
+        return CheckpackError.escapingControlCharacters(line)
+    }
+
+    /// `text` with C0 and C1 control characters and DEL written as `\xNN` or `\u{NN}`.
+    public static func escapingControlCharacters(_ text: String) -> String {
+        var out = ""
+        for scalar in text.unicodeScalars {
+            switch scalar.value {
+            case 0..<0x20, 0x7F: out += "\\x" + (scalar.value < 0x10 ? "0" : "") + String(scalar.value, radix: 16)
+            case 0x80..<0xA0: out += "\\u{" + String(scalar.value, radix: 16) + "}"
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 
     func at(path: String? = nil, entry: String? = nil, frame: Int? = nil, offset: UInt64? = nil) -> CheckpackError {

@@ -44,7 +44,7 @@ public enum Packer {
                             layouts: [String: FileLayout] = [:],
                             progress: ((_ done: UInt64, _ total: UInt64) -> Void)? = nil) throws -> TreeSummary {
         guard FileSystem.isDirectory(directory) else {
-            throw CheckpackError(FileSystem.exists(directory) ? .invalidArgument : .io(ENOENT),
+            throw CheckpackError(FileSystem.exists(directory) ? .io(ENOTDIR) : .io(ENOENT),
                                  FileSystem.exists(directory) ? "is not a directory" : "no such directory", path: directory)
         }
         var items: [Item] = []

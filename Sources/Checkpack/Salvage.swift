@@ -33,7 +33,7 @@ public enum Salvager {
     /// into place, as `unpack` does).
     public static func salvage(archive: String, to destination: String, overwrite: Bool = false) throws -> SalvageReport {
         if FileSystem.exists(destination), !overwrite {
-            throw CheckpackError(.invalidArgument, "already exists (use --force to replace it)", path: destination)
+            throw CheckpackError(.alreadyExists, "already exists", path: destination)
         }
         let source = try FileSource(path: archive)
         let staging = try FileSystem.temporaryDirectory(beside: destination, suffix: "ckpk-unpack")

@@ -32,7 +32,7 @@ public final class SystemFile: @unchecked Sendable {
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw CheckpackError.system("cannot stat", path: path) }
         if (info.st_mode & S_IFMT) == S_IFDIR {
-            throw CheckpackError(.invalidArgument, "is a directory, not a file", path: path)
+            throw CheckpackError(.io(EISDIR), "is a directory, not a file", path: path)
         }
         return file
     }
@@ -202,7 +202,7 @@ enum FileSystem {
     /// the link fails atomically with EEXIST).
     static func renameNoReplace(_ from: String, to: String) throws {
         guard link(from, to) == 0 else {
-            if errno == EEXIST { throw CheckpackError(.invalidArgument, "already exists (use --force to replace it)", path: to) }
+            if errno == EEXIST { throw CheckpackError(.alreadyExists, "already exists", path: to) }
             throw CheckpackError.system("cannot create", path: to)
         }
         _ = unlink(from)

@@ -18,7 +18,7 @@ public enum Unpacker {
     public static func unpack(archive: String, to destination: String, overwrite: Bool = false,
                               progress: ((_ done: UInt64, _ total: UInt64?) -> Void)? = nil) throws -> TreeSummary {
         if FileSystem.exists(destination), !overwrite {
-            throw CheckpackError(.invalidArgument, "already exists (use --force to replace it)", path: destination)
+            throw CheckpackError(.alreadyExists, "already exists", path: destination)
         }
         let input: SystemFile
         var total: UInt64? = nil
@@ -105,9 +105,29 @@ public enum Unpacker {
             }
         }
 
+        /// Zero runs of a whole aligned block become holes, as `cp --sparse=auto` makes them.
+        static let holeBlock = 64 << 10
+        private static let zeros = [UInt8](repeating: 0, count: holeBlock)
+        private var endsInHole = false
+
         func append(_ bytes: [UInt8]) throws {
             guard let output else { throw CheckpackError(.corrupt, "data outside a file entry") }
-            try bytes.withUnsafeBytes { try output.write($0) }
+            try bytes.withUnsafeBytes { raw in
+                var start = 0
+                while start < raw.count {
+                    let block = TreeBuilder.holeBlock
+                    let n = min(block - Int((written + UInt64(start)) % UInt64(block)), raw.count - start)
+                    let piece = UnsafeRawBufferPointer(rebasing: raw[start..<start + n])
+                    let zero = n == block && TreeBuilder.zeros.withUnsafeBytes { memcmp($0.baseAddress!, piece.baseAddress!, n) == 0 }
+                    if zero {
+                        guard lseek(output.descriptor, off_t(n), SEEK_CUR) >= 0 else { throw CheckpackError.system("seek failed", path: output.path) }
+                    } else {
+                        try output.write(piece)
+                    }
+                    endsInHole = zero
+                    start += n
+                }
+            }
             written += UInt64(bytes.count)
             // Start writing back every few MiB now, so the fsync at the end of the file waits less.
             if written - writtenBack >= 8 << 20 {
@@ -150,6 +170,11 @@ public enum Unpacker {
         }
 
         func end() throws {
+            if let output, endsInHole {
+                // A hole at the end gives the file no size of its own.
+                guard ftruncate(output.descriptor, off_t(written)) == 0 else { throw CheckpackError.system("cannot set size", path: output.path) }
+            }
+            endsInHole = false
             if let output, let current {
                 guard fchmod(output.descriptor, mode_t(current.mode & 0o777)) == 0 else {
                     throw CheckpackError.system("cannot set mode", path: output.path)
@@ -179,7 +204,7 @@ public enum Unpacker {
     static func replace(_ destination: String, with staging: String, overwrite: Bool) throws {
         var old: String? = nil
         if FileSystem.exists(destination) {
-            guard overwrite else { throw CheckpackError(.invalidArgument, "already exists (use --force to replace it)", path: destination) }
+            guard overwrite else { throw CheckpackError(.alreadyExists, "already exists", path: destination) }
             // A fresh unique name; removed again so that a file can move there too.
             let aside = try FileSystem.temporaryDirectory(beside: destination, suffix: "ckpk-old")
             _ = rmdir(aside)

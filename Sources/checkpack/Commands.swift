@@ -21,8 +21,10 @@ struct PackCommand: ParsableCommand {
 
     @Argument(help: "The directory to pack.") var source: String
     @Argument(help: "The archive to write (conventionally *.ckpk).") var archive: String
-    @Option(help: "Compression: zstd, zlib or none.") var codec: Codec = .zstd
-    @Option(help: "Compression level (zstd -7...22, zlib 0...9); default 3 for zstd, 6 for zlib.") var level: Int32?
+    // Optional, with the default in the help: ArgumentParser would show a CaseIterable default by its raw value (1).
+    @Option(help: "Compression: zstd, zlib or none (default: zstd).") var codec: Codec?
+    @Option(parsing: .unconditional, help: "Compression level (zstd -7...22, zlib 0...9); default 3 for zstd, 6 for zlib.")
+    var level: Int32?
     @Option(name: .customLong("frame-size"), help: "Frame size: 4096, 64K, 4M ... (4K...64M).")
     var frameSize: SizeArgument = SizeArgument(argument: "4M")!
     @Option(help: "Threads that compress (default: all cores).") var threads: Int = WriterOptions.availableCores
@@ -36,8 +38,12 @@ struct PackCommand: ParsableCommand {
     @Flag(help: "No progress bar or summary.") var quiet = false
 
     func run() throws {
+        guard archive != "-" else {
+            // The writer finishes by rewriting the header, which a pipe cannot take.
+            throw ValidationError("pack cannot write an archive to standard output; name a file")
+        }
         reportLeftovers(beside: archive, quiet: quiet)
-        var options = WriterOptions(codec: codec, level: level, frameSize: frameSize.bytes, threads: threads, overwrite: force)
+        var options = WriterOptions(codec: codec ?? .zstd, level: level, frameSize: frameSize.bytes, threads: threads, overwrite: force)
         options.bytePlanes = !noPlanes
         options.planeFrameSize = planeFrameSize.bytes
         // A torch DCP directory or safetensors files: frames are cut at their items.
@@ -163,7 +169,7 @@ struct CatCommand: ParsableCommand {
         guard let found = reader.entry(named: entry) else {
             throw CheckpackError(.notFound, "no entry named \"\(entry)\"", path: archive)
         }
-        guard found.kind == .file else { throw CheckpackError(.invalidArgument, "\"\(entry)\" is a directory", path: archive) }
+        guard found.kind == .file else { throw CheckpackError(.notFound, "no file entry named \"\(entry)\" (it is a directory)", path: archive) }
         guard offset <= found.size, (length ?? 0) <= found.size - offset else {
             throw CheckpackError(.invalidArgument, "range \(offset)+\(length ?? 0) is past the end of \"\(entry)\" (\(found.size) bytes)", path: archive)
         }

@@ -9,8 +9,9 @@ struct CommandFailure: Error {
     var code: Int32
 }
 
+/// One line on stderr; control characters are escaped whatever their source.
 func printError(_ line: String) {
-    writeStderr("checkpack: \(line)\n")
+    writeStderr("checkpack: \(CheckpackError.escapingControlCharacters(line))\n")
 }
 
 /// Writes straight to file descriptor 2 (unbuffered, as stderr should be).

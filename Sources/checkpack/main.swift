@@ -1,5 +1,6 @@
 import ArgumentParser
 import Checkpack
+import CSystemShims
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,9 +14,23 @@ if CommandLine.arguments.count <= 1 {
 do {
     var command = try CheckpackCommand.parseAsRoot()
     try command.run()
+    // Output that could not be written (a full disk, a closed pipe) is a failure, not a success.
+    if ckpk_stdout_failed() != 0 {
+        printError("cannot write to standard output: \(String(cString: strerror(errno)))")
+        exit(1)
+    }
 } catch let error as CheckpackError {
-    printError(error.description)
-    exit(error.kind == .invalidArgument ? 2 : 1)
+    switch error.kind {
+    case .alreadyExists:
+        printError(error.description + " (use --force to replace it)")
+        exit(2)
+    case .invalidArgument:
+        printError(error.description)
+        exit(2)
+    default:
+        printError(error.description)
+        exit(1)
+    }
 } catch let failure as CommandFailure {
     exit(failure.code)
 } catch {

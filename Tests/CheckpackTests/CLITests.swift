@@ -134,8 +134,13 @@ struct CLI {
             (["ls", dir.sub("two.ckpk")], 1),
             (["verify", dir.sub("two.ckpk")], 1),
             (["unpack", dir.sub("two.ckpk"), dir.sub("two-out")], 1),
-            (["ls", dir.sub("src")], 2),
+            (["ls", dir.sub("src")], 1),
             (["pack", dir.sub("missing-dir"), dir.sub("x.ckpk")], 1),
+            (["pack", dir.sub("random.bin"), dir.sub("x.ckpk")], 1),
+            (["pack", dir.sub("src"), "-"], 2),
+            (["pack", dir.sub("src"), dir.sub("src"), "--force"], 1),
+            (["cat", dir.sub("one.ckpk"), "nested"], 1),
+            (["cat", dir.sub("one.ckpk"), "no-such-entry"], 1),
             (["pack", dir.sub("src")], 2),
             (["pack", dir.sub("src"), dir.sub("x.ckpk"), "--codec", "lzma"], 2),
             (["pack", dir.sub("src"), dir.sub("x.ckpk"), "--frame-size", "12Q"], 2),
@@ -160,6 +165,30 @@ struct CLI {
         #expect(piped.status == 1 && piped.stderr.contains("data follows the trailer"), "\(piped.stderr)")
         #expect(!FileSystemHasLeftovers(dir.path))
         #expect(try CLI.run(["--help"]).status == 0)
+    }
+
+    @Test func optionsAndMessagesAsAUserSeesThem() throws {
+        // A negative level parses as a value, and the codec's default shows by name.
+        let fast = try CLI.run(["pack", dir.sub("src"), dir.sub("fast.ckpk"), "--level", "-7", "--quiet"])
+        #expect(fast.status == 0, "\(fast.stderr)")
+        let help = String(decoding: try CLI.run(["pack", "--help"]).stdout, as: UTF8.self)
+        #expect(help.contains("default: zstd") && !help.contains("(default: 1)"), "\(help)")
+        // Control characters in a name cannot drive the terminal or break the line.
+        let hostile = try CLI.run(["ls", dir.sub("\u{1B}]0;title\u{7}x\nnext.ckpk")])
+        #expect(hostile.status == 1)
+        #expect(hostile.stderrLines.count == 1 && !hostile.stderr.contains("\u{1B}") && hostile.stderr.contains("\\x1b]0;title\\x07x\\x0anext"),
+                "\(hostile.stderr)")
+        // Output that cannot be written is a failure.
+        for command in [["ls", dir.sub("fast.ckpk")], ["verify", dir.sub("fast.ckpk")], ["cat", dir.sub("fast.ckpk"), "nested/deeper/file.bin"]] {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: CLI.executable)
+            process.arguments = command
+            process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: "/dev/full"))
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 1, "\(command)")
+        }
     }
 }
 

@@ -151,6 +151,23 @@ import Glibc
         #expect(!FileSystemHasLeftovers(dir.path))
     }
 
+    @Test func zeroRunsComeBackAsHoles() throws {
+        let dir = TemporaryDirectory()
+        let block = 64 << 10
+        // Data, 4 blocks of zeros (a hole), data, then zeros to the end (a hole that sets the size).
+        let content = [UInt8](repeating: 7, count: 1000) + [UInt8](repeating: 0, count: 5 * block - 1000) + [UInt8](repeating: 9, count: block)
+            + [UInt8](repeating: 0, count: 3 * block)
+        let writer = try ArchiveWriter(path: dir.sub("a.ckpk"))
+        try writer.addFile("sparse.bin", contents: content)
+        try writer.finish()
+        try Unpacker.unpack(archive: dir.sub("a.ckpk"), to: dir.sub("out"))
+        #expect(readFile(dir.sub("out/sparse.bin")) == content)
+        var info = stat()
+        #expect(stat(dir.sub("out/sparse.bin"), &info) == 0)
+        #expect(Int(info.st_size) == content.count)
+        #expect(Int(info.st_blocks) * 512 <= 3 * block, "allocated \(info.st_blocks * 512) of \(content.count) bytes")
+    }
+
     @Test func emptyArchive() throws {
         let bytes = try buildArchive { _ in }
         #expect(bytes.count == 80)

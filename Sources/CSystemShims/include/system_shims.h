@@ -15,4 +15,8 @@ ssize_t ckpk_copy_file_range(int in, int64_t in_offset, int out, size_t length);
 /// less to wait for. A no-op where unsupported. Returns 0 or -1 with errno.
 int ckpk_start_writeback(int fd, int64_t offset, int64_t length);
 
+/// Nonzero when standard output could not be written: the buffer does not
+/// flush, or an earlier write failed.
+int ckpk_stdout_failed(void);
+
 #endif
