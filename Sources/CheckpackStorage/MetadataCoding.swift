@@ -74,13 +74,14 @@ enum MetadataCoding {
             switch item.type {
             case "bytes": entries[fqn] = .bytes(BytesStorageMetadata())
             case "tensor":
-                guard let dtype = item.dtype, let size = item.size, let chunks = item.chunks,
-                      size.allSatisfy({ $0 >= 0 }),
-                      chunks.allSatisfy({ $0.offsets.count == size.count && $0.sizes.count == size.count }) else {
-                    throw CheckpointError("\(source): tensor \"\(fqn)\" lacks dtype, size or valid chunks")
+                guard let dtype = item.dtype, let size = item.size, let chunks = item.chunks else {
+                    throw CheckpointError("\(source): tensor \"\(fqn)\" lacks dtype, size or chunks")
                 }
-                for c in chunks where zip(zip(c.offsets, c.sizes), size).contains(where: { $0.0 < 0 || $0.1 < 0 || $0.0 + $0.1 > $1 }) {
-                    throw CheckpointError("\(source): chunk \(c.offsets) of \"\(fqn)\" lies outside \(size)")
+                guard ShapeMath.byteCount(size, elementSize: dtype.elementSize) != nil else {
+                    throw CheckpointError("\(source): tensor \"\(fqn)\" has size \(size), negative or beyond \(ShapeMath.maxBytes) bytes")
+                }
+                for c in chunks where !ShapeMath.chunk(c, fits: size) {
+                    throw CheckpointError("\(source): chunk \(c.offsets) of \(c.sizes) of \"\(fqn)\" lies outside \(size)")
                 }
                 entries[fqn] = .tensor(TensorStorageMetadata(properties: TensorProperties(dtype: dtype), size: size, chunks: chunks))
             default:
@@ -89,6 +90,9 @@ enum MetadataCoding {
         }
         var storage: [MetadataIndex: StorageInfo] = [:]
         for s in file.storage {
+            guard ShapeMath.range(offset: s.offset, length: s.length) else {
+                throw CheckpointError("\(source): \"\(s.fqn)\" is stored at \(s.offset)+\(s.length), beyond \(ShapeMath.maxBytes) bytes")
+            }
             storage[MetadataIndex(fqn: s.fqn, offset: s.chunkOffsets, index: s.chunkIndex)] =
                 StorageInfo(relativePath: s.relativePath, offset: s.offset, length: s.length)
         }

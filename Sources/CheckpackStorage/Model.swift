@@ -21,6 +21,43 @@ public enum DType: String, Sendable, Codable, CaseIterable {
     }
 }
 
+/// Checked arithmetic for shapes read from metadata: every decoder of
+/// tensor metadata (JSON and pickled `.metadata`, safetensors headers)
+/// validates with these, so the code after it may multiply freely.
+public enum ShapeMath {
+    /// The largest tensor or range a checkpoint may describe: 2^62 bytes.
+    public static let maxBytes = 1 << 62
+
+    /// Bytes of a tensor of `shape` with elements of `elementSize`, or nil when
+    /// a dimension is negative or the product is beyond `maxBytes`.
+    public static func byteCount(_ shape: [Int], elementSize: Int) -> Int? {
+        var total = elementSize
+        for dimension in shape {
+            guard dimension >= 0 else { return nil }
+            let (product, overflow) = total.multipliedReportingOverflow(by: dimension)
+            guard !overflow, product <= maxBytes else { return nil }
+            total = product
+        }
+        return total
+    }
+
+    /// Whether a chunk lies inside a tensor of `size`: as many dimensions, no
+    /// negative numbers, offset + length within each dimension (no overflow).
+    public static func chunk(_ chunk: ChunkStorageMetadata, fits size: [Int]) -> Bool {
+        guard chunk.offsets.count == size.count, chunk.sizes.count == size.count else { return false }
+        return size.indices.allSatisfy { i in
+            let (end, overflow) = chunk.offsets[i].addingReportingOverflow(chunk.sizes[i])
+            return chunk.offsets[i] >= 0 && chunk.sizes[i] >= 0 && !overflow && end <= size[i]
+        }
+    }
+
+    /// Whether `offset + length` of a stored item fits in `maxBytes`.
+    public static func range(offset: UInt64, length: UInt64) -> Bool {
+        let (end, overflow) = offset.addingReportingOverflow(length)
+        return !overflow && end <= UInt64(maxBytes)
+    }
+}
+
 /// A box inside a tensor: where it starts and how large it is, per dimension.
 public struct ChunkStorageMetadata: Sendable, Codable, Hashable {
     public var offsets: [Int]

@@ -163,6 +163,24 @@ public enum Inspector {
         public var range: Range<UInt64>
     }
 
+    /// One value of a safetensors header: a tensor's entry, or anything else
+    /// (`__metadata__` is a map of strings; any other key must be a tensor).
+    enum SafetensorsValue: Decodable {
+        case tensor(Entry)
+        case other
+
+        struct Entry: Decodable {
+            var dtype: String
+            var shape: [Int]
+            var dataOffsets: [Int]
+            enum CodingKeys: String, CodingKey { case dtype, shape, dataOffsets = "data_offsets" }
+        }
+
+        init(from decoder: Decoder) throws {
+            self = (try? Entry(from: decoder)).map(SafetensorsValue.tensor) ?? .other
+        }
+    }
+
     /// Parses a safetensors header (8-byte little-endian length, then JSON)
     /// from the start of a file; returns the tensors and where the data starts.
     public static func safetensorsHeader(_ read: (UInt64, Int) throws -> [UInt8], fileSize: UInt64, name: String) throws
@@ -174,24 +192,30 @@ public enum Inspector {
             throw CheckpointError("\(name): safetensors header of \(length) bytes does not fit the file")
         }
         let json = try read(8, Int(length))
-        guard let header = try? JSONSerialization.jsonObject(with: Data(json)) as? [String: Any] else {
+        // Decoded into plain values (not Foundation objects): memory stays a small multiple of the header.
+        let header: [String: SafetensorsValue]
+        do {
+            header = try JSONDecoder().decode([String: SafetensorsValue].self, from: Data(json))
+        } catch {
             throw CheckpointError("\(name): safetensors header is not a JSON object")
         }
         let dataStart = 8 + length
         var tensors: [SafetensorsTensor] = []
+        tensors.reserveCapacity(header.count)
         for (key, value) in header where key != "__metadata__" {
-            guard let info = value as? [String: Any], let type = info["dtype"] as? String,
-                  let shape = info["shape"] as? [Int], let offsets = info["data_offsets"] as? [Int], offsets.count == 2,
-                  offsets[0] >= 0, offsets[1] >= offsets[0], shape.allSatisfy({ $0 >= 0 }) else {
+            guard case .tensor(let info) = value, info.dataOffsets.count == 2,
+                  info.dataOffsets[0] >= 0, info.dataOffsets[1] >= info.dataOffsets[0] else {
                 throw CheckpointError("\(name): tensor \"\(key)\" has a malformed header entry")
             }
-            guard let dtype = safetensorsTypes[type] else { throw CheckpointError("\(name): tensor \"\(key)\" has unknown dtype \(type)") }
-            let range = UInt64(offsets[0])..<UInt64(offsets[1])
-            guard dataStart + range.upperBound <= fileSize,
-                  range.count == shape.reduce(1, *) * dtype.elementSize else {
-                throw CheckpointError("\(name): tensor \"\(key)\" bytes \(range) do not match its shape or the file")
+            guard let dtype = safetensorsTypes[info.dtype] else {
+                throw CheckpointError("\(name): tensor \"\(key)\" has unknown dtype \(info.dtype)")
             }
-            tensors.append(.init(name: key, dtype: dtype, shape: shape, range: range))
+            let range = UInt64(info.dataOffsets[0])..<UInt64(info.dataOffsets[1])
+            guard let bytes = ShapeMath.byteCount(info.shape, elementSize: dtype.elementSize),
+                  range.upperBound <= fileSize - dataStart, range.count == UInt64(bytes) else {
+                throw CheckpointError("\(name): tensor \"\(key)\" bytes \(range) do not match its shape \(info.shape) or the file")
+            }
+            tensors.append(.init(name: key, dtype: dtype, shape: info.shape, range: range))
         }
         return (tensors.sorted { $0.range.lowerBound < $1.range.lowerBound }, dataStart)
     }

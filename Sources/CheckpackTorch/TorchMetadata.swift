@@ -55,9 +55,13 @@ public enum TorchMetadataReader {
         for (key, value) in try dictItems(state["storage_data"] ?? .dict(PickleDict()), "storage_data") {
             let index = try metadataIndex(key)
             let info = try stateDict(of: value, expecting: "_StorageInfo")
-            storage[index] = StorageInfo(relativePath: try string(info["relative_path"], "relative_path of \(index)"),
-                                         offset: try unsigned(info["offset"], "offset of \(index)"),
-                                         length: try unsigned(info["length"], "length of \(index)"))
+            let stored = StorageInfo(relativePath: try string(info["relative_path"], "relative_path of \(index)"),
+                                     offset: try unsigned(info["offset"], "offset of \(index)"),
+                                     length: try unsigned(info["length"], "length of \(index)"))
+            guard ShapeMath.range(offset: stored.offset, length: stored.length) else {
+                throw fail("\(index) is stored at \(stored.offset)+\(stored.length), beyond \(ShapeMath.maxBytes) bytes")
+            }
+            storage[index] = stored
             if let descriptors = info["transform_descriptors"], case .list(let list) = descriptors {
                 transforms[index] = try list.items.map { try string($0, "a transform descriptor of \(index)") }
             }
@@ -138,14 +142,17 @@ public enum TorchMetadataReader {
             let chunks = try list.items.map { chunk -> ChunkStorageMetadata in
                 let c = try stateDict(of: chunk, expecting: "ChunkStorageMetadata")
                 let offsets = try sizes(c["offsets"], "a chunk offset of \"\(fqn)\""), lengths = try sizes(c["sizes"], "a chunk size of \"\(fqn)\"")
-                guard offsets.count == size.count, lengths.count == size.count,
-                      size.indices.allSatisfy({ offsets[$0] + lengths[$0] <= size[$0] }) else {
+                let chunk = ChunkStorageMetadata(offsets: offsets, sizes: lengths)
+                guard ShapeMath.chunk(chunk, fits: size) else {
                     throw fail("a chunk of \"\(fqn)\" at \(offsets) of \(lengths) does not fit \(size)")
                 }
-                return ChunkStorageMetadata(offsets: offsets, sizes: lengths)
+                return chunk
             }
-            return .tensor(TensorStorageMetadata(properties: TensorProperties(dtype: try dtype(state["properties"], fqn)),
-                                                 size: size, chunks: chunks))
+            let type = try dtype(state["properties"], fqn)
+            guard ShapeMath.byteCount(size, elementSize: type.elementSize) != nil else {
+                throw fail("\"\(fqn)\" has size \(size), beyond \(ShapeMath.maxBytes) bytes")
+            }
+            return .tensor(TensorStorageMetadata(properties: TensorProperties(dtype: type), size: size, chunks: chunks))
         default:
             throw fail("\"\(fqn)\" is a \(object.type)")
         }

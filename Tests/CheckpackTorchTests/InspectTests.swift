@@ -57,4 +57,53 @@ import Testing
         try Data(badBytes).write(to: URL(fileURLWithPath: scratch + "/bad.safetensors"))
         #expect(throws: CheckpointError.self) { try Inspector.inspect(path: scratch + "/bad.safetensors") }
     }
+
+    /// A safetensors file with `header` and `data` zero bytes after it.
+    static func safetensors(_ header: String, data: Int = 0) -> [UInt8] {
+        withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian, Array.init) + Array(header.utf8) + [UInt8](repeating: 0, count: data)
+    }
+
+    @Test func hostileNumbersInMetadataEndCleanly() throws {
+        let scratch = NSTemporaryDirectory() + "hostile-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try FileManager.default.createDirectory(atPath: scratch + "/st", withIntermediateDirectories: true)
+        // A shape whose product overflows 64 bits (it trapped before), and one beyond 2^62 bytes.
+        for shape in ["[4294967296, 4294967296, 16]", "[9223372036854775807, 2]", "[1073741824, 1073741824, 8]"] {
+            let header = #"{"w":{"dtype":"F32","shape":"# + shape + #","data_offsets":[0,0]}}"#
+            try Data(Self.safetensors(header)).write(to: URL(fileURLWithPath: scratch + "/st/model.safetensors"))
+            #expect(throws: CheckpointError.self, "\(shape)") { try Inspector.inspect(path: scratch + "/st/model.safetensors") }
+            #expect(throws: CheckpointError.self, "\(shape)") { try CheckpointLayout.layouts(forDirectory: scratch + "/st") }
+        }
+        // Storage offsets and chunk numbers near 2^63 in a JSON .metadata (this package's own).
+        try save(["w": .tensor(Tensor.zeros(.float32, [4, 4]))], checkpointID: scratch + "/dcp", writer: FileSystemStorageWriter())
+        let good = String(decoding: try Data(contentsOf: URL(fileURLWithPath: scratch + "/dcp/.metadata")), as: UTF8.self)
+        func replacing(_ pattern: String, _ with: String) -> String {
+            good.replacingOccurrences(of: pattern, with: with, options: .regularExpression)
+        }
+        let hostile = [
+            replacing(#""offset" : [0-9]+"#, #""offset" : 9223372036854775807"#),
+            replacing(#""length" : [0-9]+"#, #""length" : 18446744073709551615"#),
+            replacing(#""offsets" : \[\s*0"#, #""offsets" : [ 9223372036854775807"#),
+            replacing(#""size" : \[\s*4"#, #""size" : [ 4611686018427387904"#),
+        ]
+        for (n, text) in hostile.enumerated() {
+            #expect(text != good, "case \(n) changed nothing")
+            try FileManager.default.createDirectory(atPath: scratch + "/dcp\(n)", withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: scratch + "/dcp/__0_0.distcp", toPath: scratch + "/dcp\(n)/__0_0.distcp")
+            try Data(text.utf8).write(to: URL(fileURLWithPath: scratch + "/dcp\(n)/.metadata"))
+            #expect(throws: CheckpointError.self, "case \(n)") { try Inspector.inspect(path: scratch + "/dcp\(n)") }
+            #expect(throws: CheckpointError.self, "case \(n)") { try CheckpointLayout.layouts(forDirectory: scratch + "/dcp\(n)") }
+        }
+    }
+
+    @Test func manyZeroSizeTensorsAreListed() throws {
+        let scratch = NSTemporaryDirectory() + "many-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        let count = 300_000
+        let header = "{" + (0..<count).map { #""t\#($0)":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}"# }.joined(separator: ",") + "}"
+        try Data(Self.safetensors(header)).write(to: URL(fileURLWithPath: scratch + "/model.safetensors"))
+        let inspection = try Inspector.inspect(path: scratch + "/model.safetensors")
+        #expect(inspection.items.count == count)
+    }
 }
