@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds a libFuzzer harness (with AddressSanitizer) and runs it.
 #
-#   fuzz/run.sh [archive|pickle] [SECONDS] [extra libFuzzer flags]    (default: archive, 60 s)
+#   fuzz/run.sh [archive|pickle|metadata] [SECONDS] [extra libFuzzer flags]    (default: archive, 60 s)
 #
-# archive: the archive readers (open, list, range reads, verify, front-to-back),
-#          seeded from fixtures/golden.
-# pickle:  the pickle reader, seeded with the example checkpoint's .metadata.
+# archive:  the archive readers (open, list, range reads, verify, front-to-back),
+#           seeded from fixtures/golden.
+# pickle:   the pickle reader, seeded with the example checkpoint's .metadata.
+# metadata: the safetensors header, JSON .metadata and torch .metadata parsers
+#           with their shape and range checks, seeded from fuzz/seeds/metadata.
 # Findings (crash-*, leak-*, oom-*, timeout-*) land in fuzz/findings/; the
 # growing corpora in fuzz/corpus-NAME/ (neither is committed). Exit status is
 # libFuzzer's: 0 when nothing was found.
@@ -13,7 +15,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 target=archive
-if [[ ${1:-} == archive || ${1:-} == pickle ]]; then target=$1; shift; fi
+if [[ ${1:-} == archive || ${1:-} == pickle || ${1:-} == metadata ]]; then target=$1; shift; fi
 seconds=${1:-60}
 shift || true
 build=$here/build
@@ -43,6 +45,15 @@ pickle)
   swiftc -sanitize=fuzzer,address -parse-as-library -O -g -module-name CheckpackTorch \
     "$repo/Sources/CheckpackTorch/Pickle.swift" "$here/FuzzPickle.swift" -o "$build/fuzz-pickle"
   cp "$repo/fixtures/example-checkpoint/.metadata" "$corpus/example-metadata"
+  ;;
+metadata)
+  # One module from the parsers' files (they import CheckpackStorage, which this module then is).
+  swiftc -sanitize=fuzzer,address -parse-as-library -O -g -module-name CheckpackStorage -suppress-warnings \
+    "$repo/Sources/CheckpackStorage/Model.swift" "$repo/Sources/CheckpackStorage/MetadataCoding.swift" \
+    "$repo/Sources/CheckpackTorch/Pickle.swift" "$repo/Sources/CheckpackTorch/TorchMetadata.swift" \
+    "$repo/Sources/CheckpackTorch/Safetensors.swift" "$here/FuzzMetadata.swift" -o "$build/fuzz-metadata"
+  cp "$here"/seeds/metadata/* "$corpus/"
+  cp "$repo/fixtures/example-checkpoint/.metadata" "$corpus/torch-metadata"
   ;;
 esac
 

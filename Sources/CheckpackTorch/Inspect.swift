@@ -147,79 +147,6 @@ public enum Inspector {
     // MARK: safetensors
 
     /// safetensors dtype names → torch's.
-    static let safetensorsTypes: [String: DType] = [
-        "F64": .float64, "F32": .float32, "F16": .float16, "BF16": .bfloat16,
-        "F8_E4M3": .float8_e4m3fn, "F8_E5M2": .float8_e5m2,
-        "I64": .int64, "I32": .int32, "I16": .int16, "I8": .int8,
-        "U64": .uint64, "U32": .uint32, "U16": .uint16, "U8": .uint8, "BOOL": .bool,
-        "C64": .complex64,
-    ]
-
-    /// One tensor of a safetensors header: its byte range is relative to the end of the header.
-    public struct SafetensorsTensor: Sendable {
-        public var name: String
-        public var dtype: DType
-        public var shape: [Int]
-        public var range: Range<UInt64>
-    }
-
-    /// One value of a safetensors header: a tensor's entry, or anything else
-    /// (`__metadata__` is a map of strings; any other key must be a tensor).
-    enum SafetensorsValue: Decodable {
-        case tensor(Entry)
-        case other
-
-        struct Entry: Decodable {
-            var dtype: String
-            var shape: [Int]
-            var dataOffsets: [Int]
-            enum CodingKeys: String, CodingKey { case dtype, shape, dataOffsets = "data_offsets" }
-        }
-
-        init(from decoder: Decoder) throws {
-            self = (try? Entry(from: decoder)).map(SafetensorsValue.tensor) ?? .other
-        }
-    }
-
-    /// Parses a safetensors header (8-byte little-endian length, then JSON)
-    /// from the start of a file; returns the tensors and where the data starts.
-    public static func safetensorsHeader(_ read: (UInt64, Int) throws -> [UInt8], fileSize: UInt64, name: String) throws
-        -> (tensors: [SafetensorsTensor], dataStart: UInt64) {
-        guard fileSize >= 8 else { throw CheckpointError("\(name): too short for a safetensors file") }
-        let lengthBytes = try read(0, 8)
-        let length = lengthBytes.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * $1.offset) }
-        guard length <= 100 << 20, 8 + length <= fileSize else {
-            throw CheckpointError("\(name): safetensors header of \(length) bytes does not fit the file")
-        }
-        let json = try read(8, Int(length))
-        // Decoded into plain values (not Foundation objects): memory stays a small multiple of the header.
-        let header: [String: SafetensorsValue]
-        do {
-            header = try JSONDecoder().decode([String: SafetensorsValue].self, from: Data(json))
-        } catch {
-            throw CheckpointError("\(name): safetensors header is not a JSON object")
-        }
-        let dataStart = 8 + length
-        var tensors: [SafetensorsTensor] = []
-        tensors.reserveCapacity(header.count)
-        for (key, value) in header where key != "__metadata__" {
-            guard case .tensor(let info) = value, info.dataOffsets.count == 2,
-                  info.dataOffsets[0] >= 0, info.dataOffsets[1] >= info.dataOffsets[0] else {
-                throw CheckpointError("\(name): tensor \"\(key)\" has a malformed header entry")
-            }
-            guard let dtype = safetensorsTypes[info.dtype] else {
-                throw CheckpointError("\(name): tensor \"\(key)\" has unknown dtype \(info.dtype)")
-            }
-            let range = UInt64(info.dataOffsets[0])..<UInt64(info.dataOffsets[1])
-            guard let bytes = ShapeMath.byteCount(info.shape, elementSize: dtype.elementSize),
-                  range.upperBound <= fileSize - dataStart, range.count == UInt64(bytes) else {
-                throw CheckpointError("\(name): tensor \"\(key)\" bytes \(range) do not match its shape \(info.shape) or the file")
-            }
-            tensors.append(.init(name: key, dtype: dtype, shape: info.shape, range: range))
-        }
-        return (tensors.sorted { $0.range.lowerBound < $1.range.lowerBound }, dataStart)
-    }
-
     static func inspectSafetensors(tree: Tree, files: [String], path: String, inArchive: Bool) throws -> Inspection {
         var items: [Inspection.Item] = []
         for file in files {
@@ -228,7 +155,7 @@ public enum Inspector {
             case .directory(let root): size = try SystemFile.openForReading(root + "/" + file).size
             case .archive(let reader): size = reader.entry(named: file)?.size ?? 0
             }
-            let header = try safetensorsHeader({ try tree.read(file, offset: $0, count: $1) }, fileSize: size, name: file)
+            let header = try SafetensorsHeader.parse({ try tree.read(file, offset: $0, count: $1) }, fileSize: size, name: file)
             for t in header.tensors {
                 let range = header.dataStart + t.range.lowerBound..<header.dataStart + t.range.upperBound
                 items.append(.init(name: t.name, dtype: t.dtype, shape: t.shape,

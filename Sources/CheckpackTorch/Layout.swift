@@ -25,7 +25,7 @@ public enum CheckpointLayout {
         }
         for name in names where name.hasSuffix(".safetensors") {
             let file = try SystemFile.openForReading(directory + "/" + name)
-            let header = try Inspector.safetensorsHeader({ try file.read(count: $1, at: $0) }, fileSize: try file.size, name: name)
+            let header = try SafetensorsHeader.parse({ try file.read(count: $1, at: $0) }, fileSize: try file.size, name: name)
             layouts[name] = safetensorsLayout(header.tensors, dataStart: header.dataStart)
         }
         return layouts
@@ -77,7 +77,7 @@ public enum CheckpointLayout {
         }
     }
 
-    static func safetensorsLayout(_ tensors: [Inspector.SafetensorsTensor], dataStart: UInt64) -> FileLayout {
+    static func safetensorsLayout(_ tensors: [SafetensorsHeader.Tensor], dataStart: UInt64) -> FileLayout {
         layout([(0..<dataStart, "-")] + tensors.map { (dataStart + $0.range.lowerBound..<dataStart + $0.range.upperBound, $0.dtype.rawValue) })
     }
 

@@ -12,7 +12,7 @@ struct Weights {
 
     init(safetensors path: String) throws {
         let file = try SystemFile.openForReading(path)
-        let header = try Inspector.safetensorsHeader({ try file.read(count: $1, at: $0) }, fileSize: try file.size, name: path)
+        let header = try SafetensorsHeader.parse({ try file.read(count: $1, at: $0) }, fileSize: try file.size, name: path)
         for t in header.tensors where t.dtype == .float32 {
             let raw = try file.read(count: t.range.count, at: header.dataStart + t.range.lowerBound)
             var out = [UInt8](repeating: 0, count: raw.count / 2)
