@@ -365,8 +365,12 @@ public struct FrameHeader: Sendable, Equatable {
         case 0:
             guard parameter == 0 else { throw CheckpackError(.corrupt, "transform parameter \(parameter) is not zero for transform 0") }
         case BytePlanes.transformID:
-            guard ElementType(parameter: parameter) != nil else {
+            guard let element = ElementType(parameter: parameter) else {
                 throw CheckpackError(.corrupt, "byte-plane transform parameter 0x\(String(parameter, radix: 16)) is not valid")
+            }
+            // At least one whole element (spec 5.1): checked here, so every path that reads a header refuses it.
+            guard decoded >= UInt32(element.size) else {
+                throw CheckpackError(.corrupt, "byte-plane frame of \(decoded) bytes holds no whole element of \(element.size) bytes")
             }
             guard codec != .stored else { throw CheckpackError(.corrupt, "a stored frame has the byte-plane transform") }
         default:

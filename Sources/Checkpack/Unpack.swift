@@ -84,8 +84,9 @@ public enum Unpacker {
         let progress: (UInt64) -> Void
         var summary = TreeSummary()
         private var directoryModes: [(path: String, mode: UInt32)] = []
-        /// Directories made so far, by the bytes of their names.
+        /// Directories made so far, by the bytes of their names; those without an entry of their own are implied.
         private var made: Set<[UInt8]> = []
+        private var implied: Set<[UInt8]> = []
         private var output: SystemFile? = nil
         private var written: UInt64 = 0       // bytes of the current file
         private var writtenBack: UInt64 = 0   // of which writeback has been started
@@ -143,6 +144,7 @@ public enum Unpacker {
                 let path = root + "/" + String(decoding: parent, as: UTF8.self)
                 if mkdir(path, 0o700) != 0 && errno != EEXIST { throw CheckpackError.system("cannot create directory", path: path) }
                 made.insert(Array(parent))
+                implied.insert(Array(parent))
             }
         }
 
@@ -157,6 +159,7 @@ public enum Unpacker {
                     throw CheckpackError.system("cannot create directory", path: path)
                 }
                 made.insert(Array(record.name.utf8))
+                implied.remove(Array(record.name.utf8))
                 directoryModes.append((path, record.mode))
                 summary.directories += 1
             case .file:
@@ -191,6 +194,11 @@ public enum Unpacker {
             try FileSystem.syncDirectory(root)
             guard chmod(root, 0o777 & ~FileSystem.umaskBits) == 0 else {   // mkdtemp makes it 0700
                 throw CheckpackError.system("cannot set mode", path: root)
+            }
+            // Parents without entries get what `mkdir -p` gives them (spec section 7).
+            for name in implied {
+                let path = root + "/" + String(decoding: name, as: UTF8.self)
+                guard chmod(path, 0o777 & ~FileSystem.umaskBits) == 0 else { throw CheckpackError.system("cannot set mode", path: path) }
             }
             // Deepest first, so that a read-only parent does not block its children.
             for (path, mode) in directoryModes.reversed() {

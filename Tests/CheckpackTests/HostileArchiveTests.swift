@@ -290,6 +290,14 @@ func expectRefused(_ bytes: [UInt8], _ what: String, kind: CheckpackError.Kind? 
         }
     }
 
+    @Test func aBytePlaneFrameWithoutAWholeElementIsRefusedEverywhere() throws {
+        // Decoded length 7, element size 8: no element to split (spec 5.1), whatever the stored bytes say.
+        var forge = Forge()
+        forge.requiredFeatures = Format.bytePlanesFeature
+        forge.entry("t", frames: [.init(codec: .zstd, stored: [1, 2, 3, 4, 5, 6], decodedLength: 7, decodedCRC: 0, transform: 1, parameter: 8)])
+        try expectRefused(forge.finish(), "a byte-plane frame of 7 bytes with 8-byte elements", kind: .corrupt)
+    }
+
     @Test func anIndexClaimingHugeCountsIsRefusedWithoutAllocating() throws {
         for (value, what) in [(UInt64(1) << 40, "2^40 entries"), (UInt64.max, "2^64-1 entries")] {
             var forge = Forge()

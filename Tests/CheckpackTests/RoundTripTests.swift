@@ -151,6 +151,25 @@ import Glibc
         #expect(!FileSystemHasLeftovers(dir.path))
     }
 
+    @Test func parentsWithoutEntriesGetTheModeMkdirGives() throws {
+        let dir = TemporaryDirectory()
+        let writer = try ArchiveWriter(path: dir.sub("a.ckpk"))
+        try writer.addFile("implied/deeper/f.txt", contents: [1])
+        try writer.addDirectory("named", mode: 0o750)
+        try writer.finish()
+        try Unpacker.unpack(archive: dir.sub("a.ckpk"), to: dir.sub("out"))
+        // The umask, read without changing it (other tests run alongside).
+        let status = String(decoding: readFile("/proc/self/status") ?? [], as: UTF8.self)
+        let mask = try #require(status.split(separator: "\n").first { $0.hasPrefix("Umask:") }
+            .flatMap { UInt32($0.split(separator: "\t").last ?? "", radix: 8) })
+        let implied = 0o777 & ~mask
+        for (path, mode) in [("implied", implied), ("implied/deeper", implied), ("named", 0o750)] {
+            var info = stat()
+            #expect(stat(dir.sub("out/" + path), &info) == 0)
+            #expect(UInt32(info.st_mode) & 0o7777 == mode, "\(path): 0o\(String(UInt32(info.st_mode) & 0o7777, radix: 8))")
+        }
+    }
+
     @Test func zeroRunsComeBackAsHoles() throws {
         let dir = TemporaryDirectory()
         let block = 64 << 10
