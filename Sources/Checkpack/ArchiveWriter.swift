@@ -185,37 +185,67 @@ public final class ArchiveWriter {
     }
 
     /// Adds a file read from `sourcePath`; the mode defaults to the source's
-    /// permission bits. `itemBoundaries` are offsets where items start; frames are cut there too.
-    public func addFile(_ name: String, fromPath sourcePath: String, mode: UInt32? = nil,
+    /// permission bits. `itemBoundaries` are offsets where items start; frames
+    /// are cut there too. `size`, when given (what a directory walk saw), is
+    /// checked: a file that grew or shrank meanwhile is an error naming it. A
+    /// file of one frame or less is then opened and read on a compressing
+    /// thread, so a tree of many small files is not read one file at a time.
+    public func addFile(_ name: String, fromPath sourcePath: String, mode: UInt32? = nil, size expectedSize: UInt64? = nil,
                         attributes: [String: String] = [:], itemBoundaries: [UInt64] = [],
                         codec: Codec? = nil, level: Int32? = nil) throws {
+        if let mode, let expectedSize, itemBoundaries.isEmpty {
+            let entry = try prepareEntry(name, kind: .file, mode: mode, attributes: attributes, codec: codec, level: level)
+            if expectedSize <= UInt64(entry.frameSize) {
+                return try guarded {
+                    try startEntry(entry)
+                    if expectedSize > 0 { try submitFileFrame(path: sourcePath, size: Int(expectedSize)) }
+                    try closeEntry()
+                }
+            }
+            return try guarded {
+                try startEntry(entry)
+                try appendFile(sourcePath, itemBoundaries: [], expectedSize: expectedSize)
+                try closeEntry()
+            }
+        }
         let source = try SystemFile.openForReading(sourcePath)
-        var info = stat()
-        guard fstat(source.descriptor, &info) == 0 else { throw CheckpackError.system("cannot stat", path: sourcePath) }
-        let entry = try prepareEntry(name, kind: .file, mode: mode ?? (UInt32(info.st_mode) & Format.maxMode),
+        let entry = try prepareEntry(name, kind: .file, mode: try mode ?? source.mode,
                                      attributes: attributes, codec: codec, level: level)
         try guarded {
             try startEntry(entry)
-            var boundaries = itemBoundaries.sorted()[...]
-            var position: UInt64 = 0
-            while true {
-                while let next = boundaries.first, next <= position {
-                    if next == position { try cutItem() }
-                    boundaries = boundaries.dropFirst()
-                }
-                // Up to a frame, and never across the next item boundary.
-                let want = Int(min(UInt64(open?.frameSize ?? options.frameSize), (boundaries.first ?? .max) - position))
-                var chunk = try [UInt8](unsafeUninitializedCapacity: want) { buffer, count in
-                    count = try source.readSome(into: UnsafeMutableRawBufferPointer(buffer))
-                }
-                if chunk.isEmpty { break }
-                let full = chunk.count == want
-                position += UInt64(chunk.count)
-                try appendOwned(&chunk)
-                if !full { break }
-            }
+            try appendFile(sourcePath, source: source, itemBoundaries: itemBoundaries, expectedSize: expectedSize)
             try closeEntry()
         }
+    }
+
+    /// Reads a file into the open entry frame by frame, cutting at `itemBoundaries`.
+    private func appendFile(_ path: String, source: SystemFile? = nil, itemBoundaries: [UInt64], expectedSize: UInt64?) throws {
+        let source = try source ?? SystemFile.openForReading(path)
+        var boundaries = itemBoundaries.sorted()[...]
+        var position: UInt64 = 0
+        while true {
+            while let next = boundaries.first, next <= position {
+                if next == position { try cutItem() }
+                boundaries = boundaries.dropFirst()
+            }
+            // Up to a frame, and never across the next item boundary.
+            let want = Int(min(UInt64(open?.frameSize ?? options.frameSize), (boundaries.first ?? .max) - position))
+            var chunk = try [UInt8](unsafeUninitializedCapacity: want) { buffer, count in
+                count = try source.readSome(into: UnsafeMutableRawBufferPointer(buffer))
+            }
+            if chunk.isEmpty { break }
+            let full = chunk.count == want
+            position += UInt64(chunk.count)
+            try appendOwned(&chunk)
+            if !full { break }
+        }
+        if let expectedSize, position != expectedSize {
+            throw ArchiveWriter.changedWhileRead(path, expected: expectedSize, found: position)
+        }
+    }
+
+    static func changedWhileRead(_ path: String, expected: UInt64, found: UInt64) -> CheckpackError {
+        CheckpackError(.io(EIO), "changed while it was read (\(expected) bytes when listed, \(found) read)", path: path)
     }
 
     /// Starts a file whose content follows through `write(_:)` and `markItemBoundary()`.
@@ -445,6 +475,33 @@ public final class ArchiveWriter {
         let codec = entry.codec, level = entry.level, element = entry.element
         try pipeline.submit(cost: data.count) {
             try ArchiveWriter.encodeFrame(data, entryOffset: entryOffset, startsItem: startsItem, codec: codec, level: level, element: element)
+        }
+    }
+
+    /// The whole content of the open entry is the file at `path`, of `size`
+    /// bytes (at most a frame): opened, read and encoded on a compressing thread.
+    private func submitFileFrame(path: String, size: Int) throws {
+        guard var entry = open else { throw CheckpackError(.invalidArgument, "no file entry is open") }
+        open = nil
+        defer { open = entry }
+        let entryOffset = entry.size
+        entry.size += UInt64(size)
+        let startsItem = entry.itemStartPending
+        entry.itemStartPending = false
+        let codec = entry.codec, level = entry.level, element = entry.element
+        try pipeline.submit(cost: size) {
+            let file = try SystemFile.openForReading(path)
+            // One byte more than expected: a file that grew is caught too.
+            let data = try [UInt8](unsafeUninitializedCapacity: size + 1) { buffer, count in
+                count = 0
+                while count < buffer.count {
+                    let n = try file.readSome(into: UnsafeMutableRawBufferPointer(UnsafeMutableBufferPointer(rebasing: buffer[count...])))
+                    if n == 0 { break }
+                    count += n
+                }
+            }
+            guard data.count == size else { throw ArchiveWriter.changedWhileRead(path, expected: UInt64(size), found: UInt64(data.count)) }
+            return try ArchiveWriter.encodeFrame(data, entryOffset: entryOffset, startsItem: startsItem, codec: codec, level: level, element: element)
         }
     }
 

@@ -436,16 +436,7 @@ public struct EntryEnd: Sendable, Equatable {
 extension String {
     /// Decodes UTF-8, returning nil for invalid sequences instead of repairing them.
     init?(validatingUTF8Bytes bytes: ArraySlice<UInt8>) {
-        var result = ""
-        var decoder = UTF8()
-        var iterator = bytes.makeIterator()
-        loop: while true {
-            switch decoder.decode(&iterator) {
-            case .scalarValue(let scalar): result.unicodeScalars.append(scalar)
-            case .emptyInput: break loop
-            case .error: return nil
-            }
-        }
-        self = result
+        guard let string = String(validating: bytes, as: UTF8.self) else { return nil }
+        self = string
     }
 }

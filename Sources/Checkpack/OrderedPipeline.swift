@@ -48,19 +48,14 @@ final class OrderedPipeline<Output: Sendable> {
     func submit(cost: Int = 0, _ work: @escaping Job) throws {
         batch.append(work)
         batchedCost += cost
-        if batchedCost >= batchCost || batch.count >= 64 { try flushBatch() }
+        if batchedCost >= batchCost || batch.count >= 256 { try flushBatch() }
     }
 
-    /// Queues a result that needs no work, keeping its place in the order.
+    /// Queues a result that needs no work, keeping its place in the order. It
+    /// joins the open batch: a tree of many small files then costs one
+    /// hand-off per batch, not several per file.
     func submitReady(_ output: Output) throws {
-        try flushBatch()
-        try sinkFinished()
-        if pendingCount == 0 { return try sink(output) }
-        while pendingCount >= maxPending { try sinkHead() }
-        let slot = Slot()
-        slot.outputs = [output]
-        slot.done.signal()
-        pending.append(slot)
+        try submit(cost: 0) { output }
     }
 
     /// Sinks every queued result.

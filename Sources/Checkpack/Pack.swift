@@ -61,7 +61,7 @@ public enum Packer {
             case .directory: try writer.addDirectory(item.name, mode: item.mode)
             case .file:
                 let layout = layouts[item.name] ?? FileLayout()
-                try writer.addFile(item.name, fromPath: item.path, mode: item.mode, attributes: layout.attributes,
+                try writer.addFile(item.name, fromPath: item.path, mode: item.mode, size: item.size, attributes: layout.attributes,
                                    itemBoundaries: layout.itemBoundaries)
             }
         }

@@ -1,3 +1,4 @@
+import CSystemShims
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -25,6 +26,13 @@ public final class SystemFile: @unchecked Sendable {
 
     deinit { if owned { _ = Glibc.close(descriptor) } }
 
+    /// A directory opened for fsync.
+    static func openDirectory(_ path: String) throws -> SystemFile {
+        let fd = retrying { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        guard fd >= 0 else { throw CheckpackError.system("cannot open directory", path: path) }
+        return SystemFile(descriptor: fd, path: path)
+    }
+
     public static func openForReading(_ path: String) throws -> SystemFile {
         let fd = retrying { open(path, O_RDONLY | O_CLOEXEC) }
         guard fd >= 0 else { throw CheckpackError.system("cannot open", path: path) }
@@ -41,11 +49,18 @@ public final class SystemFile: @unchecked Sendable {
     static var standardInput: SystemFile { SystemFile(descriptor: 0, path: "-", owned: false) }
 
     public var size: UInt64 {
-        get throws {
-            var info = stat()
-            guard fstat(descriptor, &info) == 0 else { throw CheckpackError.system("cannot stat", path: path) }
-            return UInt64(info.st_size)
-        }
+        get throws { UInt64(try status().st_size) }
+    }
+
+    /// Permission bits (at most 0o7777).
+    var mode: UInt32 {
+        get throws { UInt32(try status().st_mode) & Format.maxMode }
+    }
+
+    private func status() throws -> stat {
+        var info = stat()
+        guard fstat(descriptor, &info) == 0 else { throw CheckpackError.system("cannot stat", path: path) }
+        return info
     }
 
     /// Reads exactly `buffer.count` bytes at `offset`, or throws `truncated`.
@@ -144,7 +159,7 @@ public enum Leftovers {
 }
 
 /// File-system operations on paths.
-enum FileSystem {
+package enum FileSystem {
     /// "dir/name" → "dir"; "name" → ".".
     static func parent(of path: String) -> String {
         let trimmed = path.count > 1 && path.hasSuffix("/") ? String(path.dropLast()) : path
@@ -229,11 +244,39 @@ enum FileSystem {
         }
     }
 
+    /// The regular files below `root` (symbolic links to files too), as
+    /// relative `/`-separated paths in walk order: each directory's names sorted by their bytes.
+    package static func regularFiles(under root: String, prefix: String = "") throws -> [String] {
+        var files: [String] = []
+        for (name, type) in try listDirectoryWithTypes(root) {
+            let path = root + "/" + name, relative = prefix.isEmpty ? name : prefix + "/" + name
+            var kind = mode_t(type) << 12   // DT_* values are the S_IF* values shifted down by 12
+            var info = stat()
+            if type == UInt8(DT_UNKNOWN) {   // the filesystem did not say: ask
+                guard lstat(path, &info) == 0 else { continue }
+                kind = info.st_mode & S_IFMT
+            }
+            switch kind {
+            case S_IFDIR: files += try regularFiles(under: path, prefix: relative)
+            case S_IFREG: files.append(relative)
+            case S_IFLNK: if stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG { files.append(relative) }
+            default: break
+            }
+        }
+        return files
+    }
+
     /// Names in a directory, without "." and "..", sorted by their bytes.
     static func listDirectory(_ path: String) throws -> [String] {
+        try listDirectoryWithTypes(path).map(\.name)
+    }
+
+    /// Names in a directory with their `d_type` (DT_UNKNOWN where the
+    /// filesystem does not say), without "." and "..", sorted by their bytes.
+    static func listDirectoryWithTypes(_ path: String) throws -> [(name: String, type: UInt8)] {
         guard let dir = opendir(path) else { throw CheckpackError.system("cannot read directory", path: path) }
         defer { closedir(dir) }
-        var names: [[UInt8]] = []
+        var entries: [(name: [UInt8], type: UInt8)] = []
         while true {
             errno = 0
             guard let entry = readdir(dir) else {
@@ -244,14 +287,14 @@ enum FileSystem {
                 $0.withMemoryRebound(to: UInt8.self, capacity: 256) { Array(UnsafeBufferPointer(start: $0, count: strlen(UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)))) }
             }
             if name == [0x2E] || name == [0x2E, 0x2E] { continue }
-            names.append(name)
+            entries.append((name, entry.pointee.d_type))
         }
-        names.sort { $0.lexicographicallyPrecedes($1) }
-        return try names.map { bytes in
-            guard let name = String(validatingUTF8Bytes: bytes[...]) else {
-                throw CheckpackError(.invalidArgument, "holds a name that is not valid UTF-8: \(String(decoding: bytes, as: UTF8.self))", path: path)
+        entries.sort { $0.name.lexicographicallyPrecedes($1.name) }
+        return try entries.map { entry in
+            guard let name = String(validatingUTF8Bytes: entry.name[...]) else {
+                throw CheckpackError(.invalidArgument, "holds a name that is not valid UTF-8: \(String(decoding: entry.name, as: UTF8.self))", path: path)
             }
-            return name
+            return (name, entry.type)
         }
     }
 }

@@ -1,3 +1,4 @@
+import Dispatch
 import CSystemShims
 #if canImport(Glibc)
 import Glibc
@@ -110,6 +111,7 @@ public enum Unpacker {
         static let holeBlock = 64 << 10
         private static let zeros = [UInt8](repeating: 0, count: holeBlock)
         private var endsInHole = false
+        private let syncs = ParallelSync()
 
         func append(_ bytes: [UInt8]) throws {
             guard let output else { throw CheckpackError(.corrupt, "data outside a file entry") }
@@ -182,16 +184,15 @@ public enum Unpacker {
                 guard fchmod(output.descriptor, mode_t(current.mode & 0o777)) == 0 else {
                     throw CheckpackError.system("cannot set mode", path: output.path)
                 }
-                try output.sync()
+                // Made durable on a worker thread: fsyncs overlap instead of waiting one after another.
+                syncs.sync(output)
             }
             output = nil
             current = nil
         }
 
-        /// Makes directories durable, then gives them their modes.
+        /// Gives directories their modes, then makes the whole tree durable.
         func finish() throws {
-            for name in made { try FileSystem.syncDirectory(root + "/" + String(decoding: name, as: UTF8.self)) }
-            try FileSystem.syncDirectory(root)
             guard chmod(root, 0o777 & ~FileSystem.umaskBits) == 0 else {   // mkdtemp makes it 0700
                 throw CheckpackError.system("cannot set mode", path: root)
             }
@@ -204,6 +205,10 @@ public enum Unpacker {
             for (path, mode) in directoryModes.reversed() {
                 guard chmod(path, mode_t(mode & 0o777)) == 0 else { throw CheckpackError.system("cannot set mode", path: path) }
             }
+            // Every file's fsync has finished; then the directories, so that their entries last too.
+            for name in made { syncs.sync(try SystemFile.openDirectory(root + "/" + String(decoding: name, as: UTF8.self))) }
+            try syncs.wait()
+            try FileSystem.syncDirectory(root)
         }
     }
 
@@ -227,5 +232,31 @@ public enum Unpacker {
         }
         try FileSystem.syncDirectory(FileSystem.parent(of: destination))
         if let old { FileSystem.removeTree(old) }
+    }
+}
+
+/// fsyncs files on worker threads, a bounded number at a time, and closes
+/// them: a tree of many small files waits for its fsyncs together, not one
+/// after another. `wait()` reports the first failure.
+final class ParallelSync: @unchecked Sendable {
+    private let group = DispatchGroup()
+    private let slots = DispatchSemaphore(value: 32)
+    private let failure = Locked<CheckpackError?>(nil)
+
+    func sync(_ file: SystemFile) {
+        slots.wait()
+        group.enter()
+        DispatchQueue.global().async { [self] in
+            do { try file.sync() } catch let error as CheckpackError {
+                failure.withLock { if $0 == nil { $0 = error } }
+            } catch {}
+            slots.signal()
+            group.leave()
+        }
+    }
+
+    func wait() throws {
+        group.wait()
+        if let error = failure.withLock({ $0 }) { throw error }
     }
 }

@@ -42,7 +42,7 @@ public enum Inspector {
         var names: [String] {
             switch self {
             case .directory(let root):
-                return (try? FileManager.default.subpathsOfDirectory(atPath: root).sorted()) ?? []
+                return (try? FileSystem.regularFiles(under: root)) ?? []
             case .archive(let reader):
                 return reader.entries.filter { $0.kind == .file }.map(\.name)
             }

@@ -1,4 +1,5 @@
 import Checkpack
+import Foundation
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -149,6 +150,19 @@ import Glibc
         let reader = try ArchiveReader(path: dir.sub("a.ckpk"))
         #expect(try reader.read(try #require(reader.entry(named: "filelink"))) == [7])
         #expect(!FileSystemHasLeftovers(dir.path))
+    }
+
+    @Test func aFileThatChangedSinceItWasListedIsAnError() throws {
+        let dir = TemporaryDirectory()
+        for (size, listed) in [(1000, 900), (1000, 1100), (10_000, 9000), (10_000, 11_000)] {   // one frame, and several
+            try writeFile(dir.sub("f"), sampleBytes(size, seed: 3))
+            let writer = try ArchiveWriter(path: dir.sub("a.ckpk"), options: WriterOptions(frameSize: 4096, overwrite: true))
+            #expect(throws: CheckpackError.self, "\(size) listed as \(listed)") {
+                try writer.addFile("f", fromPath: dir.sub("f"), mode: 0o644, size: UInt64(listed))
+                try writer.finish()
+            }
+            #expect(!FileManager.default.fileExists(atPath: dir.sub("a.ckpk")))
+        }
     }
 
     @Test func parentsWithoutEntriesGetTheModeMkdirGives() throws {
