@@ -30,3 +30,21 @@ int ckpk_stdout_failed(void) {
     // fflush reports a failure of the last write; ferror one of any earlier write.
     return fflush(stdout) != 0 || ferror(stdout);
 }
+
+int ckpk_rename_exchange(const char *from, const char *to) {
+#if defined(__linux__) && defined(RENAME_EXCHANGE)
+    return renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_EXCHANGE);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int ckpk_rename_noreplace(const char *from, const char *to) {
+#if defined(__linux__) && defined(RENAME_NOREPLACE)
+    return renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE);
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}

@@ -213,14 +213,26 @@ package enum FileSystem {
         guard Glibc.rename(from, to) == 0 else { throw CheckpackError.system("cannot rename to \(to)", path: from) }
     }
 
-    /// Moves `from` to `to` only if nothing is at `to` (link then unlink:
-    /// the link fails atomically with EEXIST).
+    /// Moves `from` to `to` only if nothing is at `to`, atomically:
+    /// renameat2(RENAME_NOREPLACE), or where the kernel or filesystem lacks
+    /// it, link then unlink (the link fails atomically with EEXIST).
     static func renameNoReplace(_ from: String, to: String) throws {
+        if ckpk_rename_noreplace(from, to) == 0 { return }
+        if errno == EEXIST { throw CheckpackError(.alreadyExists, "already exists", path: to) }
+        guard errno == EINVAL || errno == ENOSYS else { throw CheckpackError.system("cannot rename to \(to)", path: from) }
         guard link(from, to) == 0 else {
             if errno == EEXIST { throw CheckpackError(.alreadyExists, "already exists", path: to) }
             throw CheckpackError.system("cannot create", path: to)
         }
         _ = unlink(from)
+    }
+
+    /// Swaps `a` and `b` in one step (both exist afterwards, exchanged), or
+    /// returns false where the kernel or filesystem cannot.
+    static func exchange(_ a: String, _ b: String) throws -> Bool {
+        if ckpk_rename_exchange(a, b) == 0 { return true }
+        guard errno == EINVAL || errno == ENOSYS else { throw CheckpackError.system("cannot exchange with \(b)", path: a) }
+        return false
     }
 
     /// fsyncs a directory so that a rename inside it is durable.

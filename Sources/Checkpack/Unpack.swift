@@ -212,12 +212,20 @@ public enum Unpacker {
         }
     }
 
-    /// Renames `staging` to `destination`; an existing destination (with
-    /// `overwrite`) is moved aside first and removed once the new tree is in place.
+    /// Renames `staging` to `destination`. An existing destination (with
+    /// `overwrite`) is exchanged with the new tree in one step (renameat2
+    /// RENAME_EXCHANGE), so that a kill at any moment leaves one whole tree
+    /// under its name, and the old one is then removed; where the kernel or
+    /// filesystem cannot exchange, it is moved aside first.
     static func replace(_ destination: String, with staging: String, overwrite: Bool) throws {
         var old: String? = nil
         if FileSystem.exists(destination) {
             guard overwrite else { throw CheckpackError(.alreadyExists, "already exists", path: destination) }
+            if try FileSystem.exchange(staging, destination) {
+                try FileSystem.syncDirectory(FileSystem.parent(of: destination))
+                FileSystem.removeTree(staging)   // the old tree, under the staging name now
+                return
+            }
             // A fresh unique name; removed again so that a file can move there too.
             let aside = try FileSystem.temporaryDirectory(beside: destination, suffix: "ckpk-old")
             _ = rmdir(aside)

@@ -11,6 +11,16 @@ if CommandLine.arguments.count <= 1 {
     writeStderr(CheckpackCommand.helpMessage() + "\n")
     exit(2)
 }
+// Paths are bytes. Swift repairs an argument that is not valid UTF-8 (with
+// U+FFFD), which would name another path: refuse it rather than guess.
+for i in 1..<Int(CommandLine.argc) {
+    guard let raw = CommandLine.unsafeArgv[i] else { continue }
+    let bytes = UnsafeBufferPointer(start: UnsafeRawPointer(raw).assumingMemoryBound(to: UInt8.self), count: strlen(raw))
+    if String(validating: bytes, as: UTF8.self) == nil {
+        printError("argument \(i) (\(String(decoding: bytes, as: UTF8.self))) is not valid UTF-8: names and paths must be UTF-8")
+        exit(2)
+    }
+}
 do {
     var command = try CheckpackCommand.parseAsRoot()
     try command.run()

@@ -167,6 +167,25 @@ struct CLI {
         #expect(try CLI.run(["--help"]).status == 0)
     }
 
+    @Test func anArgumentThatIsNotUTF8IsRefusedNotRepaired() throws {
+        // `unpack x.ckpk $'d\xfe' --force` must not touch "d\u{FFFD}", the name Swift would repair it to.
+        #expect(try CLI.run(["pack", dir.sub("src"), dir.sub("u.ckpk"), "--quiet"]).status == 0)
+        makeDirectory(dir.sub("d\u{FFFD}"))
+        try writeFile(dir.sub("d\u{FFFD}/keep"), [1])
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", #"exec "$0" unpack "$1" "$(printf 'd\376')" --force"#, CLI.executable, dir.sub("u.ckpk")]
+        process.currentDirectoryURL = URL(fileURLWithPath: dir.path)
+        let err = Pipe()
+        process.standardError = err
+        try process.run()
+        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 2, "\(message)")
+        #expect(message.contains("not valid UTF-8"), "\(message)")
+        #expect(readFile(dir.sub("d\u{FFFD}/keep")) == [1])
+    }
+
     @Test func optionsAndMessagesAsAUserSeesThem() throws {
         // A negative level parses as a value, and the codec's default shows by name.
         let fast = try CLI.run(["pack", dir.sub("src"), dir.sub("fast.ckpk"), "--level", "-7", "--quiet"])

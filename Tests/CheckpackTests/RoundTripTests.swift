@@ -66,6 +66,11 @@ import Glibc
         #expect(readFile(dir.sub("out/keep")) == [1, 2, 3])
         try Unpacker.unpack(archive: dir.sub("a.ckpk"), to: dir.sub("out"), overwrite: true)
         #expect(TreeSnapshot(dir.sub("out")) == TreeSnapshot(dir.sub("src")))
+        // A file in the way is replaced too; nothing of the old trees or the staging is left beside them.
+        try writeFile(dir.sub("file-out"), [7])
+        try Unpacker.unpack(archive: dir.sub("a.ckpk"), to: dir.sub("file-out"), overwrite: true)
+        #expect(TreeSnapshot(dir.sub("file-out")) == TreeSnapshot(dir.sub("src")))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted() == ["a.ckpk", "file-out", "out", "src"])
     }
 
     @Test func packRefusesAnExistingArchiveUnlessForced() throws {
