@@ -208,7 +208,7 @@ public final class ArchiveWriter {
                 try closeEntry()
             }
         }
-        let source = try SystemFile.openForReading(sourcePath)
+        let source = try SystemFile.openRegularFile(sourcePath)
         let entry = try prepareEntry(name, kind: .file, mode: try mode ?? source.mode,
                                      attributes: attributes, codec: codec, level: level)
         try guarded {
@@ -220,7 +220,7 @@ public final class ArchiveWriter {
 
     /// Reads a file into the open entry frame by frame, cutting at `itemBoundaries`.
     private func appendFile(_ path: String, source: SystemFile? = nil, itemBoundaries: [UInt64], expectedSize: UInt64?) throws {
-        let source = try source ?? SystemFile.openForReading(path)
+        let source = try source ?? SystemFile.openRegularFile(path)
         var boundaries = itemBoundaries.sorted()[...]
         var position: UInt64 = 0
         while true {
@@ -490,7 +490,7 @@ public final class ArchiveWriter {
         entry.itemStartPending = false
         let codec = entry.codec, level = entry.level, element = entry.element
         try pipeline.submit(cost: size) {
-            let file = try SystemFile.openForReading(path)
+            let file = try SystemFile.openRegularFile(path)
             // One byte more than expected: a file that grew is caught too.
             let data = try [UInt8](unsafeUninitializedCapacity: size + 1) { buffer, count in
                 count = 0

@@ -33,6 +33,19 @@ public final class SystemFile: @unchecked Sendable {
         return SystemFile(descriptor: fd, path: path)
     }
 
+    /// Opens a file to pack: without blocking (a FIFO swapped in after the
+    /// directory walk must not hang the run), and only a regular file (not a
+    /// FIFO, a device such as /dev/zero, or a socket).
+    static func openRegularFile(_ path: String) throws -> SystemFile {
+        let fd = retrying { open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC) }
+        guard fd >= 0 else { throw CheckpackError.system("cannot open", path: path) }
+        let file = SystemFile(descriptor: fd, path: path)
+        guard (try file.status().st_mode & S_IFMT) == S_IFREG else {
+            throw CheckpackError(.io(EINVAL), "is not a regular file (it changed after it was listed?)", path: path)
+        }
+        return file
+    }
+
     public static func openForReading(_ path: String) throws -> SystemFile {
         let fd = retrying { open(path, O_RDONLY | O_CLOEXEC) }
         guard fd >= 0 else { throw CheckpackError.system("cannot open", path: path) }

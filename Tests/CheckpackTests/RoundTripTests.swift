@@ -170,6 +170,21 @@ import Glibc
         }
     }
 
+    @Test func aFifoOrADeviceWhereAFileWasListedIsRefusedWithoutHanging() throws {
+        let dir = TemporaryDirectory()
+        #expect(mkfifo(dir.sub("fifo"), 0o644) == 0)
+        symlink("/dev/zero", dir.sub("zero"))
+        for name in ["fifo", "zero"] {
+            for listed: UInt64 in [100, 100 << 20] {   // read on a worker thread, and on the caller's
+                let writer = try ArchiveWriter(path: dir.sub("a.ckpk"), options: WriterOptions(overwrite: true))
+                #expect(throws: CheckpackError.self, "\(name)") {
+                    try writer.addFile(name, fromPath: dir.sub(name), mode: 0o644, size: listed)
+                    try writer.finish()
+                }
+            }
+        }
+    }
+
     @Test func parentsWithoutEntriesGetTheModeMkdirGives() throws {
         let dir = TemporaryDirectory()
         let writer = try ArchiveWriter(path: dir.sub("a.ckpk"))
