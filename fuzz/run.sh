@@ -34,7 +34,7 @@ archive)
     mkdir -p "$build/modules/$module"
     printf 'module %s {\n  header "%s"\n  export *\n}\n' "$module" "$repo/Sources/$module/include/$header" >"$build/modules/$module/module.modulemap"
   done
-  swiftc -sanitize=fuzzer,address -parse-as-library -O -g -module-name Checkpack \
+  swiftc -sanitize=fuzzer,address -parse-as-library -O -g -module-name Checkpack -package-name Checkpack \
     -I "$build/modules/CCRC32C" -I "$build/modules/CBytePlanes" -I "$build/modules/CSystemShims" \
     -I "$repo/Sources/CZstd" -I "$repo/Sources/CZlib" \
     "$repo"/Sources/Checkpack/*.swift "$here/FuzzArchive.swift" "$build"/CCRC32C.o "$build"/CBytePlanes.o "$build"/CSystemShims.o \
