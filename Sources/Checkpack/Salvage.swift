@@ -21,8 +21,12 @@ public struct SalvageReport: Sendable {
     public var damagedRanges: [Range<UInt64>] = []
     /// True when the scan reached the index (so no entry after the damage was lost with the tail).
     public var reachedIndex = false
+    /// Bytes after the archive's trailer, not read (another archive appended to this one?).
+    public var ignoredTail: Range<UInt64>? = nil
 
-    public var isComplete: Bool { damagedRanges.isEmpty && reachedIndex && entries.allSatisfy { $0.outcome == .complete } }
+    public var isComplete: Bool {
+        damagedRanges.isEmpty && reachedIndex && ignoredTail == nil && entries.allSatisfy { $0.outcome == .complete }
+    }
 }
 
 /// Recovers what can be recovered from a damaged archive — one whose tail or
@@ -84,6 +88,8 @@ public enum Salvager {
             while let tag = bytes(4, at: position) {
                 if tag == Format.indexTag, (try? ArchiveIndex.decodeHeader((bytes(Format.indexHeaderSize, at: position) ?? [])[...])) != nil {
                     report.reachedIndex = true
+                    // The records end here; what follows the trailer (if it is intact) is not this archive's.
+                    if let end = archiveEnd(indexAt: position), end < source.size { report.ignoredTail = end..<source.size }
                     return
                 }
                 if tag == Format.entryTag, let (record, length) = entryRecord(at: position) {
@@ -93,6 +99,25 @@ public enum Salvager {
                     resynchronize()
                 }
             }
+        }
+
+        /// Where the archive whose index starts at `offset` ends: after its
+        /// trailer, when the rows and the trailer that follows them hold together.
+        func archiveEnd(indexAt offset: UInt64) -> UInt64? {
+            let input = SequentialInput(source: RangeSource(source: source, range: offset..<source.size))
+            guard let head = try? input.read(Format.indexHeaderSize), let count = try? ArchiveIndex.decodeHeader(head[...]) else { return nil }
+            var length = UInt64(Format.indexHeaderSize)
+            for _ in 0..<count {
+                guard let row = try? input.read(Format.indexRowFixedSize) else { return nil }
+                let nameLength = Int(row[52]) | Int(row[53]) << 8
+                guard (try? input.read(nameLength)) != nil else { return nil }
+                length += UInt64(Format.indexRowFixedSize + nameLength)
+            }
+            let trailerAt = offset + length
+            guard let trailerBytes = try? input.read(Format.trailerSize),
+                  let trailer = try? Trailer.decode(trailerBytes[...], base: trailerAt),
+                  trailer.indexOffset == offset, trailer.indexLength == length else { return nil }
+            return trailerAt + UInt64(Format.trailerSize)
         }
 
         func entryRecord(at offset: UInt64) -> (EntryRecord, Int)? {

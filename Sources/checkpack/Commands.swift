@@ -226,6 +226,9 @@ struct SalvageCommand: ParsableCommand {
             print("damaged   archive bytes \(range.lowerBound)..<\(range.upperBound) skipped")
         }
         if !report.reachedIndex { print("lost      the archive's tail: entries after the last one shown may be missing") }
+        if let tail = report.ignoredTail {
+            print("ignored   archive bytes \(tail.lowerBound)..<\(tail.upperBound) after the trailer (another archive appended?)")
+        }
         let complete = report.entries.filter { $0.outcome == .complete }.count
         writeStderr("salvaged \(complete) of \(report.entries.count) entries intact into \(destination)\n")
         if !report.isComplete { throw CommandFailure(code: 1) }

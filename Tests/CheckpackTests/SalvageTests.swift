@@ -25,6 +25,28 @@ import Testing
         for (name, bytes) in Self.files { #expect(readFile(dir.sub("out/" + name)) == bytes) }
     }
 
+    @Test func anAppendedArchiveIsReportedNotSilentlyDropped() throws {
+        let dir = TemporaryDirectory()
+        let bytes = try archive(dir)
+        try writeFile(dir.sub("two.ckpk"), bytes + bytes)
+        let report = try Salvager.salvage(archive: dir.sub("two.ckpk"), to: dir.sub("out"))
+        #expect(report.reachedIndex && report.entries.count == 4)
+        #expect(report.ignoredTail == UInt64(bytes.count)..<UInt64(2 * bytes.count))
+        #expect(!report.isComplete)
+    }
+
+    @Test func anArchiveOfAnotherVersionOrUnknownFeaturesIsRefused() throws {
+        let dir = TemporaryDirectory()
+        var bytes = try archive(dir)
+        bytes[8] = 3   // version 3
+        try writeFile(dir.sub("v3.ckpk"), bytes)
+        #expect(throws: CheckpackError.self) { try Salvager.salvage(archive: dir.sub("v3.ckpk"), to: dir.sub("out3")) }
+        bytes[8] = 2
+        bytes[15] = 0x80   // an unknown required feature
+        try writeFile(dir.sub("f.ckpk"), bytes)
+        #expect(throws: CheckpackError.self) { try Salvager.salvage(archive: dir.sub("f.ckpk"), to: dir.sub("outf")) }
+    }
+
     @Test func aTruncatedArchiveGivesBackItsCompleteEntriesAndThePrefixOfTheCutOne() throws {
         let dir = TemporaryDirectory()
         let bytes = try archive(dir)
