@@ -133,6 +133,7 @@ public final class ArchiveWriter {
         self.path = path
         self.options = options
         let file = try FileSystem.temporaryFile(beside: path, suffix: "ckpk-tmp")
+        Interruption.track(file.path)
         _ = fchmod(file.descriptor, 0o666 & ~FileSystem.umaskBits)   // mkstemp makes it 0600
         self.file = file
         self.output = BufferedOutput(file: file)
@@ -340,6 +341,7 @@ public final class ArchiveWriter {
                 try FileSystem.renameNoReplace(file.path, to: path)
             }
             finished = true
+            Interruption.untrack(file.path)
             self.file = nil
             try FileSystem.syncDirectory(FileSystem.parent(of: path))
         }
@@ -364,7 +366,10 @@ public final class ArchiveWriter {
 
     private func discard() {
         pipeline?.abandon()
-        if let file, !finished { _ = unlink(file.path) }
+        if let file, !finished {
+            _ = unlink(file.path)
+            Interruption.untrack(file.path)
+        }
         file = nil
         finished = true
     }

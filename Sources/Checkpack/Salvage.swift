@@ -41,6 +41,8 @@ public enum Salvager {
         }
         let source = try FileSource(path: archive)
         let staging = try FileSystem.temporaryDirectory(beside: destination, suffix: "ckpk-unpack")
+        Interruption.track(staging)
+        defer { Interruption.untrack(staging) }
         do {
             let tree = Unpacker.TreeBuilder(root: staging, progress: { _ in })
             var scan = Scan(source: source, tree: tree)

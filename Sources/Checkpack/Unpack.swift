@@ -34,6 +34,8 @@ public enum Unpacker {
         }
         let stream = try ArchiveStreamReader(source: input)
         let staging = try FileSystem.temporaryDirectory(beside: destination, suffix: "ckpk-unpack")
+        Interruption.track(staging)
+        defer { Interruption.untrack(staging) }
         do {
             let summary = try extract(stream, into: staging, progress: { progress?($0, total) })
             try replace(destination, with: staging, overwrite: overwrite)

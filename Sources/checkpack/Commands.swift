@@ -42,7 +42,7 @@ struct PackCommand: ParsableCommand {
             // The writer finishes by rewriting the header, which a pipe cannot take.
             throw ValidationError("pack cannot write an archive to standard output; name a file")
         }
-        reportLeftovers(beside: archive, quiet: quiet)
+        reportLeftovers(beside: archive)
         var options = WriterOptions(codec: codec ?? .zstd, level: level, frameSize: frameSize.bytes, threads: threads, overwrite: force)
         options.bytePlanes = !noPlanes
         options.planeFrameSize = planeFrameSize.bytes
@@ -78,7 +78,7 @@ struct UnpackCommand: ParsableCommand {
     @Flag(help: "No progress bar or summary.") var quiet = false
 
     func run() throws {
-        reportLeftovers(beside: destination, quiet: quiet)
+        reportLeftovers(beside: destination)
         let bar = ProgressBar("unpacking", quiet: quiet)
         let start = monotonicSeconds()
         let summary = try Unpacker.unpack(archive: archive, to: destination, overwrite: force) { bar.update($0, total: $1) }

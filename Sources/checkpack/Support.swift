@@ -1,4 +1,5 @@
 import ArgumentParser
+import Dispatch
 import Checkpack
 #if canImport(Glibc)
 import Glibc
@@ -136,8 +137,24 @@ enum JSON {
 
 /// Reports what interrupted runs left beside `destination` (never removes
 /// it: a run still in progress may own it).
-func reportLeftovers(beside destination: String, quiet: Bool) {
-    guard !quiet else { return }
+/// SIGINT, SIGTERM and SIGHUP remove the temporary files and folders this run
+/// was building (`Interruption`), then exit with 128 + the signal. The
+/// handlers run on a dispatch queue, not in signal context; keep the sources.
+func handleInterruptions() -> [DispatchSourceSignal] {
+    [SIGINT, SIGTERM, SIGHUP].map { number in
+        signal(number, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+        source.setEventHandler {
+            Interruption.removeTracked()
+            _exit(128 + number)
+        }
+        source.resume()
+        return source
+    }
+}
+
+/// Warns of what interrupted runs left; --quiet does not silence warnings.
+func reportLeftovers(beside destination: String) {
     for path in Leftovers.find(beside: destination) {
         printError("warning: \(path) was left by an interrupted run; remove it if no other checkpack is writing \(destination)")
     }

@@ -21,6 +21,8 @@ for i in 1..<Int(CommandLine.argc) {
         exit(2)
     }
 }
+// Ctrl-C, kill and a closed terminal remove what this run was building, then exit 128 + signal.
+let interruptions = handleInterruptions()
 do {
     var command = try CheckpackCommand.parseAsRoot()
     try command.run()

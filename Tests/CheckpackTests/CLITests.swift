@@ -259,6 +259,44 @@ struct CLI {
 }
 
 extension CrashSafetyTests {
+    @Test func signalsRemoveWhatTheRunWasBuildingAndExit128PlusTheSignal() throws {
+        let dir = TemporaryDirectory()
+        makeDirectory(dir.sub("src"))
+        for i in 0..<4 { try writeFile(dir.sub("src/f\(i)"), sampleBytes(1 << 20, seed: UInt64(i))) }
+        // pack at the slowest level: still compressing when the signal comes.
+        for signal in [SIGTERM, SIGINT, SIGHUP] {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: CLI.executable)
+            process.arguments = ["pack", dir.sub("src"), dir.sub("a.ckpk"), "--level", "22", "--quiet"]
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            usleep(400_000)
+            kill(process.processIdentifier, signal)
+            process.waitUntilExit()
+            #expect(process.terminationStatus == 128 + signal, "pack, signal \(signal)")
+            #expect(!FileManager.default.fileExists(atPath: dir.sub("a.ckpk")))
+            #expect(!FileSystemHasLeftovers(dir.path), "pack, signal \(signal): \(TreeSnapshot(dir.path).items.keys.sorted())")
+        }
+        // unpack from a pipe that has delivered half the archive: waiting for the rest when the signal comes.
+        #expect(try CLI.run(["pack", dir.sub("src"), dir.sub("b.ckpk"), "--quiet"]).status == 0)
+        let archive = try #require(readFile(dir.sub("b.ckpk")))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CLI.executable)
+        process.arguments = ["unpack", "-", dir.sub("out"), "--quiet"]
+        let input = Pipe()
+        process.standardInput = input
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        input.fileHandleForWriting.write(Data(archive[..<(archive.count / 2)]))
+        usleep(400_000)
+        kill(process.processIdentifier, SIGINT)
+        process.waitUntilExit()
+        try? input.fileHandleForWriting.close()
+        #expect(process.terminationStatus == 128 + SIGINT, "unpack")
+        #expect(!FileManager.default.fileExists(atPath: dir.sub("out")))
+        #expect(!FileSystemHasLeftovers(dir.path), "unpack: \(TreeSnapshot(dir.path).items.keys.sorted())")
+    }
+
     @Test func killingAnArchiveSaveNeverLeavesAPartialArchive() throws {
         let dir = TemporaryDirectory()
         let demo = URL(fileURLWithPath: CLI.executable).deletingLastPathComponent().appendingPathComponent("checkpoint-demo").path
