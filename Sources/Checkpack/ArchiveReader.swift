@@ -560,7 +560,6 @@ public struct FrameLocation: Sendable, Equatable {
     public let archiveOffset: UInt64
     public let header: FrameHeader
 
-    var payloadOffset: UInt64 { archiveOffset + UInt64(Format.frameHeaderSize) }
     /// The bytes of its entry that the frame holds.
     public var entryRange: Range<UInt64> { header.entryOffset..<header.entryOffset + UInt64(header.decodedLength) }
 }

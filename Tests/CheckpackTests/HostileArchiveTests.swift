@@ -209,6 +209,10 @@ func expectRefused(_ bytes: [UInt8], _ what: String, kind: CheckpackError.Kind? 
         }
         #expect(try reader.read(entry) == (0..<37).map(UInt8.init))
         #expect(try reader.verify().isEmpty)
+        // A read reads only the pages on its path: the root (3 rows), level-1 page 2 (2 rows), leaf 9 (1 row).
+        let fresh = try ArchiveReader(source: MemorySource(bytes))
+        #expect(try fresh.read(try #require(fresh.entry(named: "deep")), offset: 36, count: 1) == [36])
+        #expect(fresh.tableBytesRead == (24 + 3 * 16) + (24 + 2 * 16) + (24 + 8))
         #expect(try streamContents(MemoryStream(bytes))["deep"] == (0..<37).map(UInt8.init))
     }
 
