@@ -13,7 +13,6 @@ item read fetches and decodes only the frames that hold it.
 """
 import collections
 import dataclasses
-import glob
 import io
 import math
 import os
@@ -306,14 +305,18 @@ class _ArchiveWriteFileSystem(FileSystemBase):
         self.archive_path = os.path.abspath(os.fspath(archive_path))
         self.codec, self.level, self.frame_size = codec, level, frame_size
         self._metadata = {}
+        # The data files this save wrote (set by ArchiveWriter.finish): only their parts are joined.
+        self.saved_files = None
 
     def part_path(self, name):
         directory, base = os.path.split(self.archive_path)
         return os.path.join(directory, f".{base}.ckpk-part-{name}")
 
     def parts(self):
-        directory, base = os.path.split(self.archive_path)
-        return sorted(glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(base)}.ckpk-part-*")))
+        """This save's parts: never one that a killed earlier save of the same archive left."""
+        if self.saved_files is None:
+            raise CheckpackError("the archive's parts are not known before the save finishes")
+        return [self.part_path(name) for name in self.saved_files]
 
     def create_stream(self, path, mode):
         name = os.fspath(path)
@@ -381,6 +384,11 @@ class ArchiveWriter(FileSystemWriter):
         super().reset(None)
         if checkpoint_id:
             self._open(checkpoint_id)
+
+    def finish(self, metadata, results):
+        # The results name every data file of this save, on every rank.
+        self.fs.saved_files = sorted({wr.storage_data.relative_path for rank in results for wr in rank})
+        super().finish(metadata, results)
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id):

@@ -226,3 +226,16 @@ def test_every_item_of_a_saved_archive_starts_a_frame(tmp_path):
     dcp.load(loaded, storage_reader=reader, no_dist=True)
     assert all(torch.equal(loaded[k], v) for k, v in sd.items())
     assert reader.direct_reads == len(sd)
+
+
+def test_a_part_left_by_a_killed_save_is_not_joined_into_the_next(tmp_path):
+    archive = str(tmp_path / "x.ckpk")
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "__3_0.distcp").write_bytes(b"from a save that was killed")
+    leftover = tmp_path / ".x.ckpk.ckpk-part-__3_0.distcp"
+    checkpack("pack", str(stale), str(leftover), "--quiet")
+    dcp.save({"t": torch.ones(4)}, storage_writer=ArchiveWriter(archive), no_dist=True)
+    names = [e["name"] for e in json.loads(checkpack("ls", "--json", archive))]
+    assert names == ["__0_0.distcp", ".metadata"]
+    assert leftover.exists()   # left for whoever owns it; checkpack reports such leftovers
