@@ -31,19 +31,11 @@ int ckpk_stdout_failed(void) {
     return fflush(stdout) != 0 || ferror(stdout);
 }
 
-int ckpk_rename_exchange(const char *from, const char *to) {
-#if defined(__linux__) && defined(RENAME_EXCHANGE)
-    return renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_EXCHANGE);
-#else
-    errno = ENOSYS;
-    return -1;
-#endif
-}
-
-int ckpk_rename_noreplace(const char *from, const char *to) {
+int ckpk_rename(const char *from, const char *to, unsigned flags) {
 #if defined(__linux__) && defined(RENAME_NOREPLACE)
-    return renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE);
+    return renameat2(AT_FDCWD, from, AT_FDCWD, to, flags);
 #else
+    (void)from; (void)to; (void)flags;
     errno = ENOSYS;
     return -1;
 #endif

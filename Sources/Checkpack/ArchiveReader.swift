@@ -76,14 +76,14 @@ public final class ArchiveReader: Sendable {
     private let tableBytes = Atomic<Int>(0)
     /// The last frames decoded for partial reads: many small reads near each
     /// other (a zip directory, a header) then decode a frame once, not each time.
-    private let recentFrames = Locked<[(number: FrameKey, bytes: [UInt8])]>([])
+    private let recentFrames = Locked<[(key: CacheKey, bytes: [UInt8])]>([])
     static let recentFrameCount = 2
     /// Frame table pages read lately, most recent last.
-    private let pages = Locked<[(key: FrameKey, level: Int, number: UInt64, page: LoadedPage)]>([])
+    private let pages = Locked<[(key: CacheKey, level: Int, number: UInt64, page: LoadedPage)]>([])
     static let cachedPageCount = 16
 
-    /// A frame or page: its entry (by record offset) and its archive offset.
-    struct FrameKey: Equatable { var entry: UInt64; var offset: UInt64 }
+    /// What the caches hold, a frame or a table page: its entry (by record offset) and its archive offset.
+    struct CacheKey: Equatable { var entry: UInt64; var offset: UInt64 }
 
     /// How many bytes of the tail `open` reads first: the trailer and, for
     /// archives of up to a few hundred entries, the whole index.
@@ -271,7 +271,7 @@ public final class ArchiveReader: Sendable {
     /// Reads and checks page `number` of `level`, expected at archive offset
     /// `position` and covering `range`, or takes it from the cache.
     private func loadPage(_ entry: ArchiveEntry, level: Int, number: UInt64, at position: UInt64, range: Range<UInt64>) throws -> LoadedPage {
-        let key = FrameKey(entry: entry.recordOffset, offset: position)
+        let key = CacheKey(entry: entry.recordOffset, offset: position)
         if let cached = pages.withLock({ cache in cache.first { $0.key == key && $0.level == level && $0.number == number }?.page }) {
             return cached
         }
@@ -463,7 +463,7 @@ public final class ArchiveReader: Sendable {
                         let header = try decodeFrame(frame, into: target)
                         if whole { contentCRC = CRC32C.combine(contentCRC, header.decodedCRC, length: UInt64(header.decodedLength)) }
                     } else {
-                        let key = FrameKey(entry: entry.recordOffset, offset: frameOffset)
+                        let key = CacheKey(entry: entry.recordOffset, offset: frameOffset)
                         let whole = try recentlyDecoded(key) ?? remember(key, try decodeFrame(frame))
                         whole.withUnsafeBytes {
                             target.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[Int(lower - frameStart)..<Int(upper - frameStart)]))
@@ -482,13 +482,13 @@ public final class ArchiveReader: Sendable {
         }
     }
 
-    private func recentlyDecoded(_ key: FrameKey) -> [UInt8]? {
-        recentFrames.withLock { frames in frames.first { $0.number == key }?.bytes }
+    private func recentlyDecoded(_ key: CacheKey) -> [UInt8]? {
+        recentFrames.withLock { frames in frames.first { $0.key == key }?.bytes }
     }
 
-    private func remember(_ key: FrameKey, _ bytes: [UInt8]) -> [UInt8] {
+    private func remember(_ key: CacheKey, _ bytes: [UInt8]) -> [UInt8] {
         recentFrames.withLock { frames in
-            frames.removeAll { $0.number == key }
+            frames.removeAll { $0.key == key }
             frames.append((key, bytes))
             if frames.count > ArchiveReader.recentFrameCount { frames.removeFirst() }
         }
@@ -515,8 +515,10 @@ public final class ArchiveReader: Sendable {
     /// table row and both checksums, and decodes into `output` (exactly the decoded length).
     @discardableResult
     func decodeFrame(_ frame: ExpectedFrame, into output: UnsafeMutableRawBufferPointer) throws -> FrameHeader {
-        // One read for header and stored bytes: the header says how to decode them.
-        let bytes = try source.read(count: Format.frameHeaderSize + Int(frame.row.storedLength), at: frame.archiveOffset)
+        // S = D only for a stored frame (a compressed one has S < D): its bytes go
+        // straight into the caller's buffer. Any other frame is read whole in one go.
+        let stored = frame.row.storedLength == frame.row.decodedLength
+        let bytes = try source.read(count: Format.frameHeaderSize + (stored ? 0 : Int(frame.row.storedLength)), at: frame.archiveOffset)
         let header = try FrameHeader.decode(bytes[..<Format.frameHeaderSize])
         guard header.entryOffset == frame.entryOffset, header.storedLength == frame.row.storedLength,
               header.decodedLength == frame.row.decodedLength, header.startsItem == frame.row.startsItem else {
@@ -525,11 +527,11 @@ public final class ArchiveReader: Sendable {
         guard header.transform == 0 || requiredFeatures & Format.bytePlanesFeature != 0 else {
             throw CheckpackError(.corrupt, "a frame uses the byte-plane transform but the archive does not declare required feature bit 0")
         }
-        try bytes.withUnsafeBytes { raw in
-            let stored = UnsafeRawBufferPointer(rebasing: raw[Format.frameHeaderSize...])
-            if header.codec == .stored {
-                output.copyMemory(from: stored)
-            } else {
+        if stored {
+            try source.read(into: output, at: frame.archiveOffset + UInt64(Format.frameHeaderSize))
+        } else {
+            try bytes.withUnsafeBytes { raw in
+                let stored = UnsafeRawBufferPointer(rebasing: raw[Format.frameHeaderSize...])
                 guard CRC32C.update(0, stored) == header.storedCRC else {
                     throw CheckpackError(.checksumMismatch, "stored bytes CRC32C mismatch")
                 }

@@ -22,7 +22,7 @@ public enum EntryName {
                 throw reject("has a component longer than \(Format.maxNameComponentLength) bytes")
             }
         }
-        guard let name = String(validatingUTF8Bytes: bytes) else { throw reject("not valid UTF-8") }
+        guard let name = String(validating: bytes, as: UTF8.self) else { throw reject("not valid UTF-8") }
         return name
     }
 

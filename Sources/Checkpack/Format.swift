@@ -299,8 +299,8 @@ public struct EntryRecord: Sendable, Equatable {
                 throw CheckpackError(.corrupt, "attribute keys are not in strictly increasing byte order")
             }
             previousKey = key
-            guard let keyString = String(validatingUTF8Bytes: key[...]),
-                  let valueString = String(validatingUTF8Bytes: value) else {
+            guard let keyString = String(validating: key, as: UTF8.self),
+                  let valueString = String(validating: value, as: UTF8.self) else {
                 throw CheckpackError(.corrupt, "attribute is not valid UTF-8")
             }
             result.append((keyString, valueString))
@@ -430,13 +430,5 @@ public struct EntryEnd: Sendable, Equatable {
         }
         guard reserved == 0 else { throw CheckpackError(.corrupt, "entry end record reserved field is not zero") }
         return EntryEnd(size: size, frameCount: frames, contentCRC: crc)
-    }
-}
-
-extension String {
-    /// Decodes UTF-8, returning nil for invalid sequences instead of repairing them.
-    init?(validatingUTF8Bytes bytes: ArraySlice<UInt8>) {
-        guard let string = String(validating: bytes, as: UTF8.self) else { return nil }
-        self = string
     }
 }

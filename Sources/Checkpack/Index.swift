@@ -2,32 +2,21 @@
 /// Attributes and item boundaries live in the entry's own records: see
 /// `ArchiveReader.attributes(of:)` and `ArchiveReader.itemBoundaries(of:)`.
 public struct ArchiveEntry: Sendable {
+    /// The name, decoded from the row's bytes once they were validated.
     public let name: String
-    public let kind: EntryKind
-    /// Permission bits (at most 0o7777).
-    public let mode: UInt32
-    public let size: UInt64
-    /// CRC32C of the entry's whole content.
-    public let contentCRC: UInt32
-    public let frameCount: UInt64
-    /// Archive offset of the entry's in-band entry record.
-    public let recordOffset: UInt64
-    /// Archive offset of the entry's in-band entry end record.
-    public let endOffset: UInt64
-
     let row: IndexRow
 
-    init(row: IndexRow, name: String) {
-        self.row = row
-        self.name = name
-        kind = row.kind
-        mode = row.mode
-        size = row.size
-        contentCRC = row.contentCRC
-        frameCount = row.frameCount
-        recordOffset = row.recordOffset
-        endOffset = row.endOffset
-    }
+    public var kind: EntryKind { row.kind }
+    /// Permission bits (at most 0o7777).
+    public var mode: UInt32 { row.mode }
+    public var size: UInt64 { row.size }
+    /// CRC32C of the entry's whole content.
+    public var contentCRC: UInt32 { row.contentCRC }
+    public var frameCount: UInt64 { row.frameCount }
+    /// Archive offset of the entry's in-band entry record.
+    public var recordOffset: UInt64 { row.recordOffset }
+    /// Archive offset of the entry's in-band entry end record.
+    public var endOffset: UInt64 { row.endOffset }
 
     /// Bytes the entry takes in the archive: its records, frames and frame table.
     public var storedSize: UInt64 { endOffset - recordOffset + UInt64(Format.entryEndSize) }
@@ -61,6 +50,8 @@ struct IndexRow: Sendable, Equatable {
     var name: [UInt8]
 
     var encodedLength: Int { Format.indexRowFixedSize + name.count }
+    /// Where the u16 name length sits in a row (for a reader that walks rows without decoding them).
+    static let nameLengthOffset = 52
     var entryRecordLength: Int { Format.entryRecordFixedSize + name.count + Int(attributesLength) }
 
     /// The row for an entry whose records were written or read in full.
@@ -221,7 +212,7 @@ public struct ArchiveIndex: Sendable {
                     throw error.checkpackContext(entry: name)
                 }
                 cursor = row.endOffset + UInt64(Format.entryEndSize)   // checked by checkPlacement
-                entries.append(ArchiveEntry(row: row, name: name))
+                entries.append(ArchiveEntry(name: name, row: row))
             } catch {
                 throw error.checkpackContext(offset: at)
             }

@@ -111,7 +111,8 @@ public enum Salvager {
             var length = UInt64(Format.indexHeaderSize)
             for _ in 0..<count {
                 guard let row = try? input.read(Format.indexRowFixedSize) else { return nil }
-                let nameLength = Int(row[52]) | Int(row[53]) << 8
+                let at = IndexRow.nameLengthOffset
+                let nameLength = Int(row[at]) | Int(row[at + 1]) << 8
                 guard (try? input.read(nameLength)) != nil else { return nil }
                 length += UInt64(Format.indexRowFixedSize + nameLength)
             }

@@ -230,7 +230,7 @@ package enum FileSystem {
     /// renameat2(RENAME_NOREPLACE), or where the kernel or filesystem lacks
     /// it, link then unlink (the link fails atomically with EEXIST).
     static func renameNoReplace(_ from: String, to: String) throws {
-        if ckpk_rename_noreplace(from, to) == 0 { return }
+        if ckpk_rename(from, to, CKPK_RENAME_NOREPLACE) == 0 { return }
         if errno == EEXIST { throw CheckpackError(.alreadyExists, "already exists", path: to) }
         guard errno == EINVAL || errno == ENOSYS else { throw CheckpackError.system("cannot rename to \(to)", path: from) }
         guard link(from, to) == 0 else {
@@ -243,7 +243,7 @@ package enum FileSystem {
     /// Swaps `a` and `b` in one step (both exist afterwards, exchanged), or
     /// returns false where the kernel or filesystem cannot.
     static func exchange(_ a: String, _ b: String) throws -> Bool {
-        if ckpk_rename_exchange(a, b) == 0 { return true }
+        if ckpk_rename(a, b, CKPK_RENAME_EXCHANGE) == 0 { return true }
         guard errno == EINVAL || errno == ENOSYS else { throw CheckpackError.system("cannot exchange with \(b)", path: a) }
         return false
     }
@@ -316,7 +316,7 @@ package enum FileSystem {
         }
         entries.sort { $0.name.lexicographicallyPrecedes($1.name) }
         return try entries.map { entry in
-            guard let name = String(validatingUTF8Bytes: entry.name[...]) else {
+            guard let name = String(validating: entry.name, as: UTF8.self) else {
                 throw CheckpackError(.invalidArgument, "holds a name that is not valid UTF-8: \(String(decoding: entry.name, as: UTF8.self))", path: path)
             }
             return (name, entry.type)

@@ -19,12 +19,12 @@ int ckpk_start_writeback(int fd, int64_t offset, int64_t length);
 /// flush, or an earlier write failed.
 int ckpk_stdout_failed(void);
 
-/// Swaps `from` and `to` atomically (renameat2 RENAME_EXCHANGE); both must
-/// exist. -1 with errno (EINVAL or ENOSYS where the kernel or filesystem lacks it).
-int ckpk_rename_exchange(const char *from, const char *to);
-
-/// Renames `from` to `to` only if nothing is at `to` (renameat2
-/// RENAME_NOREPLACE): EEXIST otherwise; EINVAL or ENOSYS where unsupported.
-int ckpk_rename_noreplace(const char *from, const char *to);
+/// renameat2 relative to the working directory. Flags, as Linux numbers them:
+/// CKPK_RENAME_NOREPLACE (fail with EEXIST if `to` exists) and
+/// CKPK_RENAME_EXCHANGE (swap `from` and `to`, both existing). -1 with errno
+/// EINVAL or ENOSYS where the kernel or filesystem lacks them.
+#define CKPK_RENAME_NOREPLACE 1u
+#define CKPK_RENAME_EXCHANGE 2u
+int ckpk_rename(const char *from, const char *to, unsigned flags);
 
 #endif
