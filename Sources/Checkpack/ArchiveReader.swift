@@ -12,7 +12,40 @@ public protocol ArchiveSource: Sendable {
     /// A name for error messages.
     var name: String { get }
     /// Fills `buffer` with the bytes at `offset`, or throws (`truncated` past the end).
+    /// Called from several threads at once when `readPlan.concurrency` > 1.
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws
+    /// How a read of many frames is grouped into reads of the source.
+    var readPlan: ReadPlan { get }
+}
+
+/// How a reader groups the frames a range read needs into reads of its
+/// source. A local file wants one read per frame, straight into the caller's
+/// buffer; a remote object wants few, large requests, several in flight.
+public struct ReadPlan: Sendable, Equatable {
+    /// Frames closer than this many bytes share one read (the gap is read and dropped).
+    public var mergeGap: UInt64
+    /// A merged read covers at most this many bytes (a single frame may be larger).
+    public var maxReadSize: UInt64
+    /// Merged reads in flight at once, each decoded by the thread that fetched it.
+    public var concurrency: Int
+    /// Reading the 16-byte file header at open costs a request of its own
+    /// when it is not in the tail read: a remote source skips it (the
+    /// trailer, checked first, names the same version and features).
+    public var readsHeaderAtOpen: Bool
+
+    public init(mergeGap: UInt64, maxReadSize: UInt64, concurrency: Int, readsHeaderAtOpen: Bool) {
+        self.mergeGap = mergeGap
+        self.maxReadSize = maxReadSize
+        self.concurrency = concurrency
+        self.readsHeaderAtOpen = readsHeaderAtOpen
+    }
+
+    /// One read per frame, one at a time.
+    public static let local = ReadPlan(mergeGap: 0, maxReadSize: 0, concurrency: 1, readsHeaderAtOpen: true)
+}
+
+extension ArchiveSource {
+    public var readPlan: ReadPlan { .local }
 }
 
 /// An archive file on disk, read with pread.
@@ -99,15 +132,16 @@ public final class ArchiveReader: Sendable {
             let size = source.size
             let tailLength = min(size, ArchiveReader.tailReadSize)
             let tail = try source.read(count: Int(tailLength), at: size - tailLength)
-            let headerBytes = size == tailLength ? Array(tail.prefix(Format.headerSize)) : try source.read(count: Format.headerSize, at: 0)
+            let headerBytes: [UInt8]? = size == tailLength ? Array(tail.prefix(Format.headerSize))
+                : source.readPlan.readsHeaderAtOpen ? try source.read(count: Format.headerSize, at: 0) : nil
             guard size >= Format.minimumArchiveSize else {
-                if size >= UInt64(Format.headerSize) { _ = try FileHeader.decode(headerBytes[...]) }
+                if let headerBytes, size >= UInt64(Format.headerSize) { _ = try FileHeader.decode(headerBytes[...]) }
                 throw CheckpackError(.truncated, "\(size) bytes is too short for an archive (at least \(Format.minimumArchiveSize))")
             }
-            let header = try FileHeader.decode(headerBytes[...])
+            let header = try headerBytes.map { try FileHeader.decode($0[...]) }
             let trailerOffset = size - UInt64(Format.trailerSize)
             let trailer = try Trailer.decode(tail.suffix(Format.trailerSize), base: trailerOffset)
-            guard trailer.requiredFeatures == header.requiredFeatures else {
+            guard header == nil || trailer.requiredFeatures == header?.requiredFeatures else {
                 throw CheckpackError(.corrupt, "trailer and file header name different required features", offset: trailerOffset)
             }
             guard trailer.indexLength <= Format.maxIndexLength else {
@@ -428,58 +462,123 @@ public final class ArchiveReader: Sendable {
 
     /// Fills `buffer` with the entry's bytes at `offset`. Only the frames the
     /// range overlaps are read and decoded; whole frames decode straight into
-    /// `buffer`. On error the buffer's contents are unspecified.
+    /// `buffer`. The frames are read as the source's `readPlan` says: one read
+    /// each from a local file, few merged and concurrent requests from a
+    /// remote object. On error the buffer's contents are unspecified.
     public func read(_ entry: ArchiveEntry, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
         let end = offset.addingReportingOverflow(UInt64(buffer.count))
         guard !end.overflow, end.partialValue <= entry.size else {
             throw CheckpackError(.invalidArgument, "range \(offset)+\(buffer.count) is past the end (\(entry.size) bytes)", path: source.name, entry: entry.name)
         }
+        let pieces = try plannedFrames(entry, range: offset..<end.partialValue)
+        let runs = PlannedFrame.runs(pieces, plan: source.readPlan)
         // A read of the whole entry also checks the entry's content CRC, which
         // follows from the frames' decoded CRCs (each checked as it is decoded).
         let whole = offset == 0 && end.partialValue == entry.size
-        var contentCRC: UInt32 = 0
-        var position = offset
-        while position < end.partialValue {
+        let crcs = Locked([UInt32](repeating: 0, count: whole ? pieces.count : 0))
+        try forEachConcurrently(runs.count, width: source.readPlan.concurrency) { r in
+            let run = runs[r]
+            // One frame reads on its own (a stored one straight into the buffer); several, in one read.
+            let bytes = run.count == 1 ? nil : try fetch(pieces[run.lowerBound].frame.archiveOffset..<pieces[run.upperBound - 1].frameEnd)
+            for i in run {
+                let piece = pieces[i]
+                let target = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(piece.wanted.lowerBound - offset)..<Int(piece.wanted.upperBound - offset)])
+                do {
+                    let stored = try bytes.map { bytes in
+                        let start = Int(piece.frame.archiveOffset - pieces[run.lowerBound].frame.archiveOffset)
+                        return bytes[start..<start + Int(piece.frameEnd - piece.frame.archiveOffset)]
+                    }
+                    if piece.isWholeFrame {
+                        let header = try decodeFrame(piece.frame, bytes: stored, into: target)
+                        if whole { crcs.withLock { $0[i] = header.decodedCRC } }
+                    } else {
+                        let key = CacheKey(entry: entry.recordOffset, offset: piece.frame.archiveOffset)
+                        let decoded = try recentlyDecoded(key) ?? remember(key, try decodeFrame(piece.frame, bytes: stored))
+                        let start = Int(piece.wanted.lowerBound - piece.frame.entryOffset)
+                        decoded.withUnsafeBytes {
+                            target.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[start..<start + target.count]))
+                        }
+                    }
+                } catch {
+                    throw error.checkpackContext(path: source.name, entry: entry.name, frame: Int(clamping: piece.number),
+                                                 offset: piece.frame.archiveOffset)
+                }
+            }
+        }
+        if whole {
+            let contentCRC = crcs.withLock { crcs in
+                zip(crcs, pieces).reduce(UInt32(0)) { CRC32C.combine($0, $1.0, length: UInt64($1.1.frame.row.decodedLength)) }
+            }
+            guard contentCRC == entry.contentCRC else {
+                throw CheckpackError(.checksumMismatch, "entry content CRC32C mismatch", path: source.name, entry: entry.name, offset: entry.endOffset)
+            }
+        }
+    }
+
+    /// A frame a range read needs: where it is, and which of its bytes are wanted.
+    struct PlannedFrame {
+        var frame: ExpectedFrame
+        /// The frame's number in its entry.
+        var number: UInt64
+        /// The entry bytes wanted from it.
+        var wanted: Range<UInt64>
+        /// Archive offset one past its stored bytes.
+        var frameEnd: UInt64
+
+        var isWholeFrame: Bool {
+            wanted.lowerBound == frame.entryOffset && wanted.upperBound == frame.entryOffset + UInt64(frame.row.decodedLength)
+        }
+
+        /// Consecutive frames grouped into reads: a frame joins the previous
+        /// read when the gap between them is at most `plan.mergeGap` and the
+        /// read stays within `plan.maxReadSize`.
+        static func runs(_ frames: [PlannedFrame], plan: ReadPlan) -> [Range<Int>] {
+            var runs: [Range<Int>] = []
+            var start = 0
+            for i in frames.indices.dropFirst() {
+                let gap = frames[i].frame.archiveOffset - frames[i - 1].frameEnd
+                if gap > plan.mergeGap || frames[i].frameEnd - frames[start].frame.archiveOffset > plan.maxReadSize {
+                    runs.append(start..<i)
+                    start = i
+                }
+            }
+            if !frames.isEmpty { runs.append(start..<frames.count) }
+            return runs
+        }
+    }
+
+    /// The frames that hold `range` of the entry, in order, found through its frame table.
+    func plannedFrames(_ entry: ArchiveEntry, range: Range<UInt64>) throws -> [PlannedFrame] {
+        var frames: [PlannedFrame] = []
+        var position = range.lowerBound
+        while position < range.upperBound {
             let leaf: Leaf
             do {
                 leaf = try self.leaf(of: entry, containing: position)
             } catch {
                 throw error.checkpackContext(path: source.name, entry: entry.name)
             }
-            // The leaf's frame holding `position`, and where it starts in the archive.
             var i = leaf.frameIndex(containing: position)
             guard i < leaf.page.frames.count else {
                 throw CheckpackError(.corrupt, "frame table leaf does not hold entry offset \(position)", path: source.name, entry: entry.name)
             }
-            while i < leaf.page.frames.count, position < end.partialValue {
+            while i < leaf.page.frames.count, position < range.upperBound {
                 let row = leaf.page.frames[i]
-                let frameStart = leaf.frameStart(i)
-                let frameOffset = leaf.frameOffsets[i]
-                let frame = ExpectedFrame(archiveOffset: frameOffset, entryOffset: frameStart, row: row)
-                let lower = position, upper = min(leaf.entryOffsets[i], end.partialValue)
-                let target = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(lower - offset)..<Int(upper - offset)])
-                do {
-                    if lower == frameStart && upper == leaf.entryOffsets[i] {
-                        let header = try decodeFrame(frame, into: target)
-                        if whole { contentCRC = CRC32C.combine(contentCRC, header.decodedCRC, length: UInt64(header.decodedLength)) }
-                    } else {
-                        let key = CacheKey(entry: entry.recordOffset, offset: frameOffset)
-                        let whole = try recentlyDecoded(key) ?? remember(key, try decodeFrame(frame))
-                        whole.withUnsafeBytes {
-                            target.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[Int(lower - frameStart)..<Int(upper - frameStart)]))
-                        }
-                    }
-                } catch {
-                    throw error.checkpackContext(path: source.name, entry: entry.name, frame: Int(clamping: leaf.firstFrame + UInt64(i)),
-                                                 offset: frameOffset)
-                }
+                let frame = ExpectedFrame(archiveOffset: leaf.frameOffsets[i], entryOffset: leaf.frameStart(i), row: row)
+                let upper = min(leaf.entryOffsets[i], range.upperBound)
+                // Sums of checked table rows: no overflow (the leaf was checked against the entry's bounds).
+                let frameEnd = frame.archiveOffset + UInt64(Format.frameHeaderSize) + UInt64(row.storedLength)
+                frames.append(PlannedFrame(frame: frame, number: leaf.firstFrame + UInt64(i), wanted: position..<upper, frameEnd: frameEnd))
                 position = upper
                 i += 1
             }
         }
-        guard !whole || contentCRC == entry.contentCRC else {
-            throw CheckpackError(.checksumMismatch, "entry content CRC32C mismatch", path: source.name, entry: entry.name, offset: entry.endOffset)
-        }
+        return frames
+    }
+
+    /// Reads `range` of the archive in one read of the source.
+    private func fetch(_ range: Range<UInt64>) throws -> [UInt8] {
+        try source.read(count: try Int(checked: range.upperBound - range.lowerBound, "read length"), at: range.lowerBound)
     }
 
     private func recentlyDecoded(_ key: CacheKey) -> [UInt8]? {
@@ -503,23 +602,24 @@ public final class ArchiveReader: Sendable {
     }
 
     /// Decodes one whole frame.
-    func decodeFrame(_ frame: ExpectedFrame) throws -> [UInt8] {
+    func decodeFrame(_ frame: ExpectedFrame, bytes: ArraySlice<UInt8>? = nil) throws -> [UInt8] {
         let n = Int(frame.row.decodedLength)
         return try [UInt8](unsafeUninitializedCapacity: n) { buffer, initialized in
-            _ = try decodeFrame(frame, into: UnsafeMutableRawBufferPointer(buffer))
+            _ = try decodeFrame(frame, bytes: bytes, into: UnsafeMutableRawBufferPointer(buffer))
             initialized = n
         }
     }
 
-    /// Reads a frame's header and stored bytes, checks the header against the
-    /// table row and both checksums, and decodes into `output` (exactly the decoded length).
+    /// Checks a frame's header against the table row and both checksums, and
+    /// decodes into `output` (exactly the decoded length). `bytes` are the
+    /// frame's header and stored bytes when already fetched; otherwise they
+    /// are read here, a stored frame's straight into `output`.
     @discardableResult
-    func decodeFrame(_ frame: ExpectedFrame, into output: UnsafeMutableRawBufferPointer) throws -> FrameHeader {
-        // S = D only for a stored frame (a compressed one has S < D): its bytes go
-        // straight into the caller's buffer. Any other frame is read whole in one go.
+    func decodeFrame(_ frame: ExpectedFrame, bytes fetched: ArraySlice<UInt8>? = nil, into output: UnsafeMutableRawBufferPointer) throws -> FrameHeader {
+        // S = D only for a stored frame (a compressed one has S < D).
         let stored = frame.row.storedLength == frame.row.decodedLength
-        let bytes = try source.read(count: Format.frameHeaderSize + (stored ? 0 : Int(frame.row.storedLength)), at: frame.archiveOffset)
-        let header = try FrameHeader.decode(bytes[..<Format.frameHeaderSize])
+        let bytes = try fetched ?? source.read(count: Format.frameHeaderSize + (stored ? 0 : Int(frame.row.storedLength)), at: frame.archiveOffset)[...]
+        let header = try FrameHeader.decode(bytes.prefix(Format.frameHeaderSize))
         guard header.entryOffset == frame.entryOffset, header.storedLength == frame.row.storedLength,
               header.decodedLength == frame.row.decodedLength, header.startsItem == frame.row.startsItem else {
             throw CheckpackError(.corrupt, "frame header differs from its row in the frame table")
@@ -527,15 +627,19 @@ public final class ArchiveReader: Sendable {
         guard header.transform == 0 || requiredFeatures & Format.bytePlanesFeature != 0 else {
             throw CheckpackError(.corrupt, "a frame uses the byte-plane transform but the archive does not declare required feature bit 0")
         }
-        if stored {
+        if stored && fetched == nil {
             try source.read(into: output, at: frame.archiveOffset + UInt64(Format.frameHeaderSize))
         } else {
             try bytes.withUnsafeBytes { raw in
-                let stored = UnsafeRawBufferPointer(rebasing: raw[Format.frameHeaderSize...])
-                guard CRC32C.update(0, stored) == header.storedCRC else {
-                    throw CheckpackError(.checksumMismatch, "stored bytes CRC32C mismatch")
+                let payload = UnsafeRawBufferPointer(rebasing: raw[Format.frameHeaderSize...])
+                if stored {
+                    output.copyMemory(from: payload)
+                } else {
+                    guard CRC32C.update(0, payload) == header.storedCRC else {
+                        throw CheckpackError(.checksumMismatch, "stored bytes CRC32C mismatch")
+                    }
+                    try FrameCodec.decode(payload, header: header, into: output)
                 }
-                try FrameCodec.decode(stored, header: header, into: output)
             }
         }
         decodedFrame()

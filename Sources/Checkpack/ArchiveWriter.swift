@@ -61,16 +61,18 @@ func validateLevel(_ level: Int32?, codec: Codec) throws {
 
 /// Writes an archive front to back: entries are added one after another,
 /// each from memory, from a file, or piece by piece. Frames are compressed in
-/// parallel with a bounded number in flight. The archive is built in a
-/// temporary file beside the destination and renamed into place by `finish()`;
-/// a writer that fails or is dropped unfinished leaves nothing at the destination.
+/// parallel with a bounded number in flight. The archive goes to a sink: a
+/// local file (`FileSink`, built beside the destination and renamed into
+/// place by `finish()`) or a remote object; a writer that fails or is
+/// dropped unfinished leaves nothing at the destination.
 public final class ArchiveWriter {
-    public let path: String
+    /// The destination, for messages (a path or a URL).
+    public var path: String { sink.name }
     public let options: WriterOptions
     /// Called on the writing thread with the total entry bytes written so far.
     public var onProgress: ((UInt64) -> Void)?
 
-    private var file: SystemFile?
+    private let sink: any ArchiveSink
     private var output: BufferedOutput
     private var index = IndexBuilder()
     private var pipeline: OrderedPipeline<Record>!
@@ -123,20 +125,21 @@ public final class ArchiveWriter {
     /// offset, record bytes, and the validator that builds its frame table.
     private var sinkEntry: (offset: UInt64, record: [UInt8], validator: EntryValidator)?
 
-    public init(path: String, options: WriterOptions = WriterOptions()) throws {
+    /// An archive file at `path` (refused if it exists, unless `options.overwrite`).
+    public convenience init(path: String, options: WriterOptions = WriterOptions()) throws {
         try options.validate()
-        if FileSystem.exists(path) {
-            guard options.overwrite else { throw CheckpackError(.alreadyExists, "already exists", path: path) }
-            // Known now, not after compressing everything: a directory is never replaced by an archive.
-            if FileSystem.isDirectory(path) { throw CheckpackError(.io(EISDIR), "is a directory", path: path) }
+        try self.init(sink: FileSink(path: path, overwrite: options.overwrite), options: options)
+    }
+
+    /// An archive written to `sink`, which `finish()` commits and a failure aborts.
+    public init(sink: any ArchiveSink, options: WriterOptions = WriterOptions()) throws {
+        do { try options.validate() } catch {
+            sink.abort()
+            throw error
         }
-        self.path = path
+        self.sink = sink
         self.options = options
-        let file = try FileSystem.temporaryFile(beside: path, suffix: "ckpk-tmp")
-        Interruption.track(file.path)
-        _ = fchmod(file.descriptor, 0o666 & ~FileSystem.umaskBits)   // mkstemp makes it 0600
-        self.file = file
-        self.output = BufferedOutput(file: file)
+        self.output = BufferedOutput(sink: sink)
         // In flight: about two frames per thread by bytes, and many more when frames are small.
         // More threads than GCD will run at once would only raise the bound on bytes in flight.
         let workers = min(options.threads, WriterOptions.maxUsefulThreads)
@@ -286,9 +289,6 @@ public final class ArchiveWriter {
     /// the index (spec section 11.3). Every frame of `other` is checked (its
     /// stored CRC) after the copy, so damage in the source is not carried over.
     public func appendEntries(of other: ArchiveReader) throws {
-        guard let otherFile = (other.source as? FileSource)?.file else {
-            throw CheckpackError(.invalidArgument, "can only append archives read from files", path: path)
-        }
         if let open { throw CheckpackError(.invalidArgument, "entry \"\(open.name)\" is still open", path: path) }
         var names = tree
         try asArgumentError { for entry in other.entries { try names.add(entry.name, kind: entry.kind) } }
@@ -298,7 +298,7 @@ public final class ArchiveWriter {
             requiredFeatures |= other.requiredFeatures
             let start = UInt64(Format.headerSize), end = other.index.recordsEnd
             let base = output.offset
-            try output.copy(from: otherFile, range: start..<end)
+            try output.copy(from: other.source, range: start..<end)
             for entry in other.entries {
                 var row = entry.row
                 row.recordOffset = row.recordOffset - start + base
@@ -329,21 +329,9 @@ public final class ArchiveWriter {
             try output.write(Trailer(indexOffset: indexOffset, indexLength: UInt64(indexBytes.count),
                                      indexCRC: CRC32C.checksum(indexBytes), requiredFeatures: requiredFeatures).encoded())
             try output.flush()
-            guard let file else { throw CheckpackError(.invalidArgument, "writer is closed") }
-            if requiredFeatures != 0 {
-                // Only now is it known which features the frames used: the header says so too.
-                try FileHeader(requiredFeatures: requiredFeatures).encoded().withUnsafeBytes { try file.write($0, at: 0) }
-            }
-            try file.sync()
-            if options.overwrite {
-                try FileSystem.rename(file.path, to: path)
-            } else {
-                try FileSystem.renameNoReplace(file.path, to: path)
-            }
+            // Only now is it known which features the frames used: the header says so too.
+            try sink.commit(header: FileHeader(requiredFeatures: requiredFeatures).encoded())
             finished = true
-            Interruption.untrack(file.path)
-            self.file = nil
-            try FileSystem.syncDirectory(FileSystem.parent(of: path))
         }
     }
 
@@ -355,7 +343,7 @@ public final class ArchiveWriter {
     // MARK: Internals
 
     private func guarded<R>(_ body: () throws -> R) throws -> R {
-        guard !finished, file != nil else { throw CheckpackError(.invalidArgument, "writer is finished or failed", path: path) }
+        guard !finished else { throw CheckpackError(.invalidArgument, "writer is finished or failed", path: path) }
         do {
             return try body()
         } catch {
@@ -366,11 +354,7 @@ public final class ArchiveWriter {
 
     private func discard() {
         pipeline?.abandon()
-        if let file, !finished {
-            _ = unlink(file.path)
-            Interruption.untrack(file.path)
-        }
-        file = nil
+        if !finished { sink.abort() }
         finished = true
     }
 
@@ -378,7 +362,7 @@ public final class ArchiveWriter {
     /// rejected name or mode leaves the writer usable.
     private func prepareEntry(_ name: String, kind: EntryKind, mode: UInt32, attributes: [String: String],
                               codec: Codec?, level: Int32?) throws -> OpenEntry {
-        guard !finished, file != nil else { throw CheckpackError(.invalidArgument, "writer is finished or failed", path: path) }
+        guard !finished else { throw CheckpackError(.invalidArgument, "writer is finished or failed", path: path) }
         if let open { throw CheckpackError(.invalidArgument, "entry \"\(open.name)\" is still open") }
         try asArgumentError { try EntryName.validate(name) }
         guard mode <= Format.maxMode else { throw CheckpackError(.invalidArgument, "mode 0o\(String(mode, radix: 8)) of \"\(name)\" is beyond 0o7777") }
@@ -586,20 +570,20 @@ public final class ArchiveWriter {
 
 /// Sequential writes with a buffer for the small records between frames.
 struct BufferedOutput {
-    let file: SystemFile
+    let sink: any ArchiveSink
     private(set) var offset: UInt64 = 0
     private var buffer: [UInt8] = []
     private let capacity = 1 << 20
 
-    init(file: SystemFile) {
-        self.file = file
+    init(sink: any ArchiveSink) {
+        self.sink = sink
         buffer.reserveCapacity(capacity)
     }
 
     mutating func write<C: ContiguousCollection>(_ bytes: C) throws {
         if bytes.count >= capacity / 4 {
             try flush()   // keep the order: buffered bytes go first
-            try bytes.withUnsafeBytes { try file.write($0) }
+            try bytes.withUnsafeBytes { try sink.write($0) }
         } else {
             if buffer.count + bytes.count > capacity { try flush() }
             buffer.append(contentsOf: bytes)
@@ -608,25 +592,25 @@ struct BufferedOutput {
     }
 
     /// Copies `range` of `source` to the end of the output, in the kernel
-    /// where it can (copy_file_range), else by reading and writing.
-    mutating func copy(from source: SystemFile, range: Range<UInt64>) throws {
+    /// where both are local files (copy_file_range), else by reading and writing.
+    mutating func copy(from source: any ArchiveSource, range: Range<UInt64>) throws {
         try flush()
         var position = range.lowerBound
-        var useKernel = true
+        var kernel = ((source as? FileSource)?.file, (sink as? FileSink)?.file)
         while position < range.upperBound {
             let want = Int(min(range.upperBound - position, 1 << 30))
-            if useKernel {
-                let n = ckpk_copy_file_range(source.descriptor, Int64(position), file.descriptor, want)
+            if case (let input?, let output?) = kernel {
+                let n = ckpk_copy_file_range(input.descriptor, Int64(position), output.descriptor, want)
                 if n > 0 {
                     position += UInt64(n)
                     continue
                 }
-                if n == 0 { throw CheckpackError(.truncated, "source ends early", path: source.path) }
+                if n == 0 { throw CheckpackError(.truncated, "source ends early", path: input.path) }
                 if errno == EINTR { continue }
-                useKernel = false   // not supported here: copy through memory
+                kernel = (nil, nil)   // not supported here: copy through memory
             }
             let chunk = try source.read(count: min(want, 4 << 20), at: position)
-            try chunk.withUnsafeBytes { try file.write($0) }
+            try chunk.withUnsafeBytes { try sink.write($0) }
             position += UInt64(chunk.count)
         }
         offset += range.upperBound - range.lowerBound
@@ -634,7 +618,7 @@ struct BufferedOutput {
 
     mutating func flush() throws {
         guard !buffer.isEmpty else { return }
-        try buffer.withUnsafeBytes { try file.write($0) }
+        try buffer.withUnsafeBytes { try sink.write($0) }
         buffer.removeAll(keepingCapacity: true)
     }
 }

@@ -1,0 +1,75 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// Where an `ArchiveWriter`'s bytes go: a local file renamed into place, or
+/// an object uploaded in parts. Bytes arrive in order, once each; nothing is
+/// visible at the destination before `commit` succeeds, and nothing is left
+/// of it after `abort`.
+public protocol ArchiveSink: AnyObject {
+    /// The destination, for messages (a path or a URL).
+    var name: String { get }
+    /// Appends `bytes` to the archive.
+    func write(_ bytes: UnsafeRawBufferPointer) throws
+    /// Replaces the archive's first `header.count` bytes (the file header,
+    /// whose feature bits are known only at the end), then makes the whole
+    /// archive visible at the destination at once.
+    func commit(header: [UInt8]) throws
+    /// Discards everything written. Safe to call more than once, and after a failure.
+    func abort()
+}
+
+/// An archive file: written to a temporary file beside the destination,
+/// synced, and renamed into place on commit (spec section 11.1).
+public final class FileSink: ArchiveSink {
+    public let path: String
+    public var name: String { path }
+    private let overwrite: Bool
+    /// Open until committed or aborted.
+    private(set) var file: SystemFile?
+
+    /// Refuses an existing destination unless `overwrite`, and a directory always.
+    public init(path: String, overwrite: Bool) throws {
+        if FileSystem.exists(path) {
+            guard overwrite else { throw CheckpackError(.alreadyExists, "already exists", path: path) }
+            // Known now, not after compressing everything: a directory is never replaced by an archive.
+            if FileSystem.isDirectory(path) { throw CheckpackError(.io(EISDIR), "is a directory", path: path) }
+        }
+        self.path = path
+        self.overwrite = overwrite
+        let file = try FileSystem.temporaryFile(beside: path, suffix: "ckpk-tmp")
+        Interruption.track(file.path)
+        _ = fchmod(file.descriptor, 0o666 & ~FileSystem.umaskBits)   // mkstemp makes it 0600
+        self.file = file
+    }
+
+    deinit { abort() }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        guard let file else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
+        try file.write(bytes)
+    }
+
+    public func commit(header: [UInt8]) throws {
+        guard let file else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
+        try header.withUnsafeBytes { try file.write($0, at: 0) }
+        try file.sync()
+        if overwrite {
+            try FileSystem.rename(file.path, to: path)
+        } else {
+            try FileSystem.renameNoReplace(file.path, to: path)
+        }
+        Interruption.untrack(file.path)
+        self.file = nil
+        try FileSystem.syncDirectory(FileSystem.parent(of: path))
+    }
+
+    public func abort() {
+        guard let file else { return }
+        _ = unlink(file.path)
+        Interruption.untrack(file.path)
+        self.file = nil
+    }
+}
