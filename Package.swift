@@ -6,6 +6,7 @@ let package = Package(
     products: [
         .library(name: "Checkpack", targets: ["Checkpack"]),
         .library(name: "CheckpackStorage", targets: ["CheckpackStorage"]),
+        .library(name: "CheckpackRemote", targets: ["CheckpackRemote"]),
         // The C ABI the Python adapter loads (libCheckpackC.so).
         .library(name: "CheckpackC", type: .dynamic, targets: ["CheckpackC"]),
         .executable(name: "checkpack", targets: ["checkpack"]),
@@ -26,9 +27,16 @@ let package = Package(
         .systemLibrary(
             name: "CZlib", pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(
+            name: "CCurl", pkgConfig: "libcurl",
+            providers: [.apt(["libcurl4-openssl-dev"])]),
+        // curl_easy_setopt and curl_easy_getinfo are variadic: typed wrappers Swift can call.
+        .target(name: "CCurlShims", dependencies: ["CCurl"]),
         .target(name: "Checkpack", dependencies: ["CCRC32C", "CBytePlanes", "CSystemShims", "CZstd", "CZlib"]),
         // The distributed-checkpoint protocols and their directory and archive backends.
         .target(name: "CheckpackStorage", dependencies: ["Checkpack"]),
+        // Archives on HTTP(S) servers and S3, through libcurl: ranged reads and multipart uploads.
+        .target(name: "CheckpackRemote", dependencies: ["Checkpack", "CCurl", "CCurlShims"]),
         .target(name: "CheckpackC", dependencies: ["Checkpack"]),
         // PyTorch interop: a safe pickle reader and torch checkpoint metadata.
         .target(name: "CheckpackTorch", dependencies: ["Checkpack", "CheckpackStorage"]),
@@ -38,6 +46,7 @@ let package = Package(
                 "Checkpack",
                 "CheckpackStorage",
                 "CheckpackTorch",
+                "CheckpackRemote",
                 "CSystemShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),

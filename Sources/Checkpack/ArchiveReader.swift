@@ -478,13 +478,13 @@ public final class ArchiveReader: Sendable {
         let crcs = Locked([UInt32](repeating: 0, count: whole ? pieces.count : 0))
         try forEachConcurrently(runs.count, width: source.readPlan.concurrency) { r in
             let run = runs[r]
-            // One frame reads on its own (a stored one straight into the buffer); several, in one read.
-            let bytes = run.count == 1 ? nil : try fetch(pieces[run.lowerBound].frame.archiveOffset..<pieces[run.upperBound - 1].frameEnd)
+            // Locally a frame reads on its own (a stored one straight into the buffer); else a run is one read.
+            let bytes = run.count == 1 && source.readPlan.maxReadSize == 0 ? nil : try fetch(pieces[run.lowerBound].frame.archiveOffset..<pieces[run.upperBound - 1].frameEnd)
             for i in run {
                 let piece = pieces[i]
                 let target = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(piece.wanted.lowerBound - offset)..<Int(piece.wanted.upperBound - offset)])
                 do {
-                    let stored = try bytes.map { bytes in
+                    let stored = bytes.map { bytes in
                         let start = Int(piece.frame.archiveOffset - pieces[run.lowerBound].frame.archiveOffset)
                         return bytes[start..<start + Int(piece.frameEnd - piece.frame.archiveOffset)]
                     }
@@ -670,30 +670,94 @@ public struct FrameLocation: Sendable, Equatable {
 }
 
 /// A byte range of an archive source, read front to back; skipping moves
-/// ahead without reading.
+/// ahead without reading. From a source that wants concurrent reads (a
+/// remote object), chunks of `readPlan.maxReadSize` bytes are fetched ahead,
+/// `readPlan.concurrency` at a time: memory stays at that many chunks.
 final class RangeSource: SequentialSource {
     let source: any ArchiveSource
     private var position: UInt64
     private let end: UInt64
+    private var ahead: [Prefetch] = []
+    /// Where the next chunk to fetch starts.
+    private var nextFetch: UInt64
     var name: String { source.name }
 
     init(source: any ArchiveSource, range: Range<UInt64>) {
         self.source = source
         position = range.lowerBound
         end = min(range.upperBound, source.size)
+        nextFetch = position
     }
 
     func readSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         let n = Int(min(UInt64(buffer.count), end - position))
         guard n > 0 else { return 0 }
-        try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<n]), at: position)
-        position += UInt64(n)
-        return n
+        let plan = source.readPlan
+        guard plan.concurrency > 1, plan.maxReadSize > 0 else {
+            try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<n]), at: position)
+            position += UInt64(n)
+            return n
+        }
+        while ahead.count < plan.concurrency, nextFetch < end {
+            let range = nextFetch..<min(end, nextFetch + plan.maxReadSize)
+            ahead.append(Prefetch(source, range))
+            nextFetch = range.upperBound
+        }
+        let chunk = ahead[0]
+        let bytes = try chunk.bytes()
+        let start = Int(position - chunk.range.lowerBound)
+        let count = min(n, bytes.count - start)
+        bytes.withUnsafeBytes { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[start..<start + count])) }
+        position += UInt64(count)
+        if position == chunk.range.upperBound { ahead.removeFirst() }
+        return count
     }
 
     func skip(_ count: UInt64) -> UInt64 {
         let n = min(count, end - position)
         position += n
+        ahead.removeAll { $0.range.upperBound <= position }
+        nextFetch = max(nextFetch, position)
         return n
+    }
+}
+
+/// One chunk of a source, read on a thread of its own.
+private final class Prefetch: @unchecked Sendable {
+    let range: Range<UInt64>
+    /// Set once, under `mutex`.
+    private var result: Result<[UInt8], any Error>? = nil
+    // Allocated: a pthread object must not move, and a property's address is not fixed.
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+
+    init(_ source: any ArchiveSource, _ range: Range<UInt64>) {
+        self.range = range
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(condition, nil)
+        runOnNewThread { [self] in
+            let outcome = Result { try source.read(count: Int(range.upperBound - range.lowerBound), at: range.lowerBound) }
+            pthread_mutex_lock(mutex)
+            result = outcome
+            pthread_cond_broadcast(condition)
+            pthread_mutex_unlock(mutex)
+        }
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        condition.deallocate()
+        mutex.deallocate()
+    }
+
+    /// Waits for the chunk.
+    func bytes() throws -> [UInt8] {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while true {
+            if let result { return try result.get() }
+            pthread_cond_wait(condition, mutex)
+        }
     }
 }

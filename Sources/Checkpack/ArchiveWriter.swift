@@ -69,6 +69,8 @@ public final class ArchiveWriter {
     /// The destination, for messages (a path or a URL).
     public var path: String { sink.name }
     public let options: WriterOptions
+    /// The archive's bytes so far (its size, once finished).
+    public var bytesWritten: UInt64 { output.offset }
     /// Called on the writing thread with the total entry bytes written so far.
     public var onProgress: ((UInt64) -> Void)?
 

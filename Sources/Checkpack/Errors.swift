@@ -28,6 +28,8 @@ public struct CheckpackError: Error, CustomStringConvertible, Sendable, Equatabl
         case alreadyExists
         /// A system call failed; the value is `errno`.
         case io(Int32)
+        /// A request to a server failed: its HTTP status, or 0 when no answer came.
+        case remote(status: Int)
     }
 
     public var kind: Kind
@@ -51,7 +53,7 @@ public struct CheckpackError: Error, CustomStringConvertible, Sendable, Equatabl
     public var isDataError: Bool {
         switch kind {
         case .notAnArchive, .truncated, .unsupported, .corrupt, .checksumMismatch, .limitExceeded: return true
-        case .invalidArgument, .notFound, .alreadyExists, .io: return false
+        case .invalidArgument, .notFound, .alreadyExists, .io, .remote: return false
         }
     }
 
@@ -98,7 +100,7 @@ public struct CheckpackError: Error, CustomStringConvertible, Sendable, Equatabl
 
 extension Error {
     /// Adds context to a `CheckpackError`; other errors pass unchanged.
-    func checkpackContext(path: String? = nil, entry: String? = nil, frame: Int? = nil,
+    package func checkpackContext(path: String? = nil, entry: String? = nil, frame: Int? = nil,
                           offset: UInt64? = nil) -> Error {
         guard let error = self as? CheckpackError else { return self }
         return error.at(path: path, entry: entry, frame: frame, offset: offset)

@@ -10,6 +10,8 @@ public struct TreeSummary: Sendable {
     public var directories = 0
     /// Bytes of file content.
     public var bytes: UInt64 = 0
+    /// The archive's size, when one was written.
+    public var archiveBytes: UInt64 = 0
 }
 
 /// How one file of a tree should be packed: where its items start (frames
@@ -43,6 +45,21 @@ public enum Packer {
     public static func pack(directory: String, to archive: String, options: WriterOptions = WriterOptions(),
                             layouts: [String: FileLayout] = [:],
                             progress: ((_ done: UInt64, _ total: UInt64) -> Void)? = nil) throws -> TreeSummary {
+        try pack(directory: directory, into: { try ArchiveWriter(path: archive, options: options) }, layouts: layouts, progress: progress)
+    }
+
+    /// Packs a directory into an archive written to `sink` (a remote object, say).
+    @discardableResult
+    public static func pack(directory: String, into sink: @autoclosure () throws -> any ArchiveSink, options: WriterOptions = WriterOptions(),
+                            layouts: [String: FileLayout] = [:],
+                            progress: ((_ done: UInt64, _ total: UInt64) -> Void)? = nil) throws -> TreeSummary {
+        try pack(directory: directory, into: { try ArchiveWriter(sink: sink(), options: options) }, layouts: layouts, progress: progress)
+    }
+
+    /// The writer is made only once the tree was walked: a missing or unreadable
+    /// source starts no upload and leaves no temporary file.
+    private static func pack(directory: String, into makeWriter: () throws -> ArchiveWriter, layouts: [String: FileLayout],
+                             progress: ((_ done: UInt64, _ total: UInt64) -> Void)?) throws -> TreeSummary {
         guard FileSystem.isDirectory(directory) else {
             throw CheckpackError(FileSystem.exists(directory) ? .io(ENOTDIR) : .io(ENOENT),
                                  FileSystem.exists(directory) ? "is not a directory" : "no such directory", path: directory)
@@ -53,7 +70,7 @@ public enum Packer {
         for item in items {
             if item.kind == .file { summary.files += 1; summary.bytes += item.size } else { summary.directories += 1 }
         }
-        let writer = try ArchiveWriter(path: archive, options: options)
+        let writer = try makeWriter()
         let total = summary.bytes
         if let progress { writer.onProgress = { progress($0, total) } }
         for item in items {
@@ -66,6 +83,7 @@ public enum Packer {
             }
         }
         try writer.finish()
+        summary.archiveBytes = writer.bytesWritten
         return summary
     }
 

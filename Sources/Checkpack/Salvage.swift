@@ -39,7 +39,14 @@ public enum Salvager {
         if FileSystem.exists(destination), !overwrite {
             throw CheckpackError(.alreadyExists, "already exists", path: destination)
         }
-        let source = try FileSource(path: archive)
+        return try salvage(FileSource(path: archive), to: destination, overwrite: overwrite)
+    }
+
+    /// Salvages from any source: a local file or a remote object.
+    public static func salvage(_ source: any ArchiveSource, to destination: String, overwrite: Bool = false) throws -> SalvageReport {
+        if FileSystem.exists(destination), !overwrite {
+            throw CheckpackError(.alreadyExists, "already exists", path: destination)
+        }
         let staging = try FileSystem.temporaryDirectory(beside: destination, suffix: "ckpk-unpack")
         Interruption.track(staging)
         defer { Interruption.untrack(staging) }
@@ -57,13 +64,13 @@ public enum Salvager {
     }
 
     private struct Scan {
-        let source: FileSource
+        let source: any ArchiveSource
         let tree: Unpacker.TreeBuilder
         var report = SalvageReport()
         var names = TreeCheck()
         var position: UInt64 = 0
 
-        init(source: FileSource, tree: Unpacker.TreeBuilder) {
+        init(source: any ArchiveSource, tree: Unpacker.TreeBuilder) {
             self.source = source
             self.tree = tree
         }

@@ -18,21 +18,32 @@ public enum Unpacker {
     @discardableResult
     public static func unpack(archive: String, to destination: String, overwrite: Bool = false,
                               progress: ((_ done: UInt64, _ total: UInt64?) -> Void)? = nil) throws -> TreeSummary {
+        if archive == "-" {
+            if FileSystem.exists(destination), !overwrite {
+                throw CheckpackError(.alreadyExists, "already exists", path: destination)
+            }
+            return try unpack(ArchiveStreamReader(source: SystemFile.standardInput), total: nil, to: destination,
+                              overwrite: overwrite, progress: progress)
+        }
+        return try unpack(ArchiveReader(path: archive), to: destination, overwrite: overwrite, progress: progress)
+    }
+
+    /// Unpacks an opened archive (a local file, or a remote object read
+    /// front to back with chunks fetched ahead). Opening it checked trailer
+    /// and index, so a damaged or truncated archive fails before anything is written.
+    @discardableResult
+    public static func unpack(_ reader: ArchiveReader, to destination: String, overwrite: Bool = false,
+                              progress: ((_ done: UInt64, _ total: UInt64?) -> Void)? = nil) throws -> TreeSummary {
         if FileSystem.exists(destination), !overwrite {
             throw CheckpackError(.alreadyExists, "already exists", path: destination)
         }
-        let input: SystemFile
-        var total: UInt64? = nil
-        if archive == "-" {
-            input = SystemFile.standardInput
-        } else {
-            // Check trailer and index first, so that a damaged or truncated
-            // archive fails before anything is written.
-            let reader = try ArchiveReader(path: archive)
-            total = reader.entries.reduce(0) { $0 + $1.size }
-            input = try SystemFile.openForReading(archive)
-        }
-        let stream = try ArchiveStreamReader(source: input)
+        let total = reader.entries.reduce(UInt64(0)) { $0 + $1.size }
+        let input = RangeSource(source: reader.source, range: 0..<reader.source.size)
+        return try unpack(ArchiveStreamReader(source: input), total: total, to: destination, overwrite: overwrite, progress: progress)
+    }
+
+    private static func unpack(_ stream: ArchiveStreamReader, total: UInt64?, to destination: String, overwrite: Bool,
+                               progress: ((_ done: UInt64, _ total: UInt64?) -> Void)?) throws -> TreeSummary {
         let staging = try FileSystem.temporaryDirectory(beside: destination, suffix: "ckpk-unpack")
         Interruption.track(staging)
         defer { Interruption.untrack(staging) }

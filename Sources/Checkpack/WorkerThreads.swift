@@ -61,3 +61,18 @@ private final class SharedWork: @unchecked Sendable {
         }
     }
 }
+
+/// Runs `body` on a new detached thread (for work that blocks on the network).
+func runOnNewThread(_ body: @escaping @Sendable () -> Void) {
+    final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
+    let context = Unmanaged.passRetained(Box(body)).toOpaque()
+    var thread = pthread_t()
+    guard pthread_create(&thread, nil, { context in
+        Unmanaged<Box>.fromOpaque(context!).takeRetainedValue().body()
+        return nil
+    }, context) == 0 else {
+        Unmanaged<Box>.fromOpaque(context).takeRetainedValue().body()   // no thread to be had: run it here
+        return
+    }
+    pthread_detach(thread)
+}

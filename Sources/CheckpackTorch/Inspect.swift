@@ -93,6 +93,11 @@ public enum Inspector {
         return try inspect(tree: .archive(try ArchiveReader(path: path)), path: path, inArchive: true)
     }
 
+    /// Inspects an archive already opened (from a file or a URL).
+    public static func inspect(reader: ArchiveReader, path: String) throws -> Inspection {
+        try inspect(tree: .archive(reader), path: path, inArchive: true)
+    }
+
     static func inspect(tree: Tree, path: String, inArchive: Bool) throws -> Inspection {
         let names = tree.names
         if names.contains(".metadata") {

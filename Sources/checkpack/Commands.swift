@@ -1,6 +1,7 @@
 import ArgumentParser
 import Checkpack
 import CheckpackStorage
+import CheckpackRemote
 import CheckpackTorch
 #if canImport(Glibc)
 import Glibc
@@ -20,7 +21,7 @@ struct PackCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "pack", abstract: "Pack a directory into an archive.")
 
     @Argument(help: "The directory to pack.") var source: String
-    @Argument(help: "The archive to write (conventionally *.ckpk).") var archive: String
+    @Argument(help: "The archive to write (conventionally *.ckpk): a path or s3://bucket/key.") var archive: String
     // Optional, with the default in the help: ArgumentParser would show a CaseIterable default by its raw value (1).
     @Option(help: "Compression: zstd, zlib or none (default: zstd).") var codec: Codec?
     @Option(parsing: .unconditional, help: "Compression level (zstd -7...22, zlib 0...9); default 3 for zstd, 6 for zlib.")
@@ -42,7 +43,8 @@ struct PackCommand: ParsableCommand {
             // The writer finishes by rewriting the header, which a pipe cannot take.
             throw ValidationError("pack cannot write an archive to standard output; name a file")
         }
-        reportLeftovers(beside: archive)
+        let location = try ArchiveLocation(archive)
+        if !location.isRemote { reportLeftovers(beside: archive) }
         var options = WriterOptions(codec: codec ?? .zstd, level: level, frameSize: frameSize.bytes, threads: threads, overwrite: force)
         options.bytePlanes = !noPlanes
         options.planeFrameSize = planeFrameSize.bytes
@@ -57,10 +59,11 @@ struct PackCommand: ParsableCommand {
         }
         let bar = ProgressBar("packing", quiet: quiet)
         let start = monotonicSeconds()
-        let summary = try Packer.pack(directory: source, to: archive, options: options, layouts: layouts) { bar.update($0, total: $1) }
+        let summary = try Packer.pack(directory: source, into: location.openSink(overwrite: force), options: options,
+                                      layouts: layouts) { bar.update($0, total: $1) }
         bar.clear()
         if !quiet {
-            let stored = (try? FileSource(path: archive).size) ?? 0
+            let stored = summary.archiveBytes
             writeStderr("packed \(summary.files) files and \(summary.directories) directories, \(ByteSize.format(summary.bytes)) into \(ByteSize.format(stored)) (\(ratio(stored, summary.bytes))) in \(String(format: monotonicSeconds() - start)) s\n")
         }
     }
@@ -72,7 +75,7 @@ struct UnpackCommand: ParsableCommand {
         abstract: "Unpack an archive into a new directory, all or nothing.",
         discussion: "The tree is built beside DEST_DIR and renamed into place only after every checksum has passed.")
 
-    @Argument(help: "The archive, or - to read it from standard input.") var archive: String
+    @Argument(help: "The archive (a path, http(s):// or s3:// URL), or - to read it from standard input.") var archive: String
     @Argument(help: "The directory to create.") var destination: String
     @Flag(help: "Replace an existing DEST_DIR.") var force = false
     @Flag(help: "No progress bar or summary.") var quiet = false
@@ -81,7 +84,12 @@ struct UnpackCommand: ParsableCommand {
         reportLeftovers(beside: destination)
         let bar = ProgressBar("unpacking", quiet: quiet)
         let start = monotonicSeconds()
-        let summary = try Unpacker.unpack(archive: archive, to: destination, overwrite: force) { bar.update($0, total: $1) }
+        let summary: TreeSummary
+        if archive == "-" {
+            summary = try Unpacker.unpack(archive: archive, to: destination, overwrite: force) { bar.update($0, total: $1) }
+        } else {
+            summary = try Unpacker.unpack(ArchiveReader(location: archive), to: destination, overwrite: force) { bar.update($0, total: $1) }
+        }
         bar.clear()
         if !quiet {
             writeStderr("unpacked \(summary.files) files and \(summary.directories) directories, \(ByteSize.format(summary.bytes)) in \(String(format: monotonicSeconds() - start)) s\n")
@@ -92,11 +100,11 @@ struct UnpackCommand: ParsableCommand {
 struct ListCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "ls", abstract: "List an archive's entries.")
 
-    @Argument(help: "The archive.") var archive: String
+    @Argument(help: "The archive: a path, an http(s):// or an s3:// URL.") var archive: String
     @Flag(help: "Machine-readable output.") var json = false
 
     func run() throws {
-        let reader = try ArchiveReader(path: archive)
+        let reader = try ArchiveReader(location: archive)
         if json {
             print(JSON.array(try reader.entries.map { try describe($0, reader) }).rendered())
             return
@@ -139,11 +147,11 @@ struct VerifyCommand: ParsableCommand {
         abstract: "Check an archive's structure and every checksum.",
         discussion: "Exits 0 when the archive is sound; otherwise prints one line per problem and exits 1.")
 
-    @Argument(help: "The archive.") var archive: String
+    @Argument(help: "The archive: a path, an http(s):// or an s3:// URL.") var archive: String
     @Flag(help: "Print nothing when the archive is sound.") var quiet = false
 
     func run() throws {
-        let reader = try ArchiveReader(path: archive)
+        let reader = try ArchiveReader(location: archive)
         let bar = ProgressBar("verifying", quiet: quiet)
         let total = reader.entries.reduce(UInt64(0)) { $0 + $1.size }
         let problems = try reader.verify { bar.update($0, total: total) }
@@ -159,13 +167,13 @@ struct VerifyCommand: ParsableCommand {
 struct CatCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "cat", abstract: "Write an entry's bytes (or a range of them) to standard output.")
 
-    @Argument(help: "The archive.") var archive: String
+    @Argument(help: "The archive: a path, an http(s):// or an s3:// URL.") var archive: String
     @Argument(help: "The entry's name, as `ls` shows it.") var entry: String
     @Option(help: "First byte to write.") var offset: UInt64 = 0
     @Option(help: "Number of bytes to write (default: to the end).") var length: UInt64?
 
     func run() throws {
-        let reader = try ArchiveReader(path: archive)
+        let reader = try ArchiveReader(location: archive)
         guard let found = reader.entry(named: entry) else {
             throw CheckpackError(.notFound, "no entry named \"\(entry)\"", path: archive)
         }
@@ -208,12 +216,14 @@ struct SalvageCommand: ParsableCommand {
             was intact, 1 when anything was lost.
             """)
 
-    @Argument(help: "The damaged archive.") var archive: String
+    @Argument(help: "The damaged archive: a path, an http(s):// or an s3:// URL.") var archive: String
     @Argument(help: "The directory to create.") var destination: String
     @Flag(help: "Replace an existing DEST_DIR.") var force = false
 
     func run() throws {
-        let report = try Salvager.salvage(archive: archive, to: destination, overwrite: force)
+        let location = try ArchiveLocation(archive)
+        let report = location.isRemote ? try Salvager.salvage(location.openSource(), to: destination, overwrite: force)
+            : try Salvager.salvage(archive: archive, to: destination, overwrite: force)
         for entry in report.entries {
             let name = entry.kind == .directory ? entry.name + "/" : entry.name
             switch entry.outcome {
@@ -241,13 +251,14 @@ struct InspectCommand: ParsableCommand {
         abstract: "List every tensor of a checkpoint: a torch.distributed.checkpoint directory, a .safetensors file or folder, or an archive of one.",
         discussion: "Shows name, dtype, global shape, chunks and bytes (and, for archives, stored bytes and ratio). Nothing is unpacked.")
 
-    @Argument(help: "A checkpoint directory, a .safetensors file, or a .ckpk archive.") var path: String
+    @Argument(help: "A checkpoint directory, a .safetensors file, or a .ckpk archive (a path or a URL).") var path: String
     @Flag(help: "Machine-readable output, with every chunk's offsets and sizes.") var json = false
 
     func run() throws {
         let inspection: Inspection
         do {
-            inspection = try Inspector.inspect(path: path)
+            inspection = try ArchiveLocation(path).isRemote ? Inspector.inspect(reader: ArchiveReader(location: path), path: path)
+                : Inspector.inspect(path: path)
         } catch let error as CheckpointError {
             throw CheckpackError(.corrupt, error.message)
         }

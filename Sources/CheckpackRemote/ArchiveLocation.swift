@@ -1,0 +1,83 @@
+import Checkpack
+import Foundation
+
+/// Where an archive is: a local path, an `http(s)://` URL, or `s3://bucket/key`.
+public enum ArchiveLocation: Sendable, Equatable {
+    case file(String)
+    case http(String)
+    case s3(bucket: String, key: String)
+
+    /// Reads a location the way the CLI and the storage backends take it.
+    /// Anything without one of the two schemes is a local path, as given.
+    public init(_ string: String) throws {
+        if string.hasPrefix("s3://") {
+            let rest = string.dropFirst(5)
+            guard let slash = rest.firstIndex(of: "/"), slash != rest.startIndex, rest.index(after: slash) != rest.endIndex else {
+                throw CheckpackError(.invalidArgument, "an S3 URL needs a bucket and a key: s3://bucket/key (got \(string))")
+            }
+            self = .s3(bucket: String(rest[..<slash]), key: String(rest[rest.index(after: slash)...]))
+        } else if string.hasPrefix("http://") || string.hasPrefix("https://") {
+            self = .http(string)
+        } else {
+            self = .file(string)
+        }
+    }
+
+    public var isRemote: Bool {
+        if case .file = self { return false }
+        return true
+    }
+
+    public var description: String {
+        switch self {
+        case .file(let path): return path
+        case .http(let url): return url
+        case .s3(let bucket, let key): return "s3://\(bucket)/\(key)"
+        }
+    }
+
+    /// Opens the archive for random access (one request for a remote one).
+    public func openSource(options: RemoteOptions = RemoteOptions(), environment: [String: String] = ProcessInfo.processInfo.environment) throws -> any ArchiveSource {
+        switch self {
+        case .file(let path): return try FileSource(path: path)
+        case .http(let url):
+            var options = options
+            // curl's own convention, for HTTPS servers with a private CA.
+            options.caBundle = options.caBundle ?? environment["CURL_CA_BUNDLE"].flatMap { $0.isEmpty ? nil : $0 }
+            return try RemoteSource(url: url, options: options)
+        case .s3(let bucket, let key):
+            return try RemoteSource(object: S3Object(bucket: bucket, key: key, configuration: .fromEnvironment(environment), options: options))
+        }
+    }
+
+    /// A sink that writes an archive here: a temporary file renamed into
+    /// place, or an S3 multipart upload. HTTP URLs are read-only.
+    public func openSink(overwrite: Bool, options: RemoteOptions = RemoteOptions(),
+                         environment: [String: String] = ProcessInfo.processInfo.environment) throws -> any ArchiveSink {
+        switch self {
+        case .file(let path): return try FileSink(path: path, overwrite: overwrite)
+        case .http(let url): throw CheckpackError(.invalidArgument, "cannot write to an HTTP URL; write to a file or to s3://bucket/key", path: url)
+        case .s3(let bucket, let key):
+            let object = try S3Object(bucket: bucket, key: key, configuration: .fromEnvironment(environment), options: options)
+            if !overwrite, try object.exists() {
+                throw CheckpackError(.alreadyExists, "already exists", path: object.name)
+            }
+            return try S3MultipartSink(object: object)
+        }
+    }
+}
+
+extension S3Object {
+    /// Whether the key holds an object (a HEAD request).
+    public func exists() throws -> Bool {
+        let response = try client.perform(request("HEAD"), accept: { $0 == 200 || $0 == 404 })
+        return response.status == 200
+    }
+}
+
+extension ArchiveReader {
+    /// Opens the archive at a path, an `http(s)://` URL or an `s3://bucket/key` URL.
+    public convenience init(location: String, options: RemoteOptions = RemoteOptions()) throws {
+        try self.init(source: ArchiveLocation(location).openSource(options: options))
+    }
+}

@@ -1,0 +1,187 @@
+import Checkpack
+import Foundation
+
+/// Writes an archive as one S3 object, streamed as a multipart upload.
+///
+/// Parts of `partSize` bytes go up as the archive is written, up to
+/// `RemoteOptions.concurrency` of them at once; memory stays at a few parts
+/// whatever the archive's size. The first part is held back until `commit`,
+/// which rewrites the file header in it, then sends it and the last part and
+/// completes the upload: nothing is visible under the key before that. An
+/// archive of one part is sent with a single PUT. Every part carries its
+/// CRC32C (`x-amz-checksum-crc32c`), which S3 checks. On failure, `abort`
+/// or an interrupting signal, the upload is aborted, leaving no parts behind.
+public final class S3MultipartSink: ArchiveSink, @unchecked Sendable {
+    public let object: S3Object
+    public var name: String { object.name }
+    /// Bytes per part: at least S3's minimum of 5 MiB (all parts but the last).
+    public let partSize: Int
+    public static let defaultPartSize = 16 << 20
+    public static let minimumPartSize = 5 << 20
+
+    private var first: [UInt8]? = nil
+    private var current: [UInt8] = []
+    private var nextPart = 2
+    private let state = Locked(UploadState())
+    private let slots: DispatchSemaphore
+    private let group = DispatchGroup()
+    private var interruptToken: Int? = nil
+    private var done = false
+
+    private struct UploadState {
+        var uploadID: String? = nil
+        /// (part number, ETag, CRC32C in base64) of every part sent.
+        var parts: [(number: Int, etag: String, checksum: String)] = []
+        var failure: (any Error)? = nil
+    }
+
+    public init(object: S3Object, partSize: Int = S3MultipartSink.defaultPartSize) throws {
+        guard partSize >= S3MultipartSink.minimumPartSize else {
+            throw CheckpackError(.invalidArgument, "part size \(partSize) is below S3's minimum of \(S3MultipartSink.minimumPartSize) bytes")
+        }
+        self.object = object
+        self.partSize = partSize
+        slots = DispatchSemaphore(value: max(1, object.client.options.concurrency))
+        current.reserveCapacity(partSize)
+    }
+
+    deinit { abort() }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        try checkFailure()
+        var rest = bytes[...]
+        while !rest.isEmpty {
+            let n = min(rest.count, partSize - current.count)
+            current.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest.prefix(n)))
+            rest = rest.dropFirst(n)
+            if current.count == partSize {
+                let part = current
+                current = []
+                current.reserveCapacity(partSize)
+                if first == nil {
+                    first = part   // sent last: its header is rewritten on commit
+                } else {
+                    try send(part, number: nextPart)
+                    nextPart += 1
+                }
+            }
+        }
+    }
+
+    public func commit(header: [UInt8]) throws {
+        do {
+            try checkFailure()
+            if var first {
+                first.replaceSubrange(0..<header.count, with: header)
+                try send(first, number: 1)
+                if !current.isEmpty { try send(current, number: nextPart) }
+                group.wait()
+                try checkFailure()
+                try complete()
+            } else {
+                current.replaceSubrange(0..<min(header.count, current.count), with: header.prefix(current.count))
+                try putWhole(current)
+            }
+            done = true
+            unregister()
+        } catch {
+            abort()
+            throw error.checkpackContext(path: name)
+        }
+    }
+
+    public func abort() {
+        guard !done else { return }
+        done = true
+        group.wait()
+        unregister()
+        if let uploadID = state.withLock({ $0.uploadID }) {
+            S3MultipartSink.abortUpload(object, uploadID)
+        }
+    }
+
+    // MARK: Requests
+
+    private func checkFailure() throws {
+        if let failure = state.withLock({ $0.failure }) { throw failure }
+    }
+
+    /// Starts the upload (once), then sends a part on a thread of its own.
+    private func send(_ part: [UInt8], number: Int) throws {
+        let uploadID = try startUpload()
+        slots.wait()
+        try checkFailure()
+        group.enter()
+        let object = self.object
+        Thread.detachNewThread { [self] in
+            defer {
+                slots.signal()
+                group.leave()
+            }
+            do {
+                let checksum = S3MultipartSink.crc32cBase64(part)
+                let response = try object.client.perform(object.request(
+                    "PUT", query: "partNumber=\(number)&uploadId=\(S3Configuration.encodeQueryValue(uploadID))",
+                    headers: ["x-amz-checksum-crc32c: \(checksum)"], body: part))
+                guard let etag = response.header("etag") else {
+                    throw CheckpackError(.remote(status: response.status), "part \(number) was accepted without an ETag")
+                }
+                state.withLock { $0.parts.append((number, etag, checksum)) }
+            } catch {
+                state.withLock { if $0.failure == nil { $0.failure = error } }
+            }
+        }
+    }
+
+    private func startUpload() throws -> String {
+        if let id = state.withLock({ $0.uploadID }) { return id }
+        let response = try object.client.perform(object.request("POST", query: "uploads=", headers: ["x-amz-checksum-algorithm: CRC32C"]))
+        guard let id = XMLText.first("UploadId", in: String(decoding: response.body, as: UTF8.self)), !id.isEmpty else {
+            throw CheckpackError(.remote(status: response.status), "CreateMultipartUpload answered without an UploadId")
+        }
+        state.withLock { $0.uploadID = id }
+        let object = self.object
+        interruptToken = Interruption.register { S3MultipartSink.abortUpload(object, id) }
+        return id
+    }
+
+    private func complete() throws {
+        let (id, parts) = state.withLock { ($0.uploadID ?? "", $0.parts.sorted { $0.number < $1.number }) }
+        var xml = "<CompleteMultipartUpload>"
+        for part in parts {
+            xml += "<Part><PartNumber>\(part.number)</PartNumber><ETag>\(XMLText.escape(part.etag))</ETag><ChecksumCRC32C>\(part.checksum)</ChecksumCRC32C></Part>"
+        }
+        xml += "</CompleteMultipartUpload>"
+        let response = try object.client.perform(object.request("POST", query: "uploadId=\(S3Configuration.encodeQueryValue(id))",
+                                                                body: Array(xml.utf8)))
+        // S3 may answer 200 and still fail: the error is then in the body.
+        if let error = response.s3Error {
+            throw CheckpackError(.remote(status: response.status), "CompleteMultipartUpload failed: \(error.code) (\(error.message))")
+        }
+    }
+
+    private func putWhole(_ bytes: [UInt8]) throws {
+        _ = try object.client.perform(object.request("PUT", headers: ["x-amz-checksum-crc32c: \(S3MultipartSink.crc32cBase64(bytes))"], body: bytes))
+    }
+
+    private func unregister() {
+        if let token = interruptToken { Interruption.unregister(token) }
+        interruptToken = nil
+    }
+
+    /// Best effort: a failure here leaves a pending upload, which the message names.
+    static func abortUpload(_ object: S3Object, _ id: String) {
+        do {
+            _ = try object.client.perform(object.request("DELETE", query: "uploadId=\(S3Configuration.encodeQueryValue(id))"),
+                                          accept: { $0 == 204 || $0 == 200 || $0 == 404 })
+        } catch {
+            FileHandle.standardError.write(Data("checkpack: warning: could not abort the multipart upload \(id) of \(object.name): \(error)\n".utf8))
+        }
+    }
+
+    /// The big-endian CRC32C of `bytes` in base64, as S3's checksum headers carry it.
+    static func crc32cBase64(_ bytes: [UInt8]) -> String {
+        let crc = CRC32C.checksum(bytes)
+        return Data([UInt8(crc >> 24), UInt8(crc >> 16 & 0xFF), UInt8(crc >> 8 & 0xFF), UInt8(crc & 0xFF)]).base64EncodedString()
+    }
+}
