@@ -56,6 +56,7 @@ let package = Package(
         .executableTarget(name: "checkpoint-demo", dependencies: ["Checkpack", "CheckpackStorage"]),
         .testTarget(name: "CheckpackTests", dependencies: ["Checkpack", "CCRC32C", "CBytePlanes"]),
         .testTarget(name: "CheckpackStorageTests", dependencies: ["CheckpackStorage", "Checkpack"]),
+        .testTarget(name: "CheckpackRemoteTests", dependencies: ["CheckpackRemote", "Checkpack"]),
         .testTarget(name: "CheckpackTorchTests", dependencies: ["CheckpackTorch", "CheckpackStorage"]),
     ]
 )

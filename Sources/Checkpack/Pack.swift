@@ -45,20 +45,21 @@ public enum Packer {
     public static func pack(directory: String, to archive: String, options: WriterOptions = WriterOptions(),
                             layouts: [String: FileLayout] = [:],
                             progress: ((_ done: UInt64, _ total: UInt64) -> Void)? = nil) throws -> TreeSummary {
-        try pack(directory: directory, into: { try ArchiveWriter(path: archive, options: options) }, layouts: layouts, progress: progress)
+        try pack(directory: directory, into: { _ in try ArchiveWriter(path: archive, options: options) }, layouts: layouts, progress: progress)
     }
 
-    /// Packs a directory into an archive written to `sink` (a remote object, say).
+    /// Packs a directory into an archive written to the sink `makeSink` gives
+    /// (a remote object, say). It is made once the tree was walked, so a
+    /// missing or unreadable source starts no upload, and it learns what the
+    /// walk found (the bytes to pack, for choosing a part size).
     @discardableResult
-    public static func pack(directory: String, into sink: @autoclosure () throws -> any ArchiveSink, options: WriterOptions = WriterOptions(),
+    public static func pack(directory: String, into makeSink: (TreeSummary) throws -> any ArchiveSink, options: WriterOptions = WriterOptions(),
                             layouts: [String: FileLayout] = [:],
                             progress: ((_ done: UInt64, _ total: UInt64) -> Void)? = nil) throws -> TreeSummary {
-        try pack(directory: directory, into: { try ArchiveWriter(sink: sink(), options: options) }, layouts: layouts, progress: progress)
+        try pack(directory: directory, into: { try ArchiveWriter(sink: makeSink($0), options: options) }, layouts: layouts, progress: progress)
     }
 
-    /// The writer is made only once the tree was walked: a missing or unreadable
-    /// source starts no upload and leaves no temporary file.
-    private static func pack(directory: String, into makeWriter: () throws -> ArchiveWriter, layouts: [String: FileLayout],
+    private static func pack(directory: String, into makeWriter: (TreeSummary) throws -> ArchiveWriter, layouts: [String: FileLayout],
                              progress: ((_ done: UInt64, _ total: UInt64) -> Void)?) throws -> TreeSummary {
         guard FileSystem.isDirectory(directory) else {
             throw CheckpackError(FileSystem.exists(directory) ? .io(ENOTDIR) : .io(ENOENT),
@@ -70,7 +71,7 @@ public enum Packer {
         for item in items {
             if item.kind == .file { summary.files += 1; summary.bytes += item.size } else { summary.directories += 1 }
         }
-        let writer = try makeWriter()
+        let writer = try makeWriter(summary)
         let total = summary.bytes
         if let progress { writer.onProgress = { progress($0, total) } }
         for item in items {

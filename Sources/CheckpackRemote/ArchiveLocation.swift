@@ -52,7 +52,7 @@ public enum ArchiveLocation: Sendable, Equatable {
 
     /// A sink that writes an archive here: a temporary file renamed into
     /// place, or an S3 multipart upload. HTTP URLs are read-only.
-    public func openSink(overwrite: Bool, options: RemoteOptions = RemoteOptions(),
+    public func openSink(overwrite: Bool, partSize: Int = S3MultipartSink.defaultPartSize, options: RemoteOptions = RemoteOptions(),
                          environment: [String: String] = ProcessInfo.processInfo.environment) throws -> any ArchiveSink {
         switch self {
         case .file(let path): return try FileSink(path: path, overwrite: overwrite)
@@ -62,7 +62,7 @@ public enum ArchiveLocation: Sendable, Equatable {
             if !overwrite, try object.exists() {
                 throw CheckpackError(.alreadyExists, "already exists", path: object.name)
             }
-            return try S3MultipartSink(object: object)
+            return try S3MultipartSink(object: object, partSize: partSize)
         }
     }
 }

@@ -18,6 +18,16 @@ public final class S3MultipartSink: ArchiveSink, @unchecked Sendable {
     public let partSize: Int
     public static let defaultPartSize = 16 << 20
     public static let minimumPartSize = 5 << 20
+    public static let maximumPartSize = 5 << 30
+    public static let maximumParts = 10_000
+
+    /// A part size that lets about `bytes` (plus room to spare) fit S3's
+    /// 10,000 parts: `atLeast`, or more in whole MiB.
+    public static func partSize(forAbout bytes: UInt64, atLeast: Int) -> Int {
+        let needed = bytes / 9_000 + 1
+        let rounded = ((needed + (1 << 20) - 1) >> 20) << 20
+        return Int(clamping: min(max(UInt64(atLeast), rounded), UInt64(maximumPartSize)))
+    }
 
     private var first: [UInt8]? = nil
     private var current: [UInt8] = []
@@ -36,8 +46,8 @@ public final class S3MultipartSink: ArchiveSink, @unchecked Sendable {
     }
 
     public init(object: S3Object, partSize: Int = S3MultipartSink.defaultPartSize) throws {
-        guard partSize >= S3MultipartSink.minimumPartSize else {
-            throw CheckpackError(.invalidArgument, "part size \(partSize) is below S3's minimum of \(S3MultipartSink.minimumPartSize) bytes")
+        guard partSize >= S3MultipartSink.minimumPartSize, partSize <= S3MultipartSink.maximumPartSize else {
+            throw CheckpackError(.invalidArgument, "part size \(partSize) is outside S3's limits (5 MiB to 5 GiB)")
         }
         self.object = object
         self.partSize = partSize
@@ -108,6 +118,9 @@ public final class S3MultipartSink: ArchiveSink, @unchecked Sendable {
 
     /// Starts the upload (once), then sends a part on a thread of its own.
     private func send(_ part: [UInt8], number: Int) throws {
+        guard number <= S3MultipartSink.maximumParts else {
+            throw CheckpackError(.limitExceeded, "the archive needs more than S3's \(S3MultipartSink.maximumParts) parts of \(partSize) bytes: choose a larger part size")
+        }
         let uploadID = try startUpload()
         slots.wait()
         try checkFailure()

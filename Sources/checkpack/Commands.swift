@@ -36,6 +36,8 @@ struct PackCommand: ParsableCommand {
           help: "Do not split tensor items into byte planes (archives readable by Checkpack before byte planes).") var noPlanes = false
     @Option(name: .customLong("plane-frame-size"), help: "Frame size for tensor items in byte planes (4K...64M).")
     var planeFrameSize: SizeArgument = SizeArgument(argument: "\(WriterOptions.defaultPlaneFrameSize / 1024)K")!
+    @Option(name: .customLong("part-size"), help: "Part size of an upload to s3:// (5M at least; default 16M).")
+    var partSize: SizeArgument = SizeArgument(argument: "16M")!
     @Flag(help: "No progress bar or summary.") var quiet = false
 
     func run() throws {
@@ -59,7 +61,10 @@ struct PackCommand: ParsableCommand {
         }
         let bar = ProgressBar("packing", quiet: quiet)
         let start = monotonicSeconds()
-        let summary = try Packer.pack(directory: source, into: location.openSink(overwrite: force), options: options,
+        let summary = try Packer.pack(directory: source, into: { tree in
+            // S3 takes at most 10,000 parts: larger trees get larger parts.
+            try location.openSink(overwrite: force, partSize: S3MultipartSink.partSize(forAbout: tree.bytes, atLeast: partSize.bytes))
+        }, options: options,
                                       layouts: layouts) { bar.update($0, total: $1) }
         bar.clear()
         if !quiet {
