@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "CheckpackStorage", dependencies: ["Checkpack"]),
         // Archives on HTTP(S) servers and S3, through libcurl: ranged reads and multipart uploads.
         .target(name: "CheckpackRemote", dependencies: ["Checkpack", "CCurl", "CCurlShims"]),
-        .target(name: "CheckpackC", dependencies: ["Checkpack"]),
+        .target(name: "CheckpackC", dependencies: ["Checkpack", "CheckpackRemote"]),
         // PyTorch interop: a safe pickle reader and torch checkpoint metadata.
         .target(name: "CheckpackTorch", dependencies: ["Checkpack", "CheckpackStorage"]),
         .executableTarget(
@@ -56,7 +56,7 @@ let package = Package(
         .executableTarget(name: "checkpoint-demo", dependencies: ["Checkpack", "CheckpackStorage"]),
         .testTarget(name: "CheckpackTests", dependencies: ["Checkpack", "CCRC32C", "CBytePlanes"]),
         .testTarget(name: "CheckpackStorageTests", dependencies: ["CheckpackStorage", "Checkpack"]),
-        .testTarget(name: "CheckpackRemoteTests", dependencies: ["CheckpackRemote", "Checkpack"]),
+        .testTarget(name: "CheckpackRemoteTests", dependencies: ["CheckpackRemote", "Checkpack", "CheckpackStorage"]),
         .testTarget(name: "CheckpackTorchTests", dependencies: ["CheckpackTorch", "CheckpackStorage"]),
     ]
 )

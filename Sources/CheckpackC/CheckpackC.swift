@@ -3,6 +3,7 @@
 // Functions that can fail return NULL or -1 and write a one-line message
 // (NUL-terminated, truncated to fit) into the caller's `message` buffer.
 import Checkpack
+import CheckpackRemote
 
 /// What the C side holds for an open archive.
 final class ReaderHandle {
@@ -21,12 +22,14 @@ private func reader(_ handle: UnsafeMutableRawPointer) -> ArchiveReader {
     Unmanaged<ReaderHandle>.fromOpaque(handle).takeUnretainedValue().reader
 }
 
-/// Opens an archive, checking its trailer and index. NULL on failure.
+/// Opens an archive — a path, an http(s):// or an s3://bucket/key URL (S3
+/// settings from the AWS_* environment variables) — checking its trailer and
+/// index. NULL on failure.
 @_cdecl("ckpk_reader_open")
 public func ckpk_reader_open(_ path: UnsafePointer<CChar>, _ message: UnsafeMutablePointer<CChar>?,
                              _ capacity: Int) -> UnsafeMutableRawPointer? {
     do {
-        let opened = try ArchiveReader(path: String(cString: path))
+        let opened = try ArchiveReader(location: String(cString: path))
         return Unmanaged.passRetained(ReaderHandle(opened)).toOpaque()
     } catch {
         report(error, into: message, capacity: capacity)

@@ -91,15 +91,21 @@ public final class ArchiveStorageWriter: StorageWriter {
 /// Loads a checkpoint straight out of an archive — one written by
 /// `ArchiveStorageWriter`, or a checkpoint directory that `checkpack pack`
 /// made into one. Each item's byte range is read through the archive's index,
-/// decoding only the frames that hold it.
+/// decoding only the frames that hold it. The checkpoint id is a path,
+/// unless `open` reads it otherwise: with CheckpackRemote,
+/// `ArchiveStorageReader(open: { try ArchiveLocation($0).openSource() })`
+/// loads from `s3://` and `http(s)://` URLs, each rank fetching only its frames.
 public final class ArchiveStorageReader: StorageReader, StorageByteSource {
     public private(set) var archive: ArchiveReader?
     private var metadata = Metadata(stateDictMetadata: [:])
+    private let open: (String) throws -> any ArchiveSource
 
-    public init() {}
+    public init(open: @escaping (String) throws -> any ArchiveSource = { try FileSource(path: $0) }) {
+        self.open = open
+    }
 
     public func initializeReader(checkpointID: String) throws {
-        archive = try ArchiveReader(path: checkpointID)
+        archive = try ArchiveReader(source: open(checkpointID))
     }
 
     private func opened() throws -> ArchiveReader {

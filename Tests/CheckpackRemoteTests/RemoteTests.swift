@@ -1,5 +1,6 @@
 @testable import Checkpack
 @testable import CheckpackRemote
+import CheckpackStorage
 import Foundation
 import Testing
 
@@ -299,5 +300,29 @@ let serversNeeded = Testing.ConditionTrait.enabled(if: TestServers.available || 
         for bad in ["bytes 9-0/10", "bytes 0-10/10", "bytes */10", "bytes 0-9/x", "items 0-9/10", "bytes 0-18446744073709551616/1"] {
             #expect(ContentRange(bad) == nil, "\(bad)")
         }
+    }
+}
+
+@Suite(serversNeeded) struct RemoteCheckpointTests {
+    /// A checkpoint saved into an archive, put on S3, loads with each item's frames fetched remotely.
+    @Test func aCheckpointLoadsStraightFromS3() throws {
+        let servers = try TestServers.shared()
+        let scratch = Scratch()
+        let bytes = sampleBytes(3 * 1000 * 4, seed: 5, compressible: true)
+        let weight = try Tensor(dtype: .float32, shape: [3, 1000], bytes: bytes)
+        let bias = try Tensor(dtype: .bfloat16, shape: [8], bytes: Array(bytes.prefix(16)))
+        try save(["w": .tensor(weight), "b": .tensor(bias)], checkpointID: scratch.sub("c.ckpk"), writer: ArchiveStorageWriter())
+        let key = uniqueKey("checkpoint")
+        let writer = try ArchiveWriter(sink: S3MultipartSink(object: try servers.object(key)))
+        try writer.appendEntries(of: ArchiveReader(path: scratch.sub("c.ckpk")))
+        try writer.finish()
+        let reader = ArchiveStorageReader(open: { id in
+            try ArchiveLocation(id).openSource(environment: servers.awsEnvironment())
+        })
+        let loaded = try load(["w": .tensor(.zeros(.float32, [3, 1000])), "b": .tensor(.zeros(.bfloat16, [8]))],
+                              checkpointID: "s3://\(servers.bucket)/\(key)", reader: reader)
+        #expect(loaded["w"] == .tensor(weight))
+        #expect(loaded["b"] == .tensor(bias))
+        try servers.object(key).delete()
     }
 }
