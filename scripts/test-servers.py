@@ -99,7 +99,8 @@ def start_nginx(workdir, children):
     temp = os.path.join(workdir, "nginx-temp")
     os.makedirs(temp, exist_ok=True)
     with open(conf, "w") as f:
-        f.write(f"""
+        # As root, nginx's workers would run as nobody, who cannot enter a private temporary folder.
+        f.write(("user root;\n" if os.geteuid() == 0 else "") + f"""
 worker_processes 2;
 pid {workdir}/nginx.pid;
 error_log {workdir}/nginx-error.log;
