@@ -93,6 +93,9 @@ struct UnpackCommand: ParsableCommand {
         if archive == "-" {
             summary = try Unpacker.unpack(archive: archive, to: destination, overwrite: force) { bar.update($0, total: $1) }
         } else {
+            // Refused before the archive is opened (a request, for a remote one), as for a pipe.
+            var status = stat()
+            if !force, lstat(destination, &status) == 0 { throw CheckpackError(.alreadyExists, "already exists", path: destination) }
             summary = try Unpacker.unpack(ArchiveReader(location: archive), to: destination, overwrite: force) { bar.update($0, total: $1) }
         }
         bar.clear()
