@@ -466,33 +466,65 @@ public final class ArchiveReader: Sendable {
     /// each from a local file, few merged and concurrent requests from a
     /// remote object. On error the buffer's contents are unspecified.
     public func read(_ entry: ArchiveEntry, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        let end = offset.addingReportingOverflow(UInt64(buffer.count))
-        guard !end.overflow, end.partialValue <= entry.size else {
-            throw CheckpackError(.invalidArgument, "range \(offset)+\(buffer.count) is past the end (\(entry.size) bytes)", path: source.name, entry: entry.name)
+        try read([RangeRead(entry: entry, offset: offset, buffer: buffer)])
+    }
+
+    /// One range of a batch read: `buffer.count` bytes of `entry` from `offset`.
+    public struct RangeRead {
+        public var entry: ArchiveEntry
+        public var offset: UInt64
+        public var buffer: UnsafeMutableRawBufferPointer
+
+        public init(entry: ArchiveEntry, offset: UInt64, buffer: UnsafeMutableRawBufferPointer) {
+            self.entry = entry
+            self.offset = offset
+            self.buffer = buffer
         }
-        let pieces = try plannedFrames(entry, range: offset..<end.partialValue)
-        let runs = PlannedFrame.runs(pieces, plan: source.readPlan)
-        // A read of the whole entry also checks the entry's content CRC, which
+    }
+
+    /// Fills every range's buffer, planning their frames together: frames of
+    /// different ranges that lie close in the archive share a read (a request,
+    /// for a remote object), and reads run concurrently as the source's
+    /// `readPlan` allows. A torch load reads all its tensors this way.
+    public func read(_ ranges: [RangeRead]) throws {
+        var pieces: [PlannedFrame] = []
+        for (number, range) in ranges.enumerated() {
+            let end = range.offset.addingReportingOverflow(UInt64(range.buffer.count))
+            guard !end.overflow, end.partialValue <= range.entry.size else {
+                throw CheckpackError(.invalidArgument, "range \(range.offset)+\(range.buffer.count) is past the end (\(range.entry.size) bytes)",
+                                     path: source.name, entry: range.entry.name)
+            }
+            for var piece in try plannedFrames(range.entry, range: range.offset..<end.partialValue) {
+                piece.range = number
+                pieces.append(piece)
+            }
+        }
+        // In archive order (a stable sort: a range's own pieces keep their order), for merging.
+        let order = pieces.indices.sorted { (pieces[$0].frame.archiveOffset, $0) < (pieces[$1].frame.archiveOffset, $1) }
+        let runs = PlannedFrame.runs(order.map { pieces[$0] }, plan: source.readPlan)
+        // A read of a whole entry also checks the entry's content CRC, which
         // follows from the frames' decoded CRCs (each checked as it is decoded).
-        let whole = offset == 0 && end.partialValue == entry.size
-        let crcs = Locked([UInt32](repeating: 0, count: whole ? pieces.count : 0))
+        let crcs = Locked([UInt32](repeating: 0, count: pieces.count))
         try forEachConcurrently(runs.count, width: source.readPlan.concurrency) { r in
-            let run = runs[r]
+            let run = runs[r].map { order[$0] }
+            let first = pieces[run[0]].frame.archiveOffset
+            let runEnd = run.map { pieces[$0].frameEnd }.max() ?? first
             // Locally a frame reads on its own (a stored one straight into the buffer); else a run is one read.
-            let bytes = run.count == 1 && source.readPlan.maxReadSize == 0 ? nil : try fetch(pieces[run.lowerBound].frame.archiveOffset..<pieces[run.upperBound - 1].frameEnd)
+            let bytes = run.count == 1 && source.readPlan.maxReadSize == 0 ? nil : try fetch(first..<runEnd)
             for i in run {
                 let piece = pieces[i]
-                let target = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(piece.wanted.lowerBound - offset)..<Int(piece.wanted.upperBound - offset)])
+                let range = ranges[piece.range]
+                let target = UnsafeMutableRawBufferPointer(rebasing: range.buffer[Int(piece.wanted.lowerBound - range.offset)..<Int(piece.wanted.upperBound - range.offset)])
                 do {
                     let stored = bytes.map { bytes in
-                        let start = Int(piece.frame.archiveOffset - pieces[run.lowerBound].frame.archiveOffset)
+                        let start = Int(piece.frame.archiveOffset - first)
                         return bytes[start..<start + Int(piece.frameEnd - piece.frame.archiveOffset)]
                     }
                     if piece.isWholeFrame {
                         let header = try decodeFrame(piece.frame, bytes: stored, into: target)
-                        if whole { crcs.withLock { $0[i] = header.decodedCRC } }
+                        crcs.withLock { $0[i] = header.decodedCRC }
                     } else {
-                        let key = CacheKey(entry: entry.recordOffset, offset: piece.frame.archiveOffset)
+                        let key = CacheKey(entry: range.entry.recordOffset, offset: piece.frame.archiveOffset)
                         let decoded = try recentlyDecoded(key) ?? remember(key, try decodeFrame(piece.frame, bytes: stored))
                         let start = Int(piece.wanted.lowerBound - piece.frame.entryOffset)
                         decoded.withUnsafeBytes {
@@ -500,17 +532,20 @@ public final class ArchiveReader: Sendable {
                         }
                     }
                 } catch {
-                    throw error.checkpackContext(path: source.name, entry: entry.name, frame: Int(clamping: piece.number),
+                    throw error.checkpackContext(path: source.name, entry: range.entry.name, frame: Int(clamping: piece.number),
                                                  offset: piece.frame.archiveOffset)
                 }
             }
         }
-        if whole {
-            let contentCRC = crcs.withLock { crcs in
-                zip(crcs, pieces).reduce(UInt32(0)) { CRC32C.combine($0, $1.0, length: UInt64($1.1.frame.row.decodedLength)) }
+        let decodedCRCs = crcs.withLock { $0 }
+        for (number, range) in ranges.enumerated() where range.offset == 0 && UInt64(range.buffer.count) == range.entry.size {
+            var contentCRC: UInt32 = 0
+            for (i, piece) in pieces.enumerated() where piece.range == number {
+                contentCRC = CRC32C.combine(contentCRC, decodedCRCs[i], length: UInt64(piece.frame.row.decodedLength))
             }
-            guard contentCRC == entry.contentCRC else {
-                throw CheckpackError(.checksumMismatch, "entry content CRC32C mismatch", path: source.name, entry: entry.name, offset: entry.endOffset)
+            guard contentCRC == range.entry.contentCRC else {
+                throw CheckpackError(.checksumMismatch, "entry content CRC32C mismatch", path: source.name, entry: range.entry.name,
+                                     offset: range.entry.endOffset)
             }
         }
     }
@@ -524,22 +559,30 @@ public final class ArchiveReader: Sendable {
         var wanted: Range<UInt64>
         /// Archive offset one past its stored bytes.
         var frameEnd: UInt64
+        /// Which range of a batch read wants it.
+        var range = 0
 
         var isWholeFrame: Bool {
             wanted.lowerBound == frame.entryOffset && wanted.upperBound == frame.entryOffset + UInt64(frame.row.decodedLength)
         }
 
-        /// Consecutive frames grouped into reads: a frame joins the previous
-        /// read when the gap between them is at most `plan.mergeGap` and the
-        /// read stays within `plan.maxReadSize`.
+        /// Frames, in archive order, grouped into reads: a frame joins the
+        /// previous read when the gap between them is at most `plan.mergeGap`
+        /// and the read stays within `plan.maxReadSize`. Returns index ranges.
         static func runs(_ frames: [PlannedFrame], plan: ReadPlan) -> [Range<Int>] {
             var runs: [Range<Int>] = []
             var start = 0
+            var end = frames.first?.frameEnd ?? 0
             for i in frames.indices.dropFirst() {
-                let gap = frames[i].frame.archiveOffset - frames[i - 1].frameEnd
-                if gap > plan.mergeGap || frames[i].frameEnd - frames[start].frame.archiveOffset > plan.maxReadSize {
+                // The same frame wanted twice (by two ranges) has no gap.
+                let gap = frames[i].frame.archiveOffset > end ? frames[i].frame.archiveOffset - end : 0
+                let newEnd = max(end, frames[i].frameEnd)
+                if gap > plan.mergeGap || newEnd - frames[start].frame.archiveOffset > plan.maxReadSize {
                     runs.append(start..<i)
                     start = i
+                    end = frames[i].frameEnd
+                } else {
+                    end = newEnd
                 }
             }
             if !frames.isEmpty { runs.append(start..<frames.count) }

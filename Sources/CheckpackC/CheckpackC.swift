@@ -74,6 +74,43 @@ public func ckpk_reader_read(_ handle: UnsafeMutableRawPointer, _ name: UnsafePo
     }
 }
 
+/// Reads `count` ranges at once: range i is `lengths[i]` bytes of entry
+/// `names[i]` at `offsets[i]`, into `destinations[i]`. Their frames are planned
+/// together, so ranges close in the archive share a read (one request from a
+/// remote archive) and reads run concurrently. 0 on success, -1 on failure.
+@_cdecl("ckpk_reader_read_many")
+public func ckpk_reader_read_many(_ handle: UnsafeMutableRawPointer, _ count: Int,
+                                  _ names: UnsafePointer<UnsafePointer<CChar>?>?, _ offsets: UnsafePointer<UInt64>?,
+                                  _ lengths: UnsafePointer<UInt64>?, _ destinations: UnsafePointer<UnsafeMutableRawPointer?>?,
+                                  _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
+    let archive = reader(handle)
+    do {
+        guard count >= 0, count == 0 || (names != nil && offsets != nil && lengths != nil && destinations != nil) else {
+            throw CheckpackError(.invalidArgument, "bad arguments for \(count) ranges", path: archive.source.name)
+        }
+        var ranges: [ArchiveReader.RangeRead] = []
+        for i in 0..<count {
+            guard let namePointer = names?[i] else { throw CheckpackError(.invalidArgument, "range \(i) has no entry name") }
+            let name = String(cString: namePointer)
+            guard let entry = archive.entry(named: name), entry.kind == .file else {
+                throw CheckpackError(.notFound, "no file entry \"\(name)\"", path: archive.source.name)
+            }
+            let length = lengths?[i] ?? 0
+            guard length <= UInt64(Int.max), length == 0 || destinations?[i] != nil else {
+                throw CheckpackError(.invalidArgument, "bad destination for \(length) bytes", path: archive.source.name)
+            }
+            if length > 0, let destination = destinations?[i] {
+                ranges.append(.init(entry: entry, offset: offsets?[i] ?? 0, buffer: UnsafeMutableRawBufferPointer(start: destination, count: Int(length))))
+            }
+        }
+        try archive.read(ranges)
+        return 0
+    } catch {
+        report(error, into: message, capacity: capacity)
+        return -1
+    }
+}
+
 /// Frames this reader has decoded so far (tests use it to show a partial read stays partial).
 @_cdecl("ckpk_reader_frames_decoded")
 public func ckpk_reader_frames_decoded(_ handle: UnsafeMutableRawPointer) -> UInt64 {

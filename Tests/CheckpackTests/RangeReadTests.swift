@@ -52,6 +52,27 @@ import Testing
         #expect(reader.framesDecoded - before == 1)
     }
 
+    /// A batch read gives what single reads give, whatever the ranges: the same
+    /// frame wanted twice, overlapping ranges, whole entries (content CRC checked),
+    /// out of order, and with a source that merges reads and runs them concurrently.
+    @Test(arguments: [ReadPlan.local, ReadPlan(mergeGap: 1 << 20, maxReadSize: 3 * 4096, concurrency: 4, readsHeaderAtOpen: false)])
+    func batchReadsMatchSingleReads(plan: ReadPlan) throws {
+        let bytes = try buildArchive(options: WriterOptions(codec: .zstd, frameSize: Self.frame)) { writer in
+            try writer.addFile("small", contents: [1, 2, 3])
+            try writer.addFile("big", contents: Self.content)
+        }
+        let reader = try ArchiveReader(source: PlannedSource(MemorySource(bytes), plan: plan))
+        let big = try #require(reader.entry(named: "big")), small = try #require(reader.entry(named: "small"))
+        let wanted: [(ArchiveEntry, Int, Int)] = [(big, 5000, 100), (small, 0, 3), (big, 5050, 9000), (big, 0, Self.content.count),
+                                                  (big, 20_000, 1), (big, 4096, 4096), (small, 1, 1)]
+        let buffers = wanted.map { UnsafeMutableRawBufferPointer.allocate(byteCount: $0.2, alignment: 1) }
+        defer { for buffer in buffers { buffer.deallocate() } }
+        try reader.read(zip(wanted, buffers).map { .init(entry: $0.0.0, offset: UInt64($0.0.1), buffer: $0.1) })
+        for ((entry, offset, count), got) in zip(wanted, buffers) {
+            #expect(Array(got) == (try reader.read(entry, offset: UInt64(offset), count: count)), "\(entry.name) \(offset)+\(count)")
+        }
+    }
+
     @Test func rangesPastTheEndAreRefused() throws {
         let reader = try Self.archive(codec: .zstd)
         let entry = try #require(reader.entry(named: "small"))
@@ -82,3 +103,14 @@ import Testing
         }
     }
 }
+
+/// Another source's bytes, read as `plan` says (to run the merged, concurrent path on memory).
+struct PlannedSource: ArchiveSource {
+    let inner: MemorySource
+    let readPlan: ReadPlan
+    init(_ inner: MemorySource, plan: ReadPlan) { self.inner = inner; readPlan = plan }
+    var size: UInt64 { inner.size }
+    var name: String { inner.name }
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws { try inner.read(into: buffer, at: offset) }
+}
+

@@ -29,6 +29,10 @@ _lib.ckpk_reader_entry_size.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
 _lib.ckpk_reader_read.restype = ctypes.c_int32
 _lib.ckpk_reader_read.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint64,
                                   ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+_lib.ckpk_reader_read_many.restype = ctypes.c_int32
+_lib.ckpk_reader_read_many.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.POINTER(ctypes.c_char_p),
+                                       ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64),
+                                       ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_size_t]
 _lib.ckpk_reader_frames_decoded.restype = ctypes.c_uint64
 _lib.ckpk_reader_frames_decoded.argtypes = [ctypes.c_void_p]
 
@@ -78,6 +82,22 @@ class Archive:
             return
         message = ctypes.create_string_buffer(_ERROR_CAPACITY)
         if _lib.ckpk_reader_read(self._handle, name.encode(), offset, length, address, message, _ERROR_CAPACITY) != 0:
+            raise CheckpackError(message.value.decode("utf-8", "replace"))
+
+    def read_many(self, ranges):
+        """Reads many ranges at once: each (name, offset, address, length) fills `length`
+        bytes at `address`. Their frames are planned together: ranges close in the
+        archive share a read (one request, remotely), and reads run concurrently."""
+        ranges = [r for r in ranges if r[3] > 0]
+        if not ranges:
+            return
+        n = len(ranges)
+        names = (ctypes.c_char_p * n)(*[r[0].encode() for r in ranges])
+        offsets = (ctypes.c_uint64 * n)(*[r[1] for r in ranges])
+        lengths = (ctypes.c_uint64 * n)(*[r[3] for r in ranges])
+        addresses = (ctypes.c_void_p * n)(*[r[2] for r in ranges])
+        message = ctypes.create_string_buffer(_ERROR_CAPACITY)
+        if _lib.ckpk_reader_read_many(self._handle, n, names, offsets, lengths, addresses, message, _ERROR_CAPACITY) != 0:
             raise CheckpackError(message.value.decode("utf-8", "replace"))
 
     def read(self, name, offset=0, length=None):

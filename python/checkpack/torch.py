@@ -12,6 +12,7 @@ replaced by archives, so torch's metadata, item formats and stream extensions
 item read fetches and decodes only the frames that hold it.
 """
 import collections
+import ctypes
 import dataclasses
 import io
 import math
@@ -28,12 +29,41 @@ from ._native import Archive, ArchiveBuilder, CheckpackError
 
 
 class _ItemView(io.RawIOBase):
-    """A seekable, read-only view of bytes `offset`..`offset+length` of an archive entry."""
+    """A seekable, read-only view of bytes `offset`..`offset+length` of an archive entry.
 
-    def __init__(self, archive, name, offset, length):
+    Its first and last `window` bytes (the whole item, when it is at most
+    `whole` bytes) are held in memory, filled by the caller through `ends()`
+    (with other items' ends, in one batch), so that parsing a torch.save'd
+    item's zip structure, found at both ends, reads nothing more. Other reads
+    go to the archive."""
+
+    def __init__(self, archive, name, offset, length, window=64 << 10, whole=4 << 20):
         super().__init__()
         self._archive, self._name, self._offset, self._length = archive, name, offset, length
         self._position = 0
+        head = length if length <= whole else min(window, length)
+        self._head = bytearray(head)
+        self._tail_start = max(head, length - window)
+        self._tail = bytearray(length - self._tail_start)
+        self.held_bytes = len(self._head) + len(self._tail)
+
+    def filled(self):
+        """Reads the held bytes now (for a view used on its own)."""
+        self._archive.read_many(self.ends())
+        return self
+
+    def ends(self):
+        """The reads that fill the held bytes, as (name, offset, address, length) for `Archive.read_many`."""
+        return [(self._name, self._offset + start, ctypes.addressof((ctypes.c_char * len(buffer)).from_buffer(buffer)), len(buffer))
+                for start, buffer in ((0, self._head), (self._tail_start, self._tail)) if buffer]
+
+    def held(self, start, count):
+        """The bytes `start`..`start+count` when already in memory (a memoryview), else None."""
+        if start + count <= len(self._head):
+            return memoryview(self._head)[start:start + count]
+        if start >= self._tail_start and start + count <= self._length:
+            return memoryview(self._tail)[start - self._tail_start:start - self._tail_start + count]
+        return None
 
     def readable(self):
         return True
@@ -53,7 +83,11 @@ class _ItemView(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         n = max(0, min(view.nbytes, self._length - self._position))
         if n:
-            self._archive.read_into(self._name, self._offset + self._position, view[:n])
+            held = self.held(self._position, n)
+            if held is not None:
+                view[:n] = held
+            else:
+                self._archive.read_into(self._name, self._offset + self._position, view[:n])
             self._position += n
         return n
 
@@ -71,7 +105,7 @@ class _ArchiveFileSystem(FileSystemBase):
         size = self.archive.size(name)
         if size is None:
             raise FileNotFoundError(f"{self.archive.path}: no entry {name!r}")
-        return io.BufferedReader(_ItemView(self.archive, name, 0, size), buffer_size=1 << 20)
+        return io.BufferedReader(_ItemView(self.archive, name, 0, size).filled(), buffer_size=1 << 20)
 
     def concat_path(self, path, suffix):
         return suffix if not path else f"{os.fspath(path)}/{suffix}"
@@ -161,44 +195,82 @@ class ArchiveReader(FileSystemReader):
     def read_data(self, plan, planner):
         """Tensor items that are one whole, contiguous torch.save'd chunk are
         read from the archive straight into the destination tensor's memory;
-        everything else (slices, transforms, bytes) goes through torch's path."""
-        rest = []
+        everything else (slices, transforms, bytes) goes through torch's path.
+
+        The direct reads are batched: first the two ends of every item (its zip
+        structure; the whole item when small) in one call, then the data of the
+        large ones in another. Each call plans its frames together, so items
+        close in the archive share a read — one request from a remote archive —
+        and reads run concurrently, outside the GIL."""
+        rest, batch, batch_bytes = [], [], 0
         for req in plan.items:
-            if not self._read_directly(req, planner):
+            info = self.storage_data[req.storage_index]
+            if req.type != LoadItemType.TENSOR or info.transform_descriptors:
                 rest.append(req)
+                continue
+            view = _ItemView(self.archive, info.relative_path, info.offset, info.length)
+            batch.append((req, info, view))
+            batch_bytes += view.held_bytes
+            if batch_bytes >= self.batch_bytes:
+                rest += self._read_directly(batch, planner)
+                batch, batch_bytes = [], 0
+        rest += self._read_directly(batch, planner)
         return super().read_data(dataclasses.replace(plan, items=rest), planner)
 
     direct_reads = 0   # items read straight into their destination (for tests)
+    # Bytes of item ends held in memory at once: bounds a batch, whatever the load's size.
+    batch_bytes = 64 << 20
 
-    def _read_directly(self, req, planner):
-        info = self.storage_data[req.storage_index]
-        if req.type != LoadItemType.TENSOR or info.transform_descriptors:
-            return False
-        item = _ItemView(self.archive, info.relative_path, info.offset, info.length)
+    def _read_directly(self, batch, planner):
+        """Reads what it can of `batch` straight into its destinations; returns the requests it could not."""
+        self.archive.read_many([r for _, _, view in batch for r in view.ends()])
+        rest, large = [], []
+        for req, info, view in batch:
+            found = self._destination(req, view, planner)
+            if found is None:
+                rest.append(req)
+                continue
+            target, data_offset = found
+            # Contiguous on the CPU: its bytes are data_ptr() .. + nbytes.
+            nbytes = target.numel() * target.element_size()
+            held = view.held(data_offset, nbytes)
+            if held is not None:
+                if nbytes:
+                    ctypes.memmove(target.data_ptr(), (ctypes.c_char * nbytes).from_buffer(held), nbytes)
+                planner.commit_tensor(req, target)
+                self.direct_reads += 1
+            else:
+                large.append((req, target, (info.relative_path, info.offset + data_offset, target.data_ptr(), nbytes)))
+        # Swift decodes the large items' frames straight into their tensors.
+        self.archive.read_many([r for _, _, r in large])
+        for req, target, _ in large:
+            planner.commit_tensor(req, target)
+            self.direct_reads += 1
+        return rest
+
+    @staticmethod
+    def _destination(req, item, planner):
+        """The destination tensor and where the data record starts in the item, when
+        the item is one contiguous tensor the destination takes whole; else None."""
         try:
             # Where the storage record starts inside the item, and the tensor's
             # layout from its pickle alone: no tensor bytes are read.
             records = torch._C.PyTorchFileReader(io.BufferedReader(item, 1 << 12))
             if records.get_record("byteorder") != b"little" or not records.has_record("data/0"):
-                return False
+                return None
             layout = _TensorLayout.of(records.get_record("data.pkl"))
             data_offset = records.get_record_offset("data/0")
         except Exception:
-            return False
+            return None
         if (layout is None or layout.offset != 0 or layout.stride != _contiguous_strides(layout.size)
                 or layout.numel != math.prod(layout.size)
                 or list(req.storage_offsets) != [0] * len(layout.size) or list(req.lengths) != list(layout.size)):
-            return False
+            return None
         target = planner.resolve_tensor(req).detach()
         if (target.device.type != "cpu" or target.dtype != layout.dtype or not target.is_contiguous()
                 or tuple(target.shape) != layout.size):
-            return False
-        # Contiguous on the CPU: its bytes are data_ptr() .. + nbytes, and Swift decodes into them.
-        self.archive.read_to_address(info.relative_path, info.offset + data_offset, target.data_ptr(),
-                                     target.numel() * target.element_size())
-        planner.commit_tensor(req, target)
-        self.direct_reads += 1
-        return True
+            return None
+        return target, data_offset
 
     def _slice_file(self, file, sinfo):
         # One range read of exactly the item's bytes: only the frames that

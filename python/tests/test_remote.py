@@ -63,3 +63,28 @@ def test_wrong_credentials_are_one_clean_error(tmp_path, aws, monkeypatch):
     with pytest.raises(CheckpackError) as failure:
         ArchiveReader(f"s3://{SERVERS['S3_BUCKET']}/python/missing.ckpk")
     assert "HTTP 403" in str(failure.value) and "wrong-secret" not in str(failure.value)
+
+
+def proxy(what, body=None):
+    import urllib.request
+    request = urllib.request.Request(f"{SERVERS['S3_PROXY']}/__proxy__/{what}", data=body, method="POST" if body is not None else "GET")
+    return urllib.request.urlopen(request).read()
+
+
+def test_a_load_costs_few_requests(tmp_path, aws, monkeypatch):
+    """Open is one GET; the items of a load are read in batches whose frames share
+    requests: loading everything costs far fewer GETs than items, and a partial
+    load at most 3 + its item count."""
+    import json
+    saved = {f"layer{i}.weight": torch.randn(64, 64) for i in range(40)}
+    dcp.save(saved, storage_writer=dcp.FileSystemWriter(str(tmp_path / "ckpt")), no_dist=True)
+    url = f"s3://{SERVERS['S3_BUCKET']}/python/{uuid.uuid4()}.ckpk"
+    subprocess.run([CLI, "pack", str(tmp_path / "ckpt"), url, "--quiet"], check=True, env=aws)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", SERVERS["S3_PROXY"])
+    for wanted in [list(saved), ["layer7.weight", "layer8.weight"]]:
+        proxy("reset", b"")
+        loaded = {k: torch.zeros_like(saved[k]) for k in wanted}
+        dcp.load(loaded, storage_reader=ArchiveReader(url), no_dist=True)
+        assert all(torch.equal(loaded[k], saved[k]) for k in wanted)
+        gets = json.loads(proxy("stats"))["requests"].get("GET", 0)
+        assert gets <= 3 + len(wanted) and (len(wanted) < 10 or gets < len(wanted) / 4), (len(wanted), gets)
