@@ -51,7 +51,7 @@ public enum Salvager {
         Interruption.track(staging)
         defer { Interruption.untrack(staging) }
         do {
-            let tree = Unpacker.TreeBuilder(root: staging, progress: { _ in })
+            let tree = try Unpacker.TreeBuilder(root: staging, progress: { _ in })
             var scan = Scan(source: source, tree: tree)
             try scan.run()
             try tree.finish()

@@ -256,14 +256,15 @@ package enum FileSystem {
         guard retrying({ fsync(fd) }) == 0 else { throw CheckpackError.system("fsync failed", path: path) }
     }
 
-    /// Removes a file or a whole directory tree without following symlinks.
+    /// Removes a file or a whole directory tree without following symlinks:
+    /// the tree is emptied through descriptors (`Directory`), so an entry
+    /// swapped for a link meanwhile loses the link, never what it points to.
     static func removeTree(_ path: String) {
         var info = stat()
         guard lstat(path, &info) == 0 else { return }
-        if (info.st_mode & S_IFMT) == S_IFDIR {
-            _ = chmod(path, 0o700)   // a read-only directory cannot be emptied
-            for name in (try? listDirectory(path)) ?? [] { removeTree(path + "/" + name) }
-            _ = rmdir(path)
+        if (info.st_mode & S_IFMT) == S_IFDIR, let directory = try? Directory.open(path) {
+            directory.removeContents()
+            _ = rmdir(path)   // fails on anything but an empty directory
         } else {
             _ = unlink(path)
         }

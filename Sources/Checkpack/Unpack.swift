@@ -65,7 +65,7 @@ public enum Unpacker {
 
     private static func extract(_ stream: ArchiveStreamReader, into root: String,
                                 progress: @escaping (UInt64) -> Void) throws -> TreeSummary {
-        let tree = TreeBuilder(root: root, progress: progress)
+        let tree = try TreeBuilder(root: root, progress: progress)
         // Frames decode on all cores; the tree is written in archive order.
         let threads = WriterOptions.availableCores
         let pipeline = OrderedPipeline<Step>(threads: threads, maxPending: 64 * (threads + 2),
@@ -92,12 +92,18 @@ public enum Unpacker {
         return tree.summary
     }
 
-    /// Creates the entries under the staging root as their records arrive.
+    /// Creates the entries under the staging root as their records arrive,
+    /// every one relative to a directory descriptor opened from the root
+    /// without following links (`Directory`): renaming or replacing the
+    /// staging folder mid-run cannot redirect a write.
     final class TreeBuilder {
         let root: String
         let progress: (UInt64) -> Void
         var summary = TreeSummary()
-        private var directoryModes: [(path: String, mode: UInt32)] = []
+        private let rootDirectory: Directory
+        /// Directories opened lately, by the bytes of their names (a bounded cache).
+        private var open: [[UInt8]: Directory] = [:]
+        private var directoryModes: [(name: [UInt8], mode: UInt32)] = []
         /// Directories made so far, by the bytes of their names; those without an entry of their own are implied.
         private var made: Set<[UInt8]> = []
         private var implied: Set<[UInt8]> = []
@@ -106,9 +112,30 @@ public enum Unpacker {
         private var writtenBack: UInt64 = 0   // of which writeback has been started
         private var current: EntryRecord? = nil
 
-        init(root: String, progress: @escaping (UInt64) -> Void) {
+        init(root: String, progress: @escaping (UInt64) -> Void) throws {
             self.root = root
             self.progress = progress
+            rootDirectory = try Directory.open(root)
+        }
+
+        /// The directory named by `name` (empty: the root), opened one component
+        /// at a time from the root, never through a link.
+        private func directory(_ name: ArraySlice<UInt8>) throws -> Directory {
+            if name.isEmpty { return rootDirectory }
+            if let found = open[Array(name)] { return found }
+            var directory = rootDirectory
+            for component in name.split(separator: UInt8(ascii: "/")) {
+                directory = try directory.child(String(decoding: component, as: UTF8.self))
+            }
+            if open.count >= 64 { open.removeAll() }
+            open[Array(name)] = directory
+            return directory
+        }
+
+        /// The directory that holds `name`, and the last component of `name`.
+        private func parentAndLeaf(_ name: ArraySlice<UInt8>) throws -> (Directory, String) {
+            guard let slash = name.lastIndex(of: UInt8(ascii: "/")) else { return (rootDirectory, String(decoding: name, as: UTF8.self)) }
+            return (try directory(name[..<slash]), String(decoding: name[(slash + 1)...], as: UTF8.self))
         }
 
         func apply(_ step: Step) throws {
@@ -156,8 +183,8 @@ public enum Unpacker {
 
         private func makeParents(of name: String) throws {
             for parent in EntryName.ancestors(of: Array(name.utf8)) where !made.contains(Array(parent)) {
-                let path = root + "/" + String(decoding: parent, as: UTF8.self)
-                if mkdir(path, 0o700) != 0 && errno != EEXIST { throw CheckpackError.system("cannot create directory", path: path) }
+                let (directory, leaf) = try parentAndLeaf(parent)
+                try directory.makeChild(leaf, mode: 0o700)
                 made.insert(Array(parent))
                 implied.insert(Array(parent))
             }
@@ -166,21 +193,20 @@ public enum Unpacker {
         func start(_ record: EntryRecord) throws {
             current = record
             try makeParents(of: record.name)
-            let path = root + "/" + record.name
+            let name = Array(record.name.utf8)
+            let (directory, leaf) = try parentAndLeaf(name[...])
             switch record.kind {
             case .directory:
                 // Writable while its children are extracted; its own mode is set at the end.
-                if mkdir(path, 0o700) != 0 && !(errno == EEXIST && made.contains(Array(record.name.utf8))) {
-                    throw CheckpackError.system("cannot create directory", path: path)
+                if try !directory.makeChild(leaf, mode: 0o700), !made.contains(name) {
+                    throw CheckpackError.system("cannot create directory", path: root + "/" + record.name, errno: EEXIST)
                 }
-                made.insert(Array(record.name.utf8))
-                implied.remove(Array(record.name.utf8))
-                directoryModes.append((path, record.mode))
+                made.insert(name)
+                implied.remove(name)
+                directoryModes.append((name, record.mode))
                 summary.directories += 1
             case .file:
-                let fd = retrying { open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
-                guard fd >= 0 else { throw CheckpackError.system("cannot create file", path: path) }
-                output = SystemFile(descriptor: fd, path: path)
+                output = try directory.createFile(leaf)
                 written = 0
                 writtenBack = 0
                 summary.files += 1
@@ -206,22 +232,20 @@ public enum Unpacker {
 
         /// Gives directories their modes, then makes the whole tree durable.
         func finish() throws {
-            guard chmod(root, 0o777 & ~FileSystem.umaskBits) == 0 else {   // mkdtemp makes it 0700
-                throw CheckpackError.system("cannot set mode", path: root)
-            }
+            try rootDirectory.setMode(0o777 & ~FileSystem.umaskBits)   // mkdtemp makes it 0700
             // Parents without entries get what `mkdir -p` gives them (spec section 7).
-            for name in implied {
-                let path = root + "/" + String(decoding: name, as: UTF8.self)
-                guard chmod(path, 0o777 & ~FileSystem.umaskBits) == 0 else { throw CheckpackError.system("cannot set mode", path: path) }
-            }
+            for name in implied { try directory(name[...]).setMode(0o777 & ~FileSystem.umaskBits) }
             // Deepest first, so that a read-only parent does not block its children.
-            for (path, mode) in directoryModes.reversed() {
-                guard chmod(path, mode_t(mode & 0o777)) == 0 else { throw CheckpackError.system("cannot set mode", path: path) }
-            }
+            for (name, mode) in directoryModes.reversed() { try directory(name[...]).setMode(mode_t(mode & 0o777)) }
             // Every file's fsync has finished; then the directories, so that their entries last too.
-            for name in made { syncs.sync(try SystemFile.openDirectory(root + "/" + String(decoding: name, as: UTF8.self))) }
+            for name in made {
+                let directory = try directory(name[...])
+                let copy = dup(directory.descriptor)
+                guard copy >= 0 else { throw CheckpackError.system("cannot duplicate a descriptor", path: directory.path) }
+                syncs.sync(SystemFile(descriptor: copy, path: directory.path))
+            }
             try syncs.wait()
-            try FileSystem.syncDirectory(root)
+            try rootDirectory.sync()
         }
     }
 
