@@ -246,6 +246,13 @@ public enum Unpacker {
             }
             try syncs.wait()
             try rootDirectory.sync()
+            // The tree is about to be renamed into place by its path: that path must
+            // still be the folder it was built in, not something put there meanwhile.
+            var built = stat(), named = stat()
+            guard fstat(rootDirectory.descriptor, &built) == 0, lstat(root, &named) == 0,
+                  built.st_dev == named.st_dev, built.st_ino == named.st_ino else {
+                throw CheckpackError(.io(EEXIST), "the staging folder was replaced while the archive was unpacked into it", path: root)
+            }
         }
     }
 

@@ -396,3 +396,53 @@ func removeTree(_ path: String) { _ = system("rm -rf '\(path)'") }
         #expect(found == Set(leftovers.map { dir.sub($0) }))
     }
 }
+
+/// Issue #11 item 1: whoever owns the destination's parent swaps the staging
+/// folder for a symbolic link to another folder while `unpack` is writing into
+/// it. Nothing may land in that folder, and the swapped name is not renamed into place.
+@Suite struct StagingSwapTests {
+    @Test func aStagingFolderSwappedForALinkRedirectsNothing() throws {
+        let dir = TemporaryDirectory()
+        makeDirectory(dir.sub("victim"))
+        makeDirectory(dir.sub("parent"))
+        let archive = try buildArchive { writer in
+            try writer.addFile("a.txt", contents: Array("first".utf8))
+            // Enough data after the first entry that the extracting side gets to it while input is pending.
+            try writer.addFile("b/big.bin", contents: sampleBytes(12 << 20, seed: 3, compressible: false))
+            try writer.addFile("b/evil.txt", contents: Array("evil".utf8))
+            try writer.addFile("c.txt", contents: Array("last".utf8))
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CLI.executable)
+        process.arguments = ["unpack", "-", dir.sub("parent/out"), "--quiet"]
+        let input = Pipe(), errors = Pipe()
+        process.standardInput = input
+        process.standardError = errors
+        try process.run()
+        // Every record before the last entry's; then wait until a file is in the staging folder.
+        let split = Int(try #require(ArchiveReader(source: MemorySource(archive)).entry(named: "b/evil.txt")).recordOffset)
+        input.fileHandleForWriting.write(Data(archive.prefix(split)))
+        var staging: String? = nil
+        let deadline = Date().addingTimeInterval(20)
+        while staging == nil, Date() < deadline {
+            staging = (try? FileManager.default.contentsOfDirectory(atPath: dir.sub("parent")))?
+                .first { $0.contains("ckpk-unpack") }
+                .map { dir.sub("parent/" + $0) }
+            if let found = staging, !FileManager.default.fileExists(atPath: found + "/a.txt") { staging = nil }
+            usleep(10_000)
+        }
+        let path = try #require(staging, "no staging folder with a.txt appeared")
+        #expect(rename(path, dir.sub("parent/moved")) == 0)
+        #expect(symlink(dir.sub("victim"), path) == 0)
+        input.fileHandleForWriting.write(Data(archive.dropFirst(split)))
+        try input.fileHandleForWriting.close()
+        let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 1, "\(message)")
+        #expect(message.contains("replaced"), "\(message)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.sub("victim")).isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: dir.sub("parent/out")))
+        // What was written went into the folder it was written in, wherever that was moved.
+        #expect(FileManager.default.contents(atPath: dir.sub("parent/moved/c.txt")) == Data("last".utf8))
+    }
+}
