@@ -41,7 +41,7 @@ enum CLI {
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
         try process.run()
         process.waitUntilExit()
-        return Result(status: process.terminationStatus, stdout: FileManager.default.contents(atPath: out) ?? Data(),
-                      stderr: String(decoding: FileManager.default.contents(atPath: err) ?? Data(), as: UTF8.self))
+        return Result(status: process.terminationStatus, stdout: contents(out) ?? Data(),
+                      stderr: String(decoding: contents(err) ?? Data(), as: UTF8.self))
     }
 }

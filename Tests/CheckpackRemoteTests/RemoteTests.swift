@@ -45,7 +45,7 @@ let serversNeeded = Testing.ConditionTrait.enabled(if: TestServers.available || 
         #expect(try reader.verify().isEmpty)
         try Unpacker.unpack(reader, to: scratch.sub("out"))
         for (name, bytes) in files {
-            #expect(FileManager.default.contents(atPath: scratch.sub("out/" + name)) == Data(bytes))
+            #expect(contents(scratch.sub("out/" + name)) == Data(bytes))
         }
         try object.delete()
     }
@@ -169,7 +169,7 @@ let serversNeeded = Testing.ConditionTrait.enabled(if: TestServers.available || 
         #expect(Array(result.stdout) == Array(files["large.bin"]![1000..<5096]))
         result = try CLI.run(["unpack", url, scratch.sub("out"), "--quiet"], environment: env)
         #expect(result.status == 0, "\(result.stderr)")
-        #expect(FileManager.default.contents(atPath: scratch.sub("out/large.bin")) == Data(files["large.bin"]!))
+        #expect(contents(scratch.sub("out/large.bin")) == Data(files["large.bin"]!))
 
         var wrong = env
         wrong["AWS_SECRET_ACCESS_KEY"] = "not-the-secret-0123456789"

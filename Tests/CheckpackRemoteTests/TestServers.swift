@@ -153,3 +153,19 @@ func sampleBytes(_ count: Int, seed: UInt64, compressible: Bool) -> [UInt8] {
 
 /// A unique key per test, so tests can run in any order against one bucket.
 func uniqueKey(_ name: String) -> String { "tests/\(name)-\(UUID().uuidString).ckpk" }
+
+/// A file's bytes, read with POSIX calls (Foundation's FileManager.contents(atPath:)
+/// leaks a buffer, which LeakSanitizer reports).
+func contents(_ path: String) -> Data? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var out = Data()
+    var chunk = [UInt8](repeating: 0, count: 1 << 16)
+    while true {
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n < 0 { return nil }
+        if n == 0 { return out }
+        out.append(contentsOf: chunk[..<n])
+    }
+}
