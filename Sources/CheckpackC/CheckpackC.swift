@@ -11,9 +11,28 @@ final class ReaderHandle {
     init(_ reader: ArchiveReader) { self.reader = reader }
 }
 
+/// Writes `error` for the Python side: fields separated by U+001F — kind
+/// (data, notFound, exists, invalid, io, remote, other), errno or HTTP status,
+/// entry, frame, archive offset — then the one-line message.
 private func report(_ error: any Error, into message: UnsafeMutablePointer<CChar>?, capacity: Int) {
     guard let message, capacity > 0 else { return }
-    let bytes = Array(String(describing: error).utf8.prefix(capacity - 1))
+    var fields = ["other", "", "", "", ""]
+    if let error = error as? CheckpackError {
+        switch error.kind {
+        case _ where error.isDataError: fields[0] = "data"
+        case .notFound: fields[0] = "notFound"
+        case .alreadyExists: fields[0] = "exists"
+        case .invalidArgument: fields[0] = "invalid"
+        case .io(let code): fields[0] = "io"; fields[1] = String(code)
+        case .remote(let status): fields[0] = "remote"; fields[1] = String(status)
+        default: break
+        }
+        fields[2] = error.entry ?? ""
+        fields[3] = error.frame.map(String.init) ?? ""
+        fields[4] = error.offset.map(String.init) ?? ""
+    }
+    let text = (fields + [String(describing: error)]).joined(separator: "\u{1F}")
+    let bytes = Array(text.utf8.prefix(capacity - 1))
     for (i, byte) in bytes.enumerated() { message[i] = CChar(bitPattern: byte) }
     message[bytes.count] = 0
 }

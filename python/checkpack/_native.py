@@ -1,12 +1,59 @@
 """ctypes binding to libCheckpackC.so, the C ABI of the Swift library."""
 import ctypes
+import errno
 import os
 
 _ERROR_CAPACITY = 1024
 
 
 class CheckpackError(Exception):
-    """A damaged archive, a missing entry, or a failed read."""
+    """Every error Checkpack raises: a damaged archive, a missing entry, a failed read.
+    The more specific classes below are also the built-in exceptions Python code
+    expects (FileNotFoundError, PermissionError, FileExistsError)."""
+
+
+class CorruptArchiveError(CheckpackError):
+    """The archive's bytes break the format or fail a checksum. `entry`, `frame` and
+    `offset` (archive offset) say where, when known (else None)."""
+
+    def __init__(self, message, entry=None, frame=None, offset=None):
+        super().__init__(message)
+        self.entry, self.frame, self.offset = entry, frame, offset
+
+
+class ArchiveNotFoundError(CheckpackError, FileNotFoundError):
+    """No such archive (file or object), or no such entry in it."""
+
+
+class ArchivePermissionError(CheckpackError, PermissionError):
+    """The archive (or the folder or bucket) may not be read or written."""
+
+
+class ArchiveExistsError(CheckpackError, FileExistsError):
+    """The destination exists and replacing it was not asked for."""
+
+
+def _error(text):
+    """The exception for a message from the C ABI (fields separated by U+001F, see CheckpackC.swift)."""
+    fields = text.split("\x1f")
+    if len(fields) != 6:
+        return CheckpackError(text)
+    kind, number, entry, frame, offset, message = fields
+    code = int(number) if number.lstrip("-").isdigit() else None
+    if kind == "data":
+        return CorruptArchiveError(message, entry or None, int(frame) if frame else None, int(offset) if offset else None)
+    if kind == "notFound" or (kind == "io" and code == errno.ENOENT):
+        error = ArchiveNotFoundError(message)
+        error.errno = errno.ENOENT
+    elif kind == "io" and code in (errno.EACCES, errno.EPERM):
+        error = ArchivePermissionError(message)
+        error.errno = code
+    elif kind == "exists":
+        error = ArchiveExistsError(message)
+        error.errno = errno.EEXIST
+    else:
+        error = CheckpackError(message)
+    return error
 
 
 def _find_library():
@@ -45,7 +92,7 @@ class Archive:
         message = ctypes.create_string_buffer(_ERROR_CAPACITY)
         self._handle = _lib.ckpk_reader_open(os.fsencode(self.path), message, _ERROR_CAPACITY)
         if not self._handle:
-            raise CheckpackError(message.value.decode("utf-8", "replace"))
+            raise _error(message.value.decode("utf-8", "replace"))
 
     def close(self):
         if self._handle:
@@ -74,7 +121,7 @@ class Archive:
         address = ctypes.addressof((ctypes.c_char * view.nbytes).from_buffer(view))
         message = ctypes.create_string_buffer(_ERROR_CAPACITY)
         if _lib.ckpk_reader_read(self._handle, name.encode(), offset, view.nbytes, address, message, _ERROR_CAPACITY) != 0:
-            raise CheckpackError(message.value.decode("utf-8", "replace"))
+            raise _error(message.value.decode("utf-8", "replace"))
 
     def read_to_address(self, name, offset, address, length):
         """Reads `length` bytes into memory at `address` (a tensor's data_ptr(), say)."""
@@ -82,7 +129,7 @@ class Archive:
             return
         message = ctypes.create_string_buffer(_ERROR_CAPACITY)
         if _lib.ckpk_reader_read(self._handle, name.encode(), offset, length, address, message, _ERROR_CAPACITY) != 0:
-            raise CheckpackError(message.value.decode("utf-8", "replace"))
+            raise _error(message.value.decode("utf-8", "replace"))
 
     def read_many(self, ranges):
         """Reads many ranges at once: each (name, offset, address, length) fills `length`
@@ -98,12 +145,12 @@ class Archive:
         addresses = (ctypes.c_void_p * n)(*[r[2] for r in ranges])
         message = ctypes.create_string_buffer(_ERROR_CAPACITY)
         if _lib.ckpk_reader_read_many(self._handle, n, names, offsets, lengths, addresses, message, _ERROR_CAPACITY) != 0:
-            raise CheckpackError(message.value.decode("utf-8", "replace"))
+            raise _error(message.value.decode("utf-8", "replace"))
 
     def read(self, name, offset=0, length=None):
         size = self.size(name)
         if size is None:
-            raise CheckpackError(f"{self.path}: no entry {name!r}")
+            raise ArchiveNotFoundError(f"{self.path}: no entry {name!r}")
         if length is None:
             length = size - offset
         buffer = bytearray(length)
@@ -144,7 +191,7 @@ class ArchiveBuilder:
         self._handle = _lib.ckpk_writer_open(os.fsencode(self.path), codec.encode(), -1000 if level is None else level,
                                              frame_size, threads, message, _ERROR_CAPACITY)
         if not self._handle:
-            raise CheckpackError(message.value.decode("utf-8", "replace"))
+            raise _error(message.value.decode("utf-8", "replace"))
 
     def _call(self, name, *args):
         if not self._handle:
@@ -154,7 +201,7 @@ class ArchiveBuilder:
             if name != "finish":
                 self.cancel()
             self._handle = None
-            raise CheckpackError(message.value.decode("utf-8", "replace"))
+            raise _error(message.value.decode("utf-8", "replace"))
 
     def begin_file(self, name):
         self._call("begin_file", name.encode())

@@ -25,7 +25,7 @@ import torch
 from torch.distributed.checkpoint.filesystem import FileSystemBase, FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.planner import LoadItemType
 
-from ._native import Archive, ArchiveBuilder, CheckpackError
+from ._native import Archive, ArchiveBuilder, ArchiveNotFoundError, CheckpackError
 
 
 class _ItemView(io.RawIOBase):
@@ -93,10 +93,14 @@ class _ItemView(io.RawIOBase):
 
 
 class _ArchiveFileSystem(FileSystemBase):
-    """Paths are entry names of one archive; it can only be read."""
+    """Paths are entry names of one archive (the reader's, opened on first use); it can only be read."""
 
-    def __init__(self, archive):
-        self.archive = archive
+    def __init__(self, reader):
+        self._reader = reader
+
+    @property
+    def archive(self):
+        return self._reader.archive
 
     def create_stream(self, path, mode):
         if "r" not in mode or "+" in mode or "w" in mode:
@@ -104,7 +108,7 @@ class _ArchiveFileSystem(FileSystemBase):
         name = os.fspath(path)
         size = self.archive.size(name)
         if size is None:
-            raise FileNotFoundError(f"{self.archive.path}: no entry {name!r}")
+            raise ArchiveNotFoundError(f"{self.archive.path}: no entry {name!r}")
         return io.BufferedReader(_ItemView(self.archive, name, 0, size).filled(), buffer_size=1 << 20)
 
     def concat_path(self, path, suffix):
@@ -176,21 +180,55 @@ class _TensorLayout(pickle.Unpickler):
 
 
 class ArchiveReader(FileSystemReader):
-    """Loads a torch.distributed.checkpoint checkpoint from a Checkpack archive."""
+    """Loads a torch.distributed.checkpoint checkpoint from a Checkpack archive: a
+    path, an http(s):// URL, or s3://bucket/key (S3 settings from the AWS_*
+    environment variables).
+
+    Nothing is opened here: each load opens the archive afresh (one read of its
+    tail), so an archive saved again since the last load is seen whole, never
+    mixed with the old one, and a missing or damaged archive raises inside
+    dcp.load, as torch's own readers do (FileNotFoundError, PermissionError,
+    checkpack.CorruptArchiveError)."""
 
     def __init__(self, path, _extension_registry=None):
         super().__init__(path, _extension_registry=_extension_registry)
-        self._open(path)
-
-    def _open(self, path):
-        self.archive = Archive(path)
-        self.fs = _ArchiveFileSystem(self.archive)
+        self.archive_path = os.fspath(path)
+        self._archive = None
+        self.fs = _ArchiveFileSystem(self)
         self.path = ""
+
+    @property
+    def archive(self):
+        if self._archive is None:
+            self._archive = Archive(self.archive_path)
+        return self._archive
 
     def reset(self, checkpoint_id=None):
         super().reset(None)
+        self.path = ""
         if checkpoint_id:
-            self._open(checkpoint_id)
+            self.archive_path = os.fspath(checkpoint_id)
+        self._close()
+
+    def _close(self):
+        if self._archive is not None:
+            self._archive.close()
+            self._archive = None
+
+    # dcp.load calls reset() only when given a checkpoint_id; every load reads the
+    # metadata first, and every rank sets the reader up: each load reopens there.
+    _fresh = False
+
+    def read_metadata(self, *args, **kwargs):
+        self._close()
+        self._fresh = True
+        return super().read_metadata(*args, **kwargs)
+
+    def set_up_storage_reader(self, metadata, is_coordinator, *args, **kwargs):
+        if not self._fresh:
+            self._close()
+        self._fresh = False
+        return super().set_up_storage_reader(metadata, is_coordinator, *args, **kwargs)
 
     def read_data(self, plan, planner):
         """Tensor items that are one whole, contiguous torch.save'd chunk are

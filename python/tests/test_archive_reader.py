@@ -164,6 +164,45 @@ def test_damage_is_an_error_not_wrong_data(tmp_path):
         Archive(str(tmp_path / "ckpt" / ".metadata"))
 
 
+def test_errors_are_the_exceptions_python_code_expects(tmp_path):
+    from checkpack import ArchiveNotFoundError, CorruptArchiveError
+    with pytest.raises(FileNotFoundError) as missing:
+        Archive(str(tmp_path / "missing.ckpk"))
+    assert isinstance(missing.value, CheckpackError) and isinstance(missing.value, ArchiveNotFoundError)
+    assert "missing.ckpk" in str(missing.value)
+    dcp.save(state(), storage_writer=dcp.FileSystemWriter(str(tmp_path / "ckpt")), no_dist=True)
+    checkpack("pack", str(tmp_path / "ckpt"), str(tmp_path / "c.ckpk"), "--quiet")
+    with pytest.raises(FileNotFoundError):
+        Archive(str(tmp_path / "c.ckpk")).read("no-such-entry")
+    data = bytearray((tmp_path / "c.ckpk").read_bytes())
+    data[len(data) // 3] ^= 0x40
+    (tmp_path / "bad.ckpk").write_bytes(bytes(data))
+    archive = Archive(str(tmp_path / "bad.ckpk"))
+    with pytest.raises(CorruptArchiveError) as damaged:
+        for name in ["__0_0.distcp", "__1_0.distcp", ".metadata"]:
+            if archive.size(name) is not None:
+                archive.read(name)
+    assert damaged.value.offset is not None and damaged.value.entry
+    # The constructor opens nothing: a missing archive fails inside dcp.load, as torch's own readers do.
+    reader = ArchiveReader(str(tmp_path / "missing.ckpk"))
+    with pytest.raises(BaseException) as caught:
+        dcp.load(zeros_like(state()), storage_reader=reader, no_dist=True)
+    assert "missing.ckpk" in str(caught.value)
+
+
+def test_a_reused_reader_sees_the_archive_saved_again(tmp_path):
+    path = str(tmp_path / "c.ckpk")
+    reader = ArchiveReader(path)
+    for value in [2.0, 7.0]:
+        saved = {"x": torch.full((100,), value)}
+        shutil.rmtree(tmp_path / "ckpt", ignore_errors=True)
+        dcp.save(saved, storage_writer=dcp.FileSystemWriter(str(tmp_path / "ckpt")), no_dist=True)
+        checkpack("pack", str(tmp_path / "ckpt"), path, "--quiet", "--force")
+        loaded = {"x": torch.zeros(100)}
+        dcp.load(loaded, storage_reader=reader, no_dist=True)
+        assert torch.equal(loaded["x"], saved["x"])
+
+
 # ---- Saving into an archive ------------------------------------------------
 
 from checkpack.torch import ArchiveWriter  # noqa: E402

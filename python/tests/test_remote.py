@@ -60,8 +60,10 @@ def test_dcp_load_over_http(tmp_path):
 
 def test_wrong_credentials_are_one_clean_error(tmp_path, aws, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-for-the-test")
-    with pytest.raises(CheckpackError) as failure:
-        ArchiveReader(f"s3://{SERVERS['S3_BUCKET']}/python/missing.ckpk")
+    from checkpack import Archive
+    with pytest.raises(PermissionError) as failure:
+        Archive(f"s3://{SERVERS['S3_BUCKET']}/python/missing.ckpk")
+    assert isinstance(failure.value, CheckpackError)
     assert "HTTP 403" in str(failure.value) and "wrong-secret" not in str(failure.value)
 
 
