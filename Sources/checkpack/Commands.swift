@@ -14,7 +14,7 @@ struct CheckpackCommand: ParsableCommand {
         discussion: "Exit status: 0 success, 1 bad or damaged data or a failed system call, 2 usage error.",
         version: "0.1.0",
         subcommands: [PackCommand.self, UnpackCommand.self, ListCommand.self, VerifyCommand.self, CatCommand.self,
-                      SalvageCommand.self, InspectCommand.self])
+                      CopyCommand.self, SalvageCommand.self, InspectCommand.self])
 }
 
 struct PackCommand: ParsableCommand {
@@ -210,6 +210,38 @@ struct CatCommand: ParsableCommand {
                 }
             }
             position += UInt64(n)
+        }
+    }
+}
+
+struct CopyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cp",
+        abstract: "Copy an archive between a file, an s3:// object and an http(s):// URL (read-only), checking it on the way.",
+        discussion: """
+            The records are copied as they are (nothing is recompressed) and every frame's checksum is checked \
+            before the copy is committed: the destination appears whole and intact, or not at all.
+            """)
+
+    @Argument(help: "The archive to copy: a path, an http(s):// or an s3:// URL.") var source: String
+    @Argument(help: "Where to write it: a path or s3://bucket/key.") var destination: String
+    @Flag(help: "Replace an existing destination.") var force = false
+    @Option(name: .customLong("part-size"), help: "Part size of an upload to s3:// (5M at least; default 16M).")
+    var partSize: SizeArgument = SizeArgument(argument: "16M")!
+    @Flag(help: "No progress bar or summary.") var quiet = false
+
+    func run() throws {
+        let target = try ArchiveLocation(destination)
+        if !target.isRemote { reportLeftovers(beside: destination) }
+        let reader = try ArchiveReader(location: source)
+        let size = reader.source.size
+        let sink = try target.openSink(overwrite: force, partSize: S3MultipartSink.partSize(forAbout: size, atLeast: partSize.bytes))
+        let writer = try ArchiveWriter(sink: sink, options: WriterOptions(overwrite: force))
+        let start = monotonicSeconds()
+        try writer.appendEntries(of: reader)
+        try writer.finish()
+        if !quiet {
+            writeStderr("copied \(reader.entries.count) entries, \(ByteSize.format(writer.bytesWritten)), every frame checked, in \(String(format: monotonicSeconds() - start)) s\n")
         }
     }
 }

@@ -180,6 +180,31 @@ let serversNeeded = Testing.ConditionTrait.enabled(if: TestServers.available || 
         try servers.object(String(url.dropFirst(6 + servers.bucket.count))).delete()
     }
 
+    /// `cp` moves an archive to S3 and back byte for byte; a damaged source is refused
+    /// and leaves nothing under the key.
+    @Test func copyToS3AndBackChecksEveryFrame() throws {
+        _ = try makeTree(scratch.sub("tree"), largeBytes: 3 << 20)
+        try Packer.pack(directory: scratch.sub("tree"), to: scratch.sub("a.ckpk"))
+        let url = "s3://\(servers.bucket)/\(uniqueKey("cp"))"
+        let env = servers.awsEnvironment()
+        var result = try CLI.run(["cp", scratch.sub("a.ckpk"), url, "--quiet"], environment: env)
+        #expect(result.status == 0, "\(result.stderr)")
+        result = try CLI.run(["cp", url, scratch.sub("b.ckpk"), "--quiet"], environment: env)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(contents(scratch.sub("b.ckpk")) == contents(scratch.sub("a.ckpk")))
+
+        var damaged = try #require(contents(scratch.sub("a.ckpk")))
+        damaged[damaged.count / 2] ^= 0x10   // inside the large file's frames
+        try damaged.write(to: URL(fileURLWithPath: scratch.sub("bad.ckpk")))
+        let badURL = "s3://\(servers.bucket)/\(uniqueKey("cp-bad"))"
+        result = try CLI.run(["cp", scratch.sub("bad.ckpk"), badURL, "--quiet"], environment: env)
+        #expect(result.status == 1 && result.stderrLines.count == 1 && result.stderr.contains("CRC32C"), "\(result.stderr)")
+        let bad = try servers.object(String(badURL.dropFirst(6 + servers.bucket.count)))
+        #expect(try !bad.exists())
+        #expect(try bad.pendingUploads().isEmpty)
+        try servers.object(String(url.dropFirst(6 + servers.bucket.count))).delete()
+    }
+
     /// SIGTERM during `pack … s3://` aborts the multipart upload it started.
     @Test func anInterruptedPackAbortsItsUpload() throws {
         _ = try makeTree(scratch.sub("tree"), largeBytes: 16 << 20)
