@@ -449,10 +449,12 @@ class _ArchiveWriteFileSystem(FileSystemBase):
         return ""
 
     def mkdir(self, path):
-        pass
+        """The folder the archive goes into (FileSystemWriter creates its checkpoint folder)."""
+        os.makedirs(os.path.dirname(self.archive_path) or ".", exist_ok=True)
 
     def exists(self, path):
-        return False
+        """Asked about `.metadata` before a save: the checkpoint exists when the archive does."""
+        return os.fspath(path) == ".metadata" and os.path.exists(self.archive_path)
 
     def rm_file(self, path):
         pass
@@ -478,10 +480,25 @@ class _ArchiveWriteFileSystem(FileSystemBase):
 
 
 class ArchiveWriter(FileSystemWriter):
-    """Saves a torch.distributed.checkpoint checkpoint into one archive, from one or many processes."""
+    """Saves a torch.distributed.checkpoint checkpoint into one archive, from one or many processes.
 
-    def __init__(self, path, codec="zstd", level=None, frame_size=0, _extensions=None):
-        super().__init__(path, single_file_per_rank=True, sync_files=False, thread_count=1, _extensions=_extensions)
+    A drop-in for FileSystemWriter: it takes the same arguments with the same
+    meaning where they apply — `thread_count` files written (and compressed)
+    at once per rank, `single_file_per_rank`, `per_thread_copy_ahead`,
+    `cache_staged_state_dict`, and `overwrite` (False refuses an existing
+    archive, as FileSystemWriter refuses an existing checkpoint). The archive
+    is always fsynced before it is renamed into place, whatever `sync_files`
+    says, since the rename is what makes it visible. A missing parent folder
+    is created. `codec`, `level` and `frame_size` choose the compression."""
+
+    def __init__(self, path, single_file_per_rank=True, sync_files=True, thread_count=1,
+                 per_thread_copy_ahead=10_000_000, cache_staged_state_dict=False, overwrite=True,
+                 _extensions=None, serialization_format=None, *, codec="zstd", level=None, frame_size=0):
+        extra = {} if serialization_format is None else {"serialization_format": serialization_format}
+        super().__init__(path, single_file_per_rank=single_file_per_rank, sync_files=sync_files,
+                         thread_count=thread_count, per_thread_copy_ahead=per_thread_copy_ahead,
+                         cache_staged_state_dict=cache_staged_state_dict, overwrite=overwrite,
+                         _extensions=_extensions, **extra)
         self._settings = (codec, level, frame_size)
         self._open(path)
 

@@ -278,3 +278,24 @@ def test_a_part_left_by_a_killed_save_is_not_joined_into_the_next(tmp_path):
     names = [e["name"] for e in json.loads(checkpack("ls", "--json", archive))]
     assert names == ["__0_0.distcp", ".metadata"]
     assert leftover.exists()   # left for whoever owns it; checkpack reports such leftovers
+
+
+def test_a_drop_in_for_file_system_writer(tmp_path):
+    """FileSystemWriter's arguments, with their meaning: the class name is all that changes."""
+    archive = str(tmp_path / "missing-parent" / "c.ckpk")
+    saved = {f"w{i}": torch.randn(32, 8) for i in range(6)}
+    writer = ArchiveWriter(archive, single_file_per_rank=True, sync_files=False, thread_count=2,
+                           per_thread_copy_ahead=1 << 20, cache_staged_state_dict=False, overwrite=False)
+    dcp.save(saved, storage_writer=writer, no_dist=True)
+    loaded = {k: torch.zeros_like(v) for k, v in saved.items()}
+    dcp.load(loaded, storage_reader=ArchiveReader(archive), no_dist=True)
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    # thread_count=2: two data files, written and compressed at once.
+    assert Archive(archive).size("__0_0.distcp") and Archive(archive).size("__0_1.distcp")
+    with pytest.raises(BaseException) as refused:   # torch wraps it in CheckpointException
+        dcp.save(saved, storage_writer=ArchiveWriter(archive, overwrite=False), no_dist=True)
+    assert "already exists" in str(refused.value)
+    dcp.save({"x": torch.ones(3)}, storage_writer=ArchiveWriter(archive), no_dist=True)   # overwrite=True by default
+    loaded = {"x": torch.zeros(3)}
+    dcp.load(loaded, storage_reader=ArchiveReader(archive), no_dist=True)
+    assert torch.equal(loaded["x"], torch.ones(3))
