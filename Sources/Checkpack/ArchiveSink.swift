@@ -27,11 +27,13 @@ public final class FileSink: ArchiveSink {
     public let path: String
     public var name: String { path }
     private let overwrite: Bool
+    private let sync: Bool
     /// Open until committed or aborted.
     private(set) var file: SystemFile?
 
     /// Refuses an existing destination unless `overwrite`, and a directory always.
-    public init(path: String, overwrite: Bool) throws {
+    /// Without `sync`, nothing is fsynced (for temporary archives only).
+    public init(path: String, overwrite: Bool, sync: Bool = true) throws {
         if FileSystem.exists(path) {
             guard overwrite else { throw CheckpackError(.alreadyExists, "already exists", path: path) }
             // Known now, not after compressing everything: a directory is never replaced by an archive.
@@ -39,6 +41,7 @@ public final class FileSink: ArchiveSink {
         }
         self.path = path
         self.overwrite = overwrite
+        self.sync = sync
         let file = try FileSystem.temporaryFile(beside: path, suffix: "ckpk-tmp")
         Interruption.track(file.path)
         _ = fchmod(file.descriptor, 0o666 & ~FileSystem.umaskBits)   // mkstemp makes it 0600
@@ -55,7 +58,7 @@ public final class FileSink: ArchiveSink {
     public func commit(header: [UInt8]) throws {
         guard let file else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
         try header.withUnsafeBytes { try file.write($0, at: 0) }
-        try file.sync()
+        if sync { try file.sync() }
         if overwrite {
             try FileSystem.rename(file.path, to: path)
         } else {
@@ -63,7 +66,7 @@ public final class FileSink: ArchiveSink {
         }
         Interruption.untrack(file.path)
         self.file = nil
-        try FileSystem.syncDirectory(FileSystem.parent(of: path))
+        if sync { try FileSystem.syncDirectory(FileSystem.parent(of: path)) }
     }
 
     public func abort() {

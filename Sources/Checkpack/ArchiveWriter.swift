@@ -16,6 +16,10 @@ public struct WriterOptions: Sendable {
     public var threads: Int = WriterOptions.availableCores
     /// Replace an existing file at the destination.
     public var overwrite = false
+    /// fsync the archive (and its folder) before it is renamed into place. Off
+    /// only for temporary archives that nothing relies on after a crash
+    /// (staging parts that are joined into another archive and removed).
+    public var sync = true
     /// Items whose dtype the `checkpack.item-dtypes` attribute names are split
     /// into byte planes (spec section 5.1), in frames of `planeFrameSize`.
     public var bytePlanes = true
@@ -130,7 +134,7 @@ public final class ArchiveWriter {
     /// An archive file at `path` (refused if it exists, unless `options.overwrite`).
     public convenience init(path: String, options: WriterOptions = WriterOptions()) throws {
         try options.validate()
-        try self.init(sink: FileSink(path: path, overwrite: options.overwrite), options: options)
+        try self.init(sink: FileSink(path: path, overwrite: options.overwrite, sync: options.sync), options: options)
     }
 
     /// An archive written to `sink`, which `finish()` commits and a failure aborts.

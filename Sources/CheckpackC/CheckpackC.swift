@@ -162,10 +162,11 @@ private func status(_ message: UnsafeMutablePointer<CChar>?, _ capacity: Int, _ 
 /// Starts an archive at `path` (built beside it, renamed into place by
 /// `ckpk_writer_finish`; an existing file is replaced). `codec` is "zstd",
 /// "zlib" or "none"; `level` below -100 means the codec's default; `frame_size`
-/// and `threads` of 0 mean the defaults. NULL on failure.
+/// and `threads` of 0 mean the defaults; `sync` 0 skips the fsyncs (for a
+/// staging part that is joined into another archive and removed). NULL on failure.
 @_cdecl("ckpk_writer_open")
 public func ckpk_writer_open(_ path: UnsafePointer<CChar>, _ codec: UnsafePointer<CChar>, _ level: Int32,
-                             _ frameSize: Int64, _ threads: Int32,
+                             _ frameSize: Int64, _ threads: Int32, _ sync: Int32,
                              _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> UnsafeMutableRawPointer? {
     do {
         guard let codec = Codec(name: String(cString: codec)) else {
@@ -174,6 +175,7 @@ public func ckpk_writer_open(_ path: UnsafePointer<CChar>, _ codec: UnsafePointe
         var options = WriterOptions(codec: codec, level: level < -100 ? nil : level, overwrite: true)
         if frameSize > 0 { options.frameSize = Int(frameSize) }
         if threads > 0 { options.threads = Int(threads) }
+        options.sync = sync != 0
         let opened = try ArchiveWriter(path: String(cString: path), options: options)
         return Unmanaged.passRetained(WriterHandle(opened)).toOpaque()
     } catch {

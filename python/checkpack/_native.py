@@ -162,7 +162,7 @@ class Archive:
         return _lib.ckpk_reader_frames_decoded(self._handle)
 
 _lib.ckpk_writer_open.restype = ctypes.c_void_p
-_lib.ckpk_writer_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_int32,
+_lib.ckpk_writer_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
                                   ctypes.c_char_p, ctypes.c_size_t]
 for _name, _args in [("begin_file", [ctypes.c_char_p]), ("write", [ctypes.c_void_p, ctypes.c_uint64]),
                      ("mark_item", []), ("mark_typed_item", [ctypes.c_char_p]), ("end_file", []), ("add_file", [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_uint64]),
@@ -185,11 +185,12 @@ def _address(buffer):
 class ArchiveBuilder:
     """Writes an archive front to back; it appears at `path` only when `finish()` succeeds."""
 
-    def __init__(self, path, codec="zstd", level=None, frame_size=0, threads=0):
+    def __init__(self, path, codec="zstd", level=None, frame_size=0, threads=0, sync=True):
+        """`sync=False` skips the fsyncs: only for a temporary archive that nothing relies on after a crash."""
         self.path = os.fspath(path)
         message = ctypes.create_string_buffer(_ERROR_CAPACITY)
         self._handle = _lib.ckpk_writer_open(os.fsencode(self.path), codec.encode(), -1000 if level is None else level,
-                                             frame_size, threads, message, _ERROR_CAPACITY)
+                                             frame_size, threads, 1 if sync else 0, message, _ERROR_CAPACITY)
         if not self._handle:
             raise _error(message.value.decode("utf-8", "replace"))
 

@@ -344,7 +344,8 @@ class _PartStream(io.RawIOBase):
 
     def __init__(self, part_path, name, codec, level, frame_size):
         super().__init__()
-        self._builder = ArchiveBuilder(part_path, codec=codec, level=level, frame_size=frame_size)
+        # A staging part is joined into the archive and removed: only the archive is fsynced.
+        self._builder = ArchiveBuilder(part_path, codec=codec, level=level, frame_size=frame_size, sync=False)
         self._builder.begin_file(name)
         self._position = 0
         self._expect = None   # what the next write is: "name", "extra", or a record's data
