@@ -203,22 +203,30 @@ public final class ArchiveWriter {
     public func addFile(_ name: String, fromPath sourcePath: String, mode: UInt32? = nil, size expectedSize: UInt64? = nil,
                         attributes: [String: String] = [:], itemBoundaries: [UInt64] = [],
                         codec: Codec? = nil, level: Int32? = nil) throws {
+        try addFile(name, fromPath: sourcePath, mode: mode, size: expectedSize, identity: nil, attributes: attributes,
+                    itemBoundaries: itemBoundaries, codec: codec, level: level)
+    }
+
+    /// As above; `identity` is the file a walk listed under `sourcePath`, which it must still be.
+    func addFile(_ name: String, fromPath sourcePath: String, mode: UInt32?, size expectedSize: UInt64?, identity: FileIdentity?,
+                 attributes: [String: String], itemBoundaries: [UInt64], codec: Codec? = nil, level: Int32? = nil) throws {
         if let mode, let expectedSize, itemBoundaries.isEmpty {
             let entry = try prepareEntry(name, kind: .file, mode: mode, attributes: attributes, codec: codec, level: level)
             if expectedSize <= UInt64(entry.frameSize) {
                 return try guarded {
                     try startEntry(entry)
-                    if expectedSize > 0 { try submitFileFrame(path: sourcePath, size: Int(expectedSize)) }
+                    if expectedSize > 0 { try submitFileFrame(path: sourcePath, size: Int(expectedSize), identity: identity) }
                     try closeEntry()
                 }
             }
             return try guarded {
                 try startEntry(entry)
-                try appendFile(sourcePath, itemBoundaries: [], expectedSize: expectedSize)
+                try appendFile(sourcePath, source: SystemFile.openRegularFile(sourcePath, identity: identity), itemBoundaries: [],
+                               expectedSize: expectedSize)
                 try closeEntry()
             }
         }
-        let source = try SystemFile.openRegularFile(sourcePath)
+        let source = try SystemFile.openRegularFile(sourcePath, identity: identity)
         let entry = try prepareEntry(name, kind: .file, mode: try mode ?? source.mode,
                                      attributes: attributes, codec: codec, level: level)
         try guarded {
@@ -475,7 +483,7 @@ public final class ArchiveWriter {
 
     /// The whole content of the open entry is the file at `path`, of `size`
     /// bytes (at most a frame): opened, read and encoded on a compressing thread.
-    private func submitFileFrame(path: String, size: Int) throws {
+    private func submitFileFrame(path: String, size: Int, identity: FileIdentity?) throws {
         guard var entry = open else { throw CheckpackError(.invalidArgument, "no file entry is open") }
         open = nil
         defer { open = entry }
@@ -485,7 +493,7 @@ public final class ArchiveWriter {
         entry.itemStartPending = false
         let codec = entry.codec, level = entry.level, element = entry.element
         try pipeline.submit(cost: size) {
-            let file = try SystemFile.openRegularFile(path)
+            let file = try SystemFile.openRegularFile(path, identity: identity)
             // One byte more than expected: a file that grew is caught too.
             let data = try [UInt8](unsafeUninitializedCapacity: size + 1) { buffer, count in
                 count = 0

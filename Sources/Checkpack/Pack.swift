@@ -33,6 +33,8 @@ public enum Packer {
         var kind: EntryKind
         var mode: UInt32
         var size: UInt64
+        /// The file the walk saw; pack reads only that file.
+        var identity: FileIdentity? = nil
     }
 
     /// Archives every file and directory below `directory`, depth first with
@@ -79,8 +81,8 @@ public enum Packer {
             case .directory: try writer.addDirectory(item.name, mode: item.mode)
             case .file:
                 let layout = layouts[item.name] ?? FileLayout()
-                try writer.addFile(item.name, fromPath: item.path, mode: item.mode, size: item.size, attributes: layout.attributes,
-                                   itemBoundaries: layout.itemBoundaries)
+                try writer.addFile(item.name, fromPath: item.path, mode: item.mode, size: item.size, identity: item.identity,
+                                   attributes: layout.attributes, itemBoundaries: layout.itemBoundaries)
             }
         }
         try writer.finish()
@@ -111,7 +113,8 @@ public enum Packer {
                 items.append(Item(name: entryName, path: child, kind: .directory, mode: mode, size: 0))
                 try walk(child, prefix: entryName, into: &items)
             case S_IFREG:
-                items.append(Item(name: entryName, path: child, kind: .file, mode: mode, size: UInt64(info.st_size)))
+                items.append(Item(name: entryName, path: child, kind: .file, mode: mode, size: UInt64(info.st_size),
+                                  identity: FileIdentity(info)))
             default:
                 throw CheckpackError(.invalidArgument, "is not a regular file or directory", path: child)
             }

@@ -36,12 +36,18 @@ public final class SystemFile: @unchecked Sendable {
     /// Opens a file to pack: without blocking (a FIFO swapped in after the
     /// directory walk must not hang the run), and only a regular file (not a
     /// FIFO, a device such as /dev/zero, or a socket).
-    static func openRegularFile(_ path: String) throws -> SystemFile {
+    /// Opens a regular file for reading without blocking on a FIFO; when
+    /// `identity` is given, the file must still be that one (the one a walk listed).
+    static func openRegularFile(_ path: String, identity: FileIdentity? = nil) throws -> SystemFile {
         let fd = retrying { open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC) }
         guard fd >= 0 else { throw CheckpackError.system("cannot open", path: path) }
         let file = SystemFile(descriptor: fd, path: path)
-        guard (try file.status().st_mode & S_IFMT) == S_IFREG else {
+        let status = try file.status()
+        guard (status.st_mode & S_IFMT) == S_IFREG else {
             throw CheckpackError(.io(EINVAL), "is not a regular file (it changed after it was listed?)", path: path)
+        }
+        if let identity, identity != FileIdentity(status) {
+            throw CheckpackError(.io(EIO), "was replaced by another file after it was listed", path: path)
         }
         return file
     }
@@ -322,5 +328,16 @@ package enum FileSystem {
             }
             return (name, entry.type)
         }
+    }
+}
+
+/// Which file a path named when it was looked at: device and inode.
+struct FileIdentity: Equatable, Sendable {
+    var device: UInt64
+    var inode: UInt64
+
+    init(_ status: stat) {
+        device = UInt64(status.st_dev)
+        inode = UInt64(status.st_ino)
     }
 }

@@ -170,6 +170,26 @@ import Glibc
         }
     }
 
+    /// A file replaced by another one of the same size between the walk and its
+    /// read (small: read on a worker; large: on the caller's thread) is an error.
+    @Test func aFileReplacedAfterTheWalkIsAnError() throws {
+        for size in [1000, 10 << 20] {
+            let dir = TemporaryDirectory()
+            makeDirectory(dir.sub("src"))
+            try writeFile(dir.sub("src/f"), sampleBytes(size, seed: 1))
+            try writeFile(dir.sub("other"), sampleBytes(size, seed: 2))
+            let error = try #require(throws: CheckpackError.self) {
+                try Packer.pack(directory: dir.sub("src"), into: { _ in
+                    // The walk is done; swap the file it listed for another.
+                    #expect(rename(dir.sub("other"), dir.sub("src/f")) == 0)
+                    return try FileSink(path: dir.sub("a.ckpk"), overwrite: false)
+                })
+            }
+            #expect(error.description.contains("replaced"), "\(error)")
+            #expect(!FileManager.default.fileExists(atPath: dir.sub("a.ckpk")))
+        }
+    }
+
     @Test func aFifoOrADeviceWhereAFileWasListedIsRefusedWithoutHanging() throws {
         let dir = TemporaryDirectory()
         #expect(mkfifo(dir.sub("fifo"), 0o644) == 0)
