@@ -68,6 +68,8 @@ def main():
     parser.add_argument("checkpoint")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--layer", default="model.encoder.layer.0.")
+    parser.add_argument("--cases", default="save,full,partial,http",
+                        help="which cases to run: save, full, partial (from S3), http (full load from nginx)")
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="checkpack-remote-bench-")
@@ -121,28 +123,29 @@ def run(args, env, work):
         ckpk_url = f"s3://{bucket}/bench/{tag}.ckpk"
         s3t_prefix = f"s3://{bucket}/bench/{tag}-s3torch/"
         order = [0, 1] if round_number % 2 == 0 else [1, 0]
-        for who in order:
+        cases = set(args.cases.split(","))
+        for who in order if cases & {"save", "full", "partial"} else []:
             if who == 0:
                 s, st, _ = counted(s3proxy, lambda: subprocess.run([CLI, "pack", args.checkpoint, ckpk_url, "--quiet"], check=True))
                 record("save to S3", "checkpack", s, st)
             else:
                 s, st, _ = counted(s3proxy, lambda: dcp.save(state, storage_writer=S3StorageWriter(region, s3t_prefix, s3client_config=config), no_dist=True))
                 record("save to S3", "s3torchconnector", s, st)
-        for who in order:
+        for who in order if "full" in cases else []:
             if who == 0:
                 s, st, _ = counted(s3proxy, lambda: dcp.load(blank(state), storage_reader=ArchiveReader(ckpk_url), no_dist=True))
                 record("full load from S3", "checkpack", s, st)
             else:
                 s, st, _ = counted(s3proxy, lambda: dcp.load(blank(state), storage_reader=S3StorageReader(region, s3t_prefix, s3client_config=config), no_dist=True))
                 record("full load from S3", "s3torchconnector", s, st)
-        for who in order:
+        for who in order if "partial" in cases else []:
             if who == 0:
                 s, st, _ = counted(s3proxy, lambda: dcp.load(blank(state, args.layer), storage_reader=ArchiveReader(ckpk_url), no_dist=True))
                 record("partial load from S3", "checkpack", s, st)
             else:
                 s, st, _ = counted(s3proxy, lambda: dcp.load(blank(state, args.layer), storage_reader=S3StorageReader(region, s3t_prefix, s3client_config=config), no_dist=True))
                 record("partial load from S3", "s3torchconnector", s, st)
-        for who in order:
+        for who in order if "http" in cases else []:
             start = time.perf_counter()
             if who == 0:
                 dcp.load(blank(state), storage_reader=ArchiveReader(env["CHECKPACK_TEST_HTTP_URL"] + "/ckpt.ckpk"), no_dist=True)
