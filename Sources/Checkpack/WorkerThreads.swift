@@ -63,7 +63,7 @@ private final class SharedWork: @unchecked Sendable {
 }
 
 /// Runs `body` on a new detached thread (for work that blocks on the network).
-func runOnNewThread(_ body: @escaping @Sendable () -> Void) {
+package func runOnNewThread(_ body: @escaping @Sendable () -> Void) {
     final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
     let context = Unmanaged.passRetained(Box(body)).toOpaque()
     var thread = pthread_t()

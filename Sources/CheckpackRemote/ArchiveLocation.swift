@@ -1,5 +1,4 @@
 import Checkpack
-import Foundation
 
 /// Where an archive is: a local path, an `http(s)://` URL, or `s3://bucket/key`.
 public enum ArchiveLocation: Sendable, Equatable {
@@ -37,7 +36,8 @@ public enum ArchiveLocation: Sendable, Equatable {
     }
 
     /// Opens the archive for random access (one request for a remote one).
-    public func openSource(options: RemoteOptions = RemoteOptions(), environment: [String: String] = ProcessInfo.processInfo.environment) throws -> any ArchiveSource {
+    public func openSource(options: RemoteOptions = RemoteOptions(), environment: [String: String]? = nil) throws -> any ArchiveSource {
+        let environment = environment ?? Environment.current
         switch self {
         case .file(let path): return try FileSource(path: path)
         case .http(let url):
@@ -53,7 +53,8 @@ public enum ArchiveLocation: Sendable, Equatable {
     /// A sink that writes an archive here: a temporary file renamed into
     /// place, or an S3 multipart upload. HTTP URLs are read-only.
     public func openSink(overwrite: Bool, partSize: Int = S3MultipartSink.defaultPartSize, options: RemoteOptions = RemoteOptions(),
-                         environment: [String: String] = ProcessInfo.processInfo.environment) throws -> any ArchiveSink {
+                         environment: [String: String]? = nil) throws -> any ArchiveSink {
+        let environment = environment ?? Environment.current
         switch self {
         case .file(let path): return try FileSink(path: path, overwrite: overwrite)
         case .http(let url): throw CheckpackError(.invalidArgument, "cannot write to an HTTP URL; write to a file or to s3://bucket/key", path: url)

@@ -1,5 +1,5 @@
 import Checkpack
-import Foundation
+import Dispatch
 
 /// Writes an archive as one S3 object, streamed as a multipart upload.
 ///
@@ -126,7 +126,7 @@ public final class S3MultipartSink: ArchiveSink, @unchecked Sendable {
         try checkFailure()
         group.enter()
         let object = self.object
-        Thread.detachNewThread { [self] in
+        runOnNewThread { [self] in
             defer {
                 slots.signal()
                 group.leave()
@@ -188,13 +188,13 @@ public final class S3MultipartSink: ArchiveSink, @unchecked Sendable {
             _ = try object.client.perform(object.request("DELETE", query: "uploadId=\(S3Configuration.encodeQueryValue(id))"),
                                           accept: { $0 == 204 || $0 == 200 || $0 == 404 })
         } catch {
-            FileHandle.standardError.write(Data("checkpack: warning: could not abort the multipart upload \(id) of \(object.name): \(error)\n".utf8))
+            warn("checkpack: warning: could not abort the multipart upload \(id) of \(object.name): \(error)")
         }
     }
 
     /// The big-endian CRC32C of `bytes` in base64, as S3's checksum headers carry it.
     static func crc32cBase64(_ bytes: [UInt8]) -> String {
         let crc = CRC32C.checksum(bytes)
-        return Data([UInt8(crc >> 24), UInt8(crc >> 16 & 0xFF), UInt8(crc >> 8 & 0xFF), UInt8(crc & 0xFF)]).base64EncodedString()
+        return Base64.encode([UInt8(crc >> 24), UInt8(crc >> 16 & 0xFF), UInt8(crc >> 8 & 0xFF), UInt8(crc & 0xFF)])
     }
 }

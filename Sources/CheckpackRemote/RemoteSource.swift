@@ -1,5 +1,4 @@
 import Checkpack
-import Foundation
 
 /// An archive read with ranged GETs from an HTTP(S) server or S3.
 ///

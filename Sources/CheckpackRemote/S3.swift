@@ -1,5 +1,4 @@
 import Checkpack
-import Foundation
 
 /// AWS credentials. `description` never shows the secret or the token.
 public struct AWSCredentials: Sendable, CustomStringConvertible {
@@ -39,12 +38,13 @@ public struct S3Configuration: Sendable {
         self.caBundle = caBundle
     }
 
-    public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) throws -> S3Configuration {
+    public static func fromEnvironment(_ environment: [String: String]? = nil) throws -> S3Configuration {
+        let environment = environment ?? Environment.current
         func value(_ name: String) -> String? {
             guard let v = environment[name], !v.isEmpty else { return nil }
             return v
         }
-        let home = value("HOME") ?? NSHomeDirectory()
+        let home = Environment.home(environment)
         let profile = value("AWS_PROFILE") ?? value("AWS_DEFAULT_PROFILE") ?? "default"
         let credentials: AWSCredentials
         if let id = value("AWS_ACCESS_KEY_ID"), let secret = value("AWS_SECRET_ACCESS_KEY") {
@@ -90,7 +90,10 @@ public struct S3Configuration: Sendable {
                  UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "~"), UInt8(ascii: "/"):
                 out.unicodeScalars.append(Unicode.Scalar(byte))
             default:
-                out += String(format: "%%%02X", byte)
+                let hex = Array("0123456789ABCDEF".utf8)
+                out.unicodeScalars.append("%")
+                out.unicodeScalars.append(Unicode.Scalar(hex[Int(byte >> 4)]))
+                out.unicodeScalars.append(Unicode.Scalar(hex[Int(byte & 15)]))
             }
         }
         return out
@@ -98,7 +101,7 @@ public struct S3Configuration: Sendable {
 
     /// Query values are encoded like keys, and "/" too.
     static func encodeQueryValue(_ value: String) -> String {
-        encodePath(value).replacingOccurrences(of: "/", with: "%2F")
+        encodePath(value).replacing("/", with: "%2F")
     }
 }
 
@@ -113,19 +116,19 @@ extension String {
 /// Sections of an AWS-style INI file (`[name]`, `key = value`).
 enum IniFile {
     static func section(_ name: String, in path: String) -> [String: String] {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [:] }
+        guard let text = readTextFile(path) else { return [:] }
         var current: String? = nil
         var found: [String: String] = [:]
         for raw in text.split(whereSeparator: \.isNewline) {
-            let line = raw.trimmingCharacters(in: .whitespaces)
+            let line = raw.trimmed()
             if line.hasPrefix("#") || line.hasPrefix(";") || line.isEmpty { continue }
             if line.hasPrefix("["), line.hasSuffix("]") {
-                current = String(line.dropFirst().dropLast()).trimmingCharacters(in: .whitespaces)
+                current = line.dropFirst().dropLast().trimmed()
                 continue
             }
             guard current == name, let equals = line.firstIndex(of: "=") else { continue }
-            let key = line[..<equals].trimmingCharacters(in: .whitespaces).lowercased()
-            found[key] = line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces)
+            let key = line[..<equals].trimmed().lowercased()
+            found[key] = line[line.index(after: equals)...].trimmed()
         }
         return found
     }
@@ -172,8 +175,8 @@ public struct S3Object: Sendable {
         let url = configuration.url(bucket: bucket, key: "", query: "prefix=\(S3Configuration.encodeQueryValue(key))&uploads=")
         let response = try client.perform(HTTPRequest(method: "GET", url: url, signing: configuration.signing))
         let text = String(decoding: response.body, as: UTF8.self)
-        return text.components(separatedBy: "<Upload>").dropFirst().compactMap { upload in
-            XMLText.first("Key", in: upload) == key ? XMLText.first("UploadId", in: upload) : nil
+        return text.split(separator: "<Upload>").dropFirst().compactMap { upload in
+            XMLText.first("Key", in: String(upload)) == key ? XMLText.first("UploadId", in: String(upload)) : nil
         }
     }
 }
