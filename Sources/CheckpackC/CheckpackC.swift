@@ -130,6 +130,14 @@ public func ckpk_reader_read_many(_ handle: UnsafeMutableRawPointer, _ count: In
     }
 }
 
+/// Removes the temporary files of archives this process is still writing and
+/// aborts the uploads it started (what the CLI does on a signal); for a signal
+/// handler of the host process, right before it exits.
+@_cdecl("ckpk_remove_temporaries")
+public func ckpk_remove_temporaries() {
+    Interruption.removeTracked()
+}
+
 /// Frames this reader has decoded so far (tests use it to show a partial read stays partial).
 @_cdecl("ckpk_reader_frames_decoded")
 public func ckpk_reader_frames_decoded(_ handle: UnsafeMutableRawPointer) -> UInt64 {

@@ -56,6 +56,12 @@ def _error(text):
     return error
 
 
+def remove_temporaries():
+    """Removes the temporary files of archives this process is still writing (and aborts
+    its uploads): for a signal handler, right before the process exits."""
+    _lib.ckpk_remove_temporaries()
+
+
 def _find_library():
     candidates = [os.environ.get("CHECKPACK_LIBRARY"),
                   os.path.join(os.path.dirname(__file__), "libCheckpackC.so"),
@@ -80,6 +86,8 @@ _lib.ckpk_reader_read_many.restype = ctypes.c_int32
 _lib.ckpk_reader_read_many.argtypes = [ctypes.c_void_p, ctypes.c_ssize_t, ctypes.POINTER(ctypes.c_char_p),
                                        ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64),
                                        ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_size_t]
+_lib.ckpk_remove_temporaries.restype = None
+_lib.ckpk_remove_temporaries.argtypes = []
 _lib.ckpk_reader_frames_decoded.restype = ctypes.c_uint64
 _lib.ckpk_reader_frames_decoded.argtypes = [ctypes.c_void_p]
 

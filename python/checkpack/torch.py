@@ -14,18 +14,20 @@ item read fetches and decodes only the frames that hold it.
 import collections
 import ctypes
 import dataclasses
+import functools
 import io
 import math
 import os
 import pickle
 import re
-import types
-
+import signal
+import threading
 import torch
+import types
 from torch.distributed.checkpoint.filesystem import FileSystemBase, FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.planner import LoadItemType
 
-from ._native import Archive, ArchiveBuilder, ArchiveNotFoundError, CheckpackError
+from ._native import Archive, ArchiveBuilder, ArchiveNotFoundError, CheckpackError, remove_temporaries
 
 
 class _ItemView(io.RawIOBase):
@@ -407,6 +409,40 @@ class _PartStream(io.RawIOBase):
         super().close()
 
 
+class _SaveSignals:
+    """SIGTERM, SIGHUP and SIGINT during a save remove what this process was
+    building — staging parts not joined yet and the writers' temporary files —
+    then take their usual course (SIGINT raises KeyboardInterrupt; the others
+    end the process with that signal), as the CLI does. Installed on the first
+    save from the main thread, only over the default handlers."""
+    parts = set()
+    _installed = False
+
+    @classmethod
+    def install(cls):
+        if cls._installed or threading.current_thread() is not threading.main_thread():
+            return
+        cls._installed = True
+        for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            previous = signal.getsignal(number)
+            if previous in (signal.SIG_DFL, signal.default_int_handler):
+                signal.signal(number, functools.partial(cls._handle, previous))
+
+    @classmethod
+    def _handle(cls, previous, number, frame):
+        remove_temporaries()
+        for part in list(cls.parts):
+            try:
+                os.unlink(part)
+            except OSError:
+                pass
+        cls.parts.clear()
+        if previous is signal.default_int_handler:
+            previous(number, frame)
+        signal.signal(number, signal.SIG_DFL)
+        os.kill(os.getpid(), number)
+
+
 class _ArchiveWriteFileSystem(FileSystemBase):
     """Data files become staging parts `.NAME.ckpk-part-FILE` beside the
     archive; renaming `.metadata.tmp` into place (the coordinator's last step)
@@ -441,6 +477,8 @@ class _ArchiveWriteFileSystem(FileSystemBase):
                     fs._metadata[name] = self.getvalue()
                     super().close()
             return _MetadataBuffer()
+        _SaveSignals.install()
+        _SaveSignals.parts.add(self.part_path(name))
         return _PartStream(self.part_path(name), name, self.codec, self.level, self.frame_size)
 
     def concat_path(self, path, suffix):
@@ -474,6 +512,7 @@ class _ArchiveWriteFileSystem(FileSystemBase):
             raise
         for part in self.parts():
             os.unlink(part)
+            _SaveSignals.parts.discard(part)
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id):

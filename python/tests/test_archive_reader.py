@@ -299,3 +299,31 @@ def test_a_drop_in_for_file_system_writer(tmp_path):
     loaded = {"x": torch.zeros(3)}
     dcp.load(loaded, storage_reader=ArchiveReader(archive), no_dist=True)
     assert torch.equal(loaded["x"], torch.ones(3))
+
+
+SAVE_UNTIL_KILLED = """
+import sys, torch, torch.distributed.checkpoint as dcp
+from checkpack.torch import ArchiveWriter
+state = {f"t{i}": torch.randn(1 << 20) for i in range(64)}   # 256 MB of float32
+dcp.save(state, storage_writer=ArchiveWriter(sys.argv[1]), no_dist=True)
+"""
+
+
+@pytest.mark.parametrize("signal_number", [15, 1, 2])   # SIGTERM, SIGHUP, SIGINT
+def test_a_signal_during_a_save_leaves_nothing_behind(tmp_path, signal_number):
+    import signal as signals
+    import time
+    archive = tmp_path / "c.ckpk"
+    script = tmp_path / "save.py"
+    script.write_text(SAVE_UNTIL_KILLED)
+    process = subprocess.Popen([sys.executable, str(script), str(archive)], stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not any(".ckpk-" in name for name in os.listdir(tmp_path)) and time.time() < deadline:
+        time.sleep(0.02)
+    assert any(".ckpk-" in name for name in os.listdir(tmp_path)), "the save made no temporary file"
+    process.send_signal(signal_number)
+    status = process.wait(timeout=60)
+    assert status != 0
+    if signal_number != signals.SIGINT:
+        assert status == -signal_number
+    assert sorted(os.listdir(tmp_path)) == ["save.py"]
