@@ -20,7 +20,8 @@ public protocol ArchiveSource: Sendable {
 
 /// How a reader groups the frames a range read needs into reads of its
 /// source. A local file wants one read per frame, straight into the caller's
-/// buffer; a remote object wants few, large requests, several in flight.
+/// buffer, decoded on every core; a remote object wants few, large requests,
+/// several in flight.
 public struct ReadPlan: Sendable, Equatable {
     /// Frames closer than this many bytes share one read (the gap is read and dropped).
     public var mergeGap: UInt64
@@ -40,8 +41,9 @@ public struct ReadPlan: Sendable, Equatable {
         self.readsHeaderAtOpen = readsHeaderAtOpen
     }
 
-    /// One read per frame, one at a time.
-    public static let local = ReadPlan(mergeGap: 0, maxReadSize: 0, concurrency: 1, readsHeaderAtOpen: true)
+    /// One read per frame (a stored frame straight into the caller's buffer),
+    /// frames decoded on every core: a large read is decode-bound, not read-bound.
+    public static let local = ReadPlan(mergeGap: 0, maxReadSize: 0, concurrency: WriterOptions.availableCores, readsHeaderAtOpen: true)
 }
 
 extension ArchiveSource {
