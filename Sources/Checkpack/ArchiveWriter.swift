@@ -301,8 +301,11 @@ public final class ArchiveWriter {
     /// Appends every entry of another archive by copying its records as they
     /// are — no decoding, no recompression — and re-basing their offsets in
     /// the index (spec section 11.3). Every frame of `other` is checked (its
-    /// stored CRC) after the copy, so damage in the source is not carried over.
-    public func appendEntries(of other: ArchiveReader) throws {
+    /// stored CRC) after the copy, so damage in the source is not carried
+    /// over, unless `checkingFrames` is false: for staging parts this process
+    /// or its peers just wrote, where that check would be a second pass over
+    /// all the data (a damaged frame is still found by every read of it).
+    public func appendEntries(of other: ArchiveReader, checkingFrames: Bool = true) throws {
         if let open { throw CheckpackError(.invalidArgument, "entry \"\(open.name)\" is still open", path: path) }
         var names = tree
         try asArgumentError { for entry in other.entries { try names.add(entry.name, kind: entry.kind) } }
@@ -321,7 +324,7 @@ public final class ArchiveWriter {
             }
             // The copy bypassed decoding: check what was copied against its CRCs
             // and every record against the rules, as a stream reader would.
-            for entry in other.entries {
+            for entry in other.entries where checkingFrames {
                 try other.forEachFrame(of: entry, stored: true) { location, frame in
                     guard let frame, CRC32C.checksum(frame.stored) == frame.header.storedCRC else {
                         throw CheckpackError(.checksumMismatch, "stored bytes CRC32C mismatch in appended archive", path: other.source.name,

@@ -239,9 +239,11 @@ public func ckpk_writer_add_file(_ handle: UnsafeMutableRawPointer, _ name: Unsa
 
 /// Appends every entry of the archive at `path`, copying its records as they are.
 @_cdecl("ckpk_writer_append_archive")
-public func ckpk_writer_append_archive(_ handle: UnsafeMutableRawPointer, _ path: UnsafePointer<CChar>,
+public func ckpk_writer_append_archive(_ handle: UnsafeMutableRawPointer, _ path: UnsafePointer<CChar>, _ checkFrames: Int32,
                                        _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
-    status(message, capacity) { try writer(handle).appendEntries(of: ArchiveReader(path: String(cString: path))) }
+    status(message, capacity) {
+        try writer(handle).appendEntries(of: ArchiveReader(path: String(cString: path)), checkingFrames: checkFrames != 0)
+    }
 }
 
 /// Writes index and trailer, syncs, renames into place, and releases the handle.

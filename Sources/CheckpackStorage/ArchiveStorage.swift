@@ -46,7 +46,9 @@ public final class ArchiveStorageWriter: StorageWriter {
 
     public func executeWrite(plan: SavePlan, planner: SavePlanner) throws -> [WriteResult] {
         let name = CheckpointFiles.dataFile(prefix: plan.storageData ?? CheckpointFiles.prefix(rank: rank))
-        let part = try ArchiveWriter(path: partPath(rank), options: options)
+        var partOptions = options
+        partOptions.sync = false   // a staging part: joined into the archive (which is synced) and removed
+        let part = try ArchiveWriter(path: partPath(rank), options: partOptions)
         // Each item's dtype, so tensor items are split into byte planes.
         let dtypes = plan.items.map { $0.tensorData?.properties.dtype.rawValue ?? "-" }
         try part.beginFile(name, attributes: plan.items.isEmpty ? [:] : [Format.itemDTypesKey: dtypes.joined(separator: ",")])
@@ -70,7 +72,8 @@ public final class ArchiveStorageWriter: StorageWriter {
         metadata.storageData = storageData(results)
         let archive = try ArchiveWriter(path: path, options: options)
         do {
-            for rank in 0..<worldSize { try archive.appendEntries(of: ArchiveReader(path: partPath(rank))) }
+            // The parts were written by this save: copied without a second pass over their frames.
+            for rank in 0..<worldSize { try archive.appendEntries(of: ArchiveReader(path: partPath(rank)), checkingFrames: false) }
             try archive.addFile(CheckpointFiles.metadataName, contents: try MetadataCoding.encode(metadata))
             try archive.finish()
         } catch {

@@ -174,7 +174,7 @@ _lib.ckpk_writer_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int
                                   ctypes.c_char_p, ctypes.c_size_t]
 for _name, _args in [("begin_file", [ctypes.c_char_p]), ("write", [ctypes.c_void_p, ctypes.c_uint64]),
                      ("mark_item", []), ("mark_typed_item", [ctypes.c_char_p]), ("end_file", []), ("add_file", [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_uint64]),
-                     ("append_archive", [ctypes.c_char_p]), ("finish", [])]:
+                     ("append_archive", [ctypes.c_char_p, ctypes.c_int32]), ("finish", [])]:
     _function = getattr(_lib, "ckpk_writer_" + _name)
     _function.restype = ctypes.c_int32
     _function.argtypes = [ctypes.c_void_p] + _args + [ctypes.c_char_p, ctypes.c_size_t]
@@ -235,8 +235,11 @@ class ArchiveBuilder:
         address, length, keep = _address(data)
         self._call("add_file", name.encode(), address, length)
 
-    def append_archive(self, path):
-        self._call("append_archive", os.fsencode(path))
+    def append_archive(self, path, check_frames=True):
+        """Copies every entry of the archive at `path` as it is. `check_frames=False` skips
+        checking each frame's CRC after the copy (a second pass over the data): only for
+        staging parts just written by this save."""
+        self._call("append_archive", os.fsencode(path), 1 if check_frames else 0)
 
     def finish(self):
         self._call("finish")

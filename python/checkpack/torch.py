@@ -504,7 +504,9 @@ class _ArchiveWriteFileSystem(FileSystemBase):
         builder = ArchiveBuilder(self.archive_path, codec=self.codec, level=self.level, frame_size=self.frame_size)
         try:
             for part in self.parts():
-                builder.append_archive(part)
+                # Written by this save a moment ago: copied without a second pass that checks every
+                # frame (its trailer and index are checked when it is opened; every read checks frames).
+                builder.append_archive(part, check_frames=False)
             builder.add_file(os.fspath(new_path), metadata)
             builder.finish()
         except BaseException:
