@@ -416,8 +416,11 @@ public final class ArchiveReader: Sendable {
     /// the stream reader (`EntryValidator`) and against the index row; gives
     /// each frame with its stored bytes (when `stored`) to `body`. Damage in a
     /// frame's stored bytes is the body's to find (decode or check the CRC).
-    func forEachFrame(of entry: ArchiveEntry, stored: Bool, _ body: (FrameLocation, StreamFrame?) throws -> Void) throws {
-        let input = SequentialInput(source: RangeSource(source: source, range: entry.recordOffset..<entry.endOffset + UInt64(Format.entryEndSize)))
+    /// `tee`, when given, sees every byte of the entry's records as it is read.
+    func forEachFrame(of entry: ArchiveEntry, stored: Bool, tee: ((UnsafeRawBufferPointer) throws -> Void)? = nil,
+                      _ body: (FrameLocation, StreamFrame?) throws -> Void) throws {
+        let range = RangeSource(source: source, range: entry.recordOffset..<entry.endOffset + UInt64(Format.entryEndSize))
+        let input = SequentialInput(source: tee.map { TeeSource(range, observe: $0) } ?? range)
         let records = RecordReader(input: input, offset: entry.recordOffset, features: requiredFeatures, readStored: stored)
         var closed: IndexRow? = nil
         records.onEntryClosed = { closed = $0 }
@@ -763,6 +766,25 @@ final class RangeSource: SequentialSource {
         position += n
         ahead.removeAll { $0.range.upperBound <= position }
         nextFetch = max(nextFetch, position)
+        return n
+    }
+}
+
+/// A sequential source that hands every byte it reads to `observe` as well
+/// (it never skips: skipped bytes are read, so `observe` sees them too).
+final class TeeSource: SequentialSource {
+    let inner: any SequentialSource
+    let observe: (UnsafeRawBufferPointer) throws -> Void
+    var name: String { inner.name }
+
+    init(_ inner: any SequentialSource, observe: @escaping (UnsafeRawBufferPointer) throws -> Void) {
+        self.inner = inner
+        self.observe = observe
+    }
+
+    func readSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        let n = try inner.readSome(into: buffer)
+        if n > 0 { try observe(UnsafeRawBufferPointer(rebasing: buffer[..<n])) }
         return n
     }
 }

@@ -315,22 +315,29 @@ public final class ArchiveWriter {
             requiredFeatures |= other.requiredFeatures
             let start = UInt64(Format.headerSize), end = other.index.recordsEnd
             let base = output.offset
-            try output.copy(from: other.source, range: start..<end)
+            if checkingFrames {
+                // One pass: each entry's records are checked as a stream reader would (every
+                // rule and stored CRC) while the very bytes read are written, so a remote
+                // source is fetched once. The entries tile the records (checked at open).
+                for entry in other.entries {
+                    try other.forEachFrame(of: entry, stored: true, tee: { [unowned self] in try self.output.write($0) }) { location, frame in
+                        guard let frame, CRC32C.checksum(frame.stored) == frame.header.storedCRC else {
+                            throw CheckpackError(.checksumMismatch, "stored bytes CRC32C mismatch in appended archive", path: other.source.name,
+                                                 offset: location.archiveOffset)
+                        }
+                    }
+                }
+                guard output.offset - base == end - start else {
+                    throw CheckpackError(.corrupt, "the appended archive's entries do not cover its records", path: other.source.name)
+                }
+            } else {
+                try output.copy(from: other.source, range: start..<end)
+            }
             for entry in other.entries {
                 var row = entry.row
                 row.recordOffset = row.recordOffset - start + base
                 row.endOffset = row.endOffset - start + base
                 try addIndexRow(row)
-            }
-            // The copy bypassed decoding: check what was copied against its CRCs
-            // and every record against the rules, as a stream reader would.
-            for entry in other.entries where checkingFrames {
-                try other.forEachFrame(of: entry, stored: true) { location, frame in
-                    guard let frame, CRC32C.checksum(frame.stored) == frame.header.storedCRC else {
-                        throw CheckpackError(.checksumMismatch, "stored bytes CRC32C mismatch in appended archive", path: other.source.name,
-                                             offset: location.archiveOffset)
-                    }
-                }
             }
         }
     }

@@ -28,3 +28,6 @@ public protocol ContiguousCollection: Collection where Element == UInt8 {
 }
 extension Array: ContiguousCollection where Element == UInt8 {}
 extension ArraySlice: ContiguousCollection where Element == UInt8 {}
+extension UnsafeRawBufferPointer: ContiguousCollection {
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R { try body(self) }
+}

@@ -189,9 +189,13 @@ let serversNeeded = Testing.ConditionTrait.enabled(if: TestServers.available || 
         let env = servers.awsEnvironment()
         var result = try CLI.run(["cp", scratch.sub("a.ckpk"), url, "--quiet"], environment: env)
         #expect(result.status == 0, "\(result.stderr)")
-        result = try CLI.run(["cp", url, scratch.sub("b.ckpk"), "--quiet"], environment: env)
+        // Down again through the counting proxy: the archive is fetched once (checked as it is copied).
+        try servers.resetProxy(servers.s3Proxy)
+        result = try CLI.run(["cp", url, scratch.sub("b.ckpk"), "--quiet"], environment: servers.awsEnvironment(viaProxy: true))
         #expect(result.status == 0, "\(result.stderr)")
         #expect(contents(scratch.sub("b.ckpk")) == contents(scratch.sub("a.ckpk")))
+        let size = try #require(contents(scratch.sub("a.ckpk"))).count
+        #expect(try servers.stats(servers.s3Proxy).response_bytes <= size + (64 << 10), "fetched more than once")
 
         var damaged = try #require(contents(scratch.sub("a.ckpk")))
         damaged[damaged.count / 2] ^= 0x10   // inside the large file's frames
