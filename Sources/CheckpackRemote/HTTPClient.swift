@@ -285,8 +285,13 @@ private final class Transfer {
     var collected: [UInt8] = []
     let target: UnsafeMutableRawBufferPointer?
     let capacity: Int
+    /// Bytes of a successful body received (into `target`, or `collected`).
     var received = 0
     var overflow = false
+    /// The status of the response being received, from its status line.
+    private var status = 0
+    /// An error's body is kept for its message (S3's error code), up to this much, never in `target`.
+    static let errorBodyLimit = 64 << 10
 
     init(body: ResponseBody) {
         switch body {
@@ -297,11 +302,15 @@ private final class Transfer {
 
     func receive(_ data: UnsafeMutablePointer<CChar>?, _ count: Int) -> Int {
         guard let data, count > 0 else { return count }
+        let bytes = UnsafeRawBufferPointer(start: data, count: count)
+        guard (200..<300).contains(status) else {
+            collected.append(contentsOf: bytes.prefix(max(0, Transfer.errorBodyLimit - collected.count)))
+            return count
+        }
         guard received <= capacity - count else {
             overflow = true
             return 0   // makes libcurl stop with CURLE_WRITE_ERROR
         }
-        let bytes = UnsafeRawBufferPointer(start: data, count: count)
         if let target {
             UnsafeMutableRawBufferPointer(rebasing: target[received..<received + count]).copyMemory(from: bytes)
         } else {
@@ -315,10 +324,11 @@ private final class Transfer {
         guard let data else { return count }
         let line = String(decoding: UnsafeRawBufferPointer(start: data, count: count), as: UTF8.self)
         if line.hasPrefix("HTTP/") {
-            headers.removeAll()   // a new response (after 100 Continue or a redirect)
-            // A redirect's or an interim response's body is not ours to keep.
+            // A new response (after 100 Continue or a redirect): an earlier one's headers and body are not ours.
+            headers.removeAll()
             collected.removeAll()
             received = 0
+            status = line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
         } else if let colon = line.firstIndex(of: ":") {
             let name = line[..<colon].lowercased()
             let value = line[line.index(after: colon)...].trimmed()

@@ -98,6 +98,28 @@ let serversNeeded = Testing.ConditionTrait.enabled(if: TestServers.available || 
         try servers.object(key).delete()
     }
 
+    /// A failure answered to a small range read (its error body longer than the
+    /// range) is retried like any other, and its body never lands in the caller's buffer.
+    @Test func aFailedSmallRangeReadIsRetried() throws {
+        let key = uniqueKey("small-range-retry")
+        let content = sampleBytes(1 << 20, seed: 4, compressible: false)
+        let writer = try ArchiveWriter(sink: S3MultipartSink(object: try servers.object(key)))
+        try writer.addFile("small", contents: Array("tiny".utf8))   // one 44-byte frame, far from the tail
+        try writer.addFile("data", contents: content)
+        try writer.finish()
+        // The GETs the read costs without faults (its table page and its frame), then with two.
+        var gets: [Int] = []
+        for faults in [[], ["GET status:503", "GET status:500"]] {
+            let reader = try ArchiveReader(source: RemoteSource(object: try servers.object(key, viaProxy: true)))
+            try servers.resetProxy(servers.s3Proxy)
+            try servers.inject(faults, proxy: servers.s3Proxy)
+            #expect(try reader.read(try #require(reader.entry(named: "small"))) == Array("tiny".utf8))
+            gets.append(try servers.stats(servers.s3Proxy).requests["GET", default: 0])
+        }
+        #expect(gets[1] == gets[0] + 2, "\(gets)")
+        try servers.object(key).delete()
+    }
+
     @Test func aServerThatKeepsFailingIsOneCleanError() throws {
         try servers.resetProxy(servers.s3Proxy)
         try servers.inject(Array(repeating: "GET status:503", count: RemoteOptions.fastRetries.attempts), proxy: servers.s3Proxy)
