@@ -1,5 +1,10 @@
 import Checkpack
 import Dispatch
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 /// Writes an archive as one S3 object, streamed as a multipart upload.
 ///
@@ -40,6 +45,8 @@ public final class S3MultipartSink: ArchiveSink, @unchecked Sendable {
 
     private struct UploadState {
         var uploadID: String? = nil
+        /// CreateMultipartUpload failed: there is nothing to abort.
+        var creationFailed = false
         /// (part number, ETag, CRC32C in base64) of every part sent.
         var parts: [(number: Int, etag: String, checksum: String)] = []
         var failure: (any Error)? = nil
@@ -148,14 +155,31 @@ public final class S3MultipartSink: ArchiveSink, @unchecked Sendable {
 
     private func startUpload() throws -> String {
         if let id = state.withLock({ $0.uploadID }) { return id }
-        let response = try object.client.perform(object.request("POST", query: "uploads=", headers: ["x-amz-checksum-algorithm: CRC32C"]))
-        guard let id = XMLText.first("UploadId", in: String(decoding: response.body, as: UTF8.self)), !id.isEmpty else {
-            throw CheckpackError(.remote(status: response.status), "CreateMultipartUpload answered without an UploadId")
+        // Registered before the request: a signal that comes while it is answered
+        // still aborts the upload it creates, once its id is known.
+        let object = self.object, state = self.state
+        interruptToken = Interruption.register { S3MultipartSink.abortOnceKnown(object, state) }
+        do {
+            let response = try object.client.perform(object.request("POST", query: "uploads=", headers: ["x-amz-checksum-algorithm: CRC32C"]))
+            guard let id = XMLText.first("UploadId", in: String(decoding: response.body, as: UTF8.self)), !id.isEmpty else {
+                throw CheckpackError(.remote(status: response.status), "CreateMultipartUpload answered without an UploadId")
+            }
+            state.withLock { $0.uploadID = id }
+            return id
+        } catch {
+            state.withLock { $0.creationFailed = true }
+            throw error
         }
-        state.withLock { $0.uploadID = id }
-        let object = self.object
-        interruptToken = Interruption.register { S3MultipartSink.abortUpload(object, id) }
-        return id
+    }
+
+    /// For a signal: aborts the upload, waiting a little for CreateMultipartUpload's answer if it is still coming.
+    private static func abortOnceKnown(_ object: S3Object, _ state: Locked<UploadState>) {
+        for _ in 0..<200 {
+            let (id, failed) = state.withLock { ($0.uploadID, $0.creationFailed) }
+            if let id { return abortUpload(object, id) }
+            if failed { return }
+            usleep(50_000)
+        }
     }
 
     private func complete() throws {
