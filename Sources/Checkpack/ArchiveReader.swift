@@ -34,6 +34,10 @@ public struct ReadPlan: Sendable, Equatable {
     /// trailer, checked first, names the same version and features).
     public var readsHeaderAtOpen: Bool
 
+    /// Whether frames are fetched in merged reads (and sequential reads fetched
+    /// ahead in chunks of `maxReadSize`), rather than one read per frame.
+    var mergesReads: Bool { maxReadSize > 0 }
+
     public init(mergeGap: UInt64, maxReadSize: UInt64, concurrency: Int, readsHeaderAtOpen: Bool) {
         self.mergeGap = mergeGap
         self.maxReadSize = maxReadSize
@@ -493,16 +497,19 @@ public final class ArchiveReader: Sendable {
     /// `readPlan` allows. A torch load reads all its tensors this way.
     public func read(_ ranges: [RangeRead]) throws {
         var pieces: [PlannedFrame] = []
+        var piecesOfRange: [Range<Int>] = []
         for (number, range) in ranges.enumerated() {
             let end = range.offset.addingReportingOverflow(UInt64(range.buffer.count))
             guard !end.overflow, end.partialValue <= range.entry.size else {
                 throw CheckpackError(.invalidArgument, "range \(range.offset)+\(range.buffer.count) is past the end (\(range.entry.size) bytes)",
                                      path: source.name, entry: range.entry.name)
             }
+            let first = pieces.count
             for var piece in try plannedFrames(range.entry, range: range.offset..<end.partialValue) {
                 piece.range = number
                 pieces.append(piece)
             }
+            piecesOfRange.append(first..<pieces.count)
         }
         // In archive order (a stable sort: a range's own pieces keep their order), for merging.
         let order = pieces.indices.sorted { (pieces[$0].frame.archiveOffset, $0) < (pieces[$1].frame.archiveOffset, $1) }
@@ -515,7 +522,7 @@ public final class ArchiveReader: Sendable {
             let first = pieces[run[0]].frame.archiveOffset
             let runEnd = run.map { pieces[$0].frameEnd }.max() ?? first
             // Locally a frame reads on its own (a stored one straight into the buffer); else a run is one read.
-            let bytes = run.count == 1 && source.readPlan.maxReadSize == 0 ? nil : try fetch(first..<runEnd)
+            let bytes = run.count == 1 && !source.readPlan.mergesReads ? nil : try fetch(first..<runEnd)
             for i in run {
                 let piece = pieces[i]
                 let range = ranges[piece.range]
@@ -544,9 +551,8 @@ public final class ArchiveReader: Sendable {
         }
         let decodedCRCs = crcs.withLock { $0 }
         for (number, range) in ranges.enumerated() where range.offset == 0 && UInt64(range.buffer.count) == range.entry.size {
-            var contentCRC: UInt32 = 0
-            for (i, piece) in pieces.enumerated() where piece.range == number {
-                contentCRC = CRC32C.combine(contentCRC, decodedCRCs[i], length: UInt64(piece.frame.row.decodedLength))
+            let contentCRC = piecesOfRange[number].reduce(UInt32(0)) {
+                CRC32C.combine($0, decodedCRCs[$1], length: UInt64(pieces[$1].frame.row.decodedLength))
             }
             guard contentCRC == range.entry.contentCRC else {
                 throw CheckpackError(.checksumMismatch, "entry content CRC32C mismatch", path: source.name, entry: range.entry.name,
@@ -741,7 +747,7 @@ final class RangeSource: SequentialSource {
         let n = Int(min(UInt64(buffer.count), end - position))
         guard n > 0 else { return 0 }
         let plan = source.readPlan
-        guard plan.concurrency > 1, plan.maxReadSize > 0 else {
+        guard plan.mergesReads else {
             try source.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<n]), at: position)
             position += UInt64(n)
             return n

@@ -36,17 +36,15 @@ public enum Salvager {
     /// (reported as partial), into `destination` (built beside it and renamed
     /// into place, as `unpack` does).
     public static func salvage(archive: String, to destination: String, overwrite: Bool = false) throws -> SalvageReport {
-        if FileSystem.exists(destination), !overwrite {
-            throw CheckpackError(.alreadyExists, "already exists", path: destination)
-        }
-        return try salvage(FileSource(path: archive), to: destination, overwrite: overwrite)
+        try salvage(FileSource(path: archive), to: destination, overwrite: overwrite)
     }
 
-    /// Salvages from any source: a local file or a remote object.
-    public static func salvage(_ source: any ArchiveSource, to destination: String, overwrite: Bool = false) throws -> SalvageReport {
-        if FileSystem.exists(destination), !overwrite {
-            throw CheckpackError(.alreadyExists, "already exists", path: destination)
-        }
+    /// Salvages from any source, a local file or a remote object, opened only
+    /// once the destination is known to be free.
+    public static func salvage(_ open: @autoclosure () throws -> any ArchiveSource, to destination: String,
+                               overwrite: Bool = false) throws -> SalvageReport {
+        try Unpacker.refuseExisting(destination, overwrite: overwrite)
+        let source = try open()
         let staging = try FileSystem.temporaryDirectory(beside: destination, suffix: "ckpk-unpack")
         Interruption.track(staging)
         defer { Interruption.untrack(staging) }

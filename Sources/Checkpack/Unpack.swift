@@ -19,27 +19,32 @@ public enum Unpacker {
     public static func unpack(archive: String, to destination: String, overwrite: Bool = false,
                               progress: ((_ done: UInt64, _ total: UInt64?) -> Void)? = nil) throws -> TreeSummary {
         if archive == "-" {
-            if FileSystem.exists(destination), !overwrite {
-                throw CheckpackError(.alreadyExists, "already exists", path: destination)
-            }
+            try refuseExisting(destination, overwrite: overwrite)
             return try unpack(ArchiveStreamReader(source: SystemFile.standardInput), total: nil, to: destination,
                               overwrite: overwrite, progress: progress)
         }
         return try unpack(ArchiveReader(path: archive), to: destination, overwrite: overwrite, progress: progress)
     }
 
-    /// Unpacks an opened archive (a local file, or a remote object read
-    /// front to back with chunks fetched ahead). Opening it checked trailer
-    /// and index, so a damaged or truncated archive fails before anything is written.
+    /// Unpacks an archive (a local file, or a remote object read front to
+    /// back with chunks fetched ahead), opened only once the destination is
+    /// known to be free. Opening it checks trailer and index, so a damaged or
+    /// truncated archive fails before anything is written.
     @discardableResult
-    public static func unpack(_ reader: ArchiveReader, to destination: String, overwrite: Bool = false,
+    public static func unpack(_ open: @autoclosure () throws -> ArchiveReader, to destination: String, overwrite: Bool = false,
                               progress: ((_ done: UInt64, _ total: UInt64?) -> Void)? = nil) throws -> TreeSummary {
-        if FileSystem.exists(destination), !overwrite {
-            throw CheckpackError(.alreadyExists, "already exists", path: destination)
-        }
+        try refuseExisting(destination, overwrite: overwrite)
+        let reader = try open()
         let total = reader.entries.reduce(UInt64(0)) { $0 + $1.size }
         let input = RangeSource(source: reader.source, range: 0..<reader.source.size)
         return try unpack(ArchiveStreamReader(source: input), total: total, to: destination, overwrite: overwrite, progress: progress)
+    }
+
+    /// A destination that exists is refused before anything is opened or made, unless `overwrite`.
+    static func refuseExisting(_ destination: String, overwrite: Bool) throws {
+        if FileSystem.exists(destination), !overwrite {
+            throw CheckpackError(.alreadyExists, "already exists", path: destination)
+        }
     }
 
     private static func unpack(_ stream: ArchiveStreamReader, total: UInt64?, to destination: String, overwrite: Bool,

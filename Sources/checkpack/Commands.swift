@@ -36,8 +36,7 @@ struct PackCommand: ParsableCommand {
           help: "Do not split tensor items into byte planes (archives readable by Checkpack before byte planes).") var noPlanes = false
     @Option(name: .customLong("plane-frame-size"), help: "Frame size for tensor items in byte planes (4K...64M).")
     var planeFrameSize: SizeArgument = SizeArgument(argument: "\(WriterOptions.defaultPlaneFrameSize / 1024)K")!
-    @Option(name: .customLong("part-size"), help: "Part size of an upload to s3:// (5M at least; default 16M).")
-    var partSize: SizeArgument = SizeArgument(argument: "16M")!
+    @OptionGroup var upload: UploadOptions
     @Flag(help: "No progress bar or summary.") var quiet = false
 
     func run() throws {
@@ -61,11 +60,8 @@ struct PackCommand: ParsableCommand {
         }
         let bar = ProgressBar("packing", quiet: quiet)
         let start = monotonicSeconds()
-        let summary = try Packer.pack(directory: source, into: { tree in
-            // S3 takes at most 10,000 parts: larger trees get larger parts.
-            try location.openSink(overwrite: force, partSize: S3MultipartSink.partSize(forAbout: tree.bytes, atLeast: partSize.bytes))
-        }, options: options,
-                                      layouts: layouts) { bar.update($0, total: $1) }
+        let summary = try Packer.pack(directory: source, into: { try upload.sink(at: location, overwrite: force, forAbout: $0.bytes) },
+                                      options: options, layouts: layouts) { bar.update($0, total: $1) }
         bar.clear()
         if !quiet {
             let stored = summary.archiveBytes
@@ -93,9 +89,6 @@ struct UnpackCommand: ParsableCommand {
         if archive == "-" {
             summary = try Unpacker.unpack(archive: archive, to: destination, overwrite: force) { bar.update($0, total: $1) }
         } else {
-            // Refused before the archive is opened (a request, for a remote one), as for a pipe.
-            var status = stat()
-            if !force, lstat(destination, &status) == 0 { throw CheckpackError(.alreadyExists, "already exists", path: destination) }
             summary = try Unpacker.unpack(ArchiveReader(location: archive), to: destination, overwrite: force) { bar.update($0, total: $1) }
         }
         bar.clear()
@@ -214,6 +207,18 @@ struct CatCommand: ParsableCommand {
     }
 }
 
+/// How `pack` and `cp` upload to s3://.
+struct UploadOptions: ParsableArguments {
+    @Option(name: .customLong("part-size"), help: "Part size of an upload to s3:// (5M at least).")
+    var partSize: SizeArgument = SizeArgument(argument: "16M")!
+
+    /// A sink at `location` for an archive of about `bytes`: S3 takes at most
+    /// 10,000 parts, so larger archives get larger parts.
+    func sink(at location: ArchiveLocation, overwrite: Bool, forAbout bytes: UInt64) throws -> any ArchiveSink {
+        try location.openSink(overwrite: overwrite, partSize: S3MultipartSink.partSize(forAbout: bytes, atLeast: partSize.bytes))
+    }
+}
+
 struct CopyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cp",
@@ -226,8 +231,7 @@ struct CopyCommand: ParsableCommand {
     @Argument(help: "The archive to copy: a path, an http(s):// or an s3:// URL.") var source: String
     @Argument(help: "Where to write it: a path or s3://bucket/key.") var destination: String
     @Flag(help: "Replace an existing destination.") var force = false
-    @Option(name: .customLong("part-size"), help: "Part size of an upload to s3:// (5M at least; default 16M).")
-    var partSize: SizeArgument = SizeArgument(argument: "16M")!
+    @OptionGroup var upload: UploadOptions
     @Flag(help: "No progress bar or summary.") var quiet = false
 
     func run() throws {
@@ -235,7 +239,7 @@ struct CopyCommand: ParsableCommand {
         if !target.isRemote { reportLeftovers(beside: destination) }
         let reader = try ArchiveReader(location: source)
         let size = reader.source.size
-        let sink = try target.openSink(overwrite: force, partSize: S3MultipartSink.partSize(forAbout: size, atLeast: partSize.bytes))
+        let sink = try upload.sink(at: target, overwrite: force, forAbout: size)
         let writer = try ArchiveWriter(sink: sink, options: WriterOptions(overwrite: force))
         let start = monotonicSeconds()
         try writer.appendEntries(of: reader)
@@ -261,9 +265,7 @@ struct SalvageCommand: ParsableCommand {
     @Flag(help: "Replace an existing DEST_DIR.") var force = false
 
     func run() throws {
-        let location = try ArchiveLocation(archive)
-        let report = location.isRemote ? try Salvager.salvage(location.openSource(), to: destination, overwrite: force)
-            : try Salvager.salvage(archive: archive, to: destination, overwrite: force)
+        let report = try Salvager.salvage(ArchiveLocation(archive).openSource(), to: destination, overwrite: force)
         for entry in report.entries {
             let name = entry.kind == .directory ? entry.name + "/" : entry.name
             switch entry.outcome {
