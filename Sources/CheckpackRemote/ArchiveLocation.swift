@@ -27,14 +27,6 @@ public enum ArchiveLocation: Sendable, Equatable {
         return true
     }
 
-    public var description: String {
-        switch self {
-        case .file(let path): return path
-        case .http(let url): return url
-        case .s3(let bucket, let key): return "s3://\(bucket)/\(key)"
-        }
-    }
-
     /// Opens the archive for random access (one request for a remote one).
     public func openSource(options: RemoteOptions = RemoteOptions(), environment: [String: String]? = nil) throws -> any ArchiveSource {
         let environment = environment ?? Environment.current

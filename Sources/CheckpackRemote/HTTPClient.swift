@@ -84,9 +84,6 @@ enum ResponseBody {
 final class HTTPClient: @unchecked Sendable {
     let options: RemoteOptions
     private let handles = Locked<[UnsafeMutableRawPointer]>([])
-    /// Requests sent and body bytes received, retries included (for tests and benchmarks).
-    let requestCount = Locked(0)
-    let bytesReceived = Locked<UInt64>(0)
 
     private static let globalInit: Bool = curl_global_init(Int(CURL_GLOBAL_DEFAULT)) == CURLE_OK
 
@@ -186,7 +183,6 @@ final class HTTPClient: @unchecked Sendable {
             set(ckpk_curl_set_pointer(handle, CURLOPT_ERRORBUFFER, errorText.baseAddress))
             func run() -> CURLcode {
                 guard code == CURLE_OK else { return code }
-                requestCount.withLock { $0 += 1 }
                 return curl_easy_perform(handle)
             }
             if let upload = request.body {
@@ -198,7 +194,6 @@ final class HTTPClient: @unchecked Sendable {
             }
             return run()
         }
-        bytesReceived.withLock { $0 += UInt64(transfer.received) }
         if result == CURLE_BAD_FUNCTION_ARGUMENT || result == CURLE_UNKNOWN_OPTION || result == CURLE_NOT_BUILT_IN {
             throw CheckpackError(.io(EINVAL), "\(request.method) \(Redacted.url(request.url)): libcurl refused an option (\(String(cString: curl_easy_strerror(result))))")
         }

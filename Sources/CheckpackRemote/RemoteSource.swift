@@ -97,10 +97,6 @@ public final class RemoteSource: ArchiveSource, @unchecked Sendable {
             throw error.checkpackContext(path: name)
         }
     }
-
-    /// Requests sent and body bytes received so far, by every source and sink sharing this client.
-    public var requestCount: Int { client.requestCount.withLock { $0 } }
-    public var bytesReceived: UInt64 { client.bytesReceived.withLock { $0 } }
 }
 
 /// `Content-Range: bytes START-END/TOTAL`, every number checked.

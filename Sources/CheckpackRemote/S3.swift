@@ -161,10 +161,6 @@ public struct S3Object: Sendable {
                     signing: configuration.signing)
     }
 
-    /// Requests sent and body bytes received by this object's client.
-    public var requestCount: Int { client.requestCount.withLock { $0 } }
-    public var bytesReceived: UInt64 { client.bytesReceived.withLock { $0 } }
-
     /// Deletes the object (no error if it is missing).
     public func delete() throws {
         _ = try client.perform(request("DELETE"), accept: { $0 == 204 || $0 == 200 || $0 == 404 })
