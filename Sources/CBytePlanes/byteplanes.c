@@ -1,73 +1,156 @@
 #include "byteplanes.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 #define ZSTD_STATIC_LINKING_ONLY
 #include <zstd.h>
 
-// Elements are assembled from bytes, so the result does not depend on the
-// host's byte order; the compiler turns these loops into vector code.
+// Elements are loaded as little-endian words (byte-swapped on a big-endian
+// host), so the result does not depend on the host's byte order; the compiler
+// turns the 2- and 4-byte loops into vector code. Eight-byte elements go
+// through an 8x8 byte transpose, eight elements at a time.
 
-static void split2(const uint8_t *src, size_t n, int rotate, uint8_t *dst) {
-    uint8_t *p0 = dst, *p1 = dst + n;
+static inline uint16_t load16(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap16(v);
+#endif
+    return v;
+}
+
+static inline uint32_t load32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap32(v);
+#endif
+    return v;
+}
+
+static inline uint64_t load64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+
+static inline void store16(uint8_t *p, uint16_t v) {
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap16(v);
+#endif
+    memcpy(p, &v, 2);
+}
+
+static inline void store32(uint8_t *p, uint32_t v) {
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap32(v);
+#endif
+    memcpy(p, &v, 4);
+}
+
+static inline void store64(uint8_t *p, uint64_t v) {
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    memcpy(p, &v, 8);
+}
+
+static inline uint64_t rotl64(uint64_t v, int rotate) { return rotate ? (v << 1) | (v >> 63) : v; }
+static inline uint64_t rotr64(uint64_t v, int rotate) { return rotate ? (v >> 1) | (v << 63) : v; }
+
+// Transposes an 8x8 byte matrix held as eight little-endian rows: afterwards
+// byte k of x[b] is what byte b of x[k] was.
+static inline void transpose8(uint64_t x[8]) {
+    for (int k = 0; k < 8; k += 2) {
+        uint64_t t = ((x[k] >> 8) ^ x[k + 1]) & 0x00FF00FF00FF00FFull;
+        x[k + 1] ^= t;
+        x[k] ^= t << 8;
+    }
+    static const int pairs[4] = {0, 1, 4, 5};
+    for (int m = 0; m < 4; m++) {
+        int k = pairs[m];
+        uint64_t t = ((x[k] >> 16) ^ x[k + 2]) & 0x0000FFFF0000FFFFull;
+        x[k + 2] ^= t;
+        x[k] ^= t << 16;
+    }
+    for (int k = 0; k < 4; k++) {
+        uint64_t t = ((x[k] >> 32) ^ x[k + 4]) & 0x00000000FFFFFFFFull;
+        x[k + 4] ^= t;
+        x[k] ^= t << 32;
+    }
+}
+
+static void split2(const uint8_t *src, size_t n, int rotate, uint8_t *restrict dst) {
+    uint8_t *restrict p0 = dst, *restrict p1 = dst + n;
     for (size_t i = 0; i < n; i++) {
-        uint16_t v = (uint16_t)(src[2 * i] | (src[2 * i + 1] << 8));
+        uint16_t v = load16(src + 2 * i);
         if (rotate) v = (uint16_t)((v << 1) | (v >> 15));
         p0[i] = (uint8_t)(v >> 8);
         p1[i] = (uint8_t)v;
     }
 }
 
-static void merge2(const uint8_t *const *planes, size_t n, int rotate, uint8_t *dst) {
+static void merge2(const uint8_t *const *planes, size_t n, int rotate, uint8_t *restrict dst) {
     const uint8_t *p0 = planes[0], *p1 = planes[1];
     for (size_t i = 0; i < n; i++) {
         uint16_t v = (uint16_t)((p0[i] << 8) | p1[i]);
         if (rotate) v = (uint16_t)((v >> 1) | (v << 15));
-        dst[2 * i] = (uint8_t)v;
-        dst[2 * i + 1] = (uint8_t)(v >> 8);
+        store16(dst + 2 * i, v);
     }
 }
 
-static void split4(const uint8_t *src, size_t n, int rotate, uint8_t *dst) {
+static void split4(const uint8_t *src, size_t n, int rotate, uint8_t *restrict dst) {
+    uint8_t *restrict p0 = dst, *restrict p1 = dst + n, *restrict p2 = dst + 2 * n, *restrict p3 = dst + 3 * n;
     for (size_t i = 0; i < n; i++) {
-        uint32_t v = (uint32_t)src[4 * i] | ((uint32_t)src[4 * i + 1] << 8)
-                   | ((uint32_t)src[4 * i + 2] << 16) | ((uint32_t)src[4 * i + 3] << 24);
+        uint32_t v = load32(src + 4 * i);
         if (rotate) v = (v << 1) | (v >> 31);
-        dst[i] = (uint8_t)(v >> 24);
-        dst[n + i] = (uint8_t)(v >> 16);
-        dst[2 * n + i] = (uint8_t)(v >> 8);
-        dst[3 * n + i] = (uint8_t)v;
+        p0[i] = (uint8_t)(v >> 24);
+        p1[i] = (uint8_t)(v >> 16);
+        p2[i] = (uint8_t)(v >> 8);
+        p3[i] = (uint8_t)v;
     }
 }
 
-static void merge4(const uint8_t *const *planes, size_t n, int rotate, uint8_t *dst) {
+static void merge4(const uint8_t *const *planes, size_t n, int rotate, uint8_t *restrict dst) {
     const uint8_t *p0 = planes[0], *p1 = planes[1], *p2 = planes[2], *p3 = planes[3];
     for (size_t i = 0; i < n; i++) {
         uint32_t v = ((uint32_t)p0[i] << 24) | ((uint32_t)p1[i] << 16) | ((uint32_t)p2[i] << 8) | p3[i];
         if (rotate) v = (v >> 1) | (v << 31);
-        dst[4 * i] = (uint8_t)v;
-        dst[4 * i + 1] = (uint8_t)(v >> 8);
-        dst[4 * i + 2] = (uint8_t)(v >> 16);
-        dst[4 * i + 3] = (uint8_t)(v >> 24);
+        store32(dst + 4 * i, v);
     }
 }
 
 static void split8(const uint8_t *src, size_t n, int rotate, uint8_t *dst) {
-    for (size_t i = 0; i < n; i++) {
-        uint64_t v = 0;
-        for (int b = 7; b >= 0; b--) v = (v << 8) | src[8 * i + (size_t)b];
-        if (rotate) v = (v << 1) | (v >> 63);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x[8];
+        for (int k = 0; k < 8; k++) x[k] = rotl64(load64(src + 8 * (i + (size_t)k)), rotate);
+        transpose8(x);   // x[b]: byte b of the eight elements
+        for (int j = 0; j < 8; j++) store64(dst + (size_t)j * n + i, x[7 - j]);
+    }
+    for (; i < n; i++) {
+        uint64_t v = rotl64(load64(src + 8 * i), rotate);
         for (int j = 0; j < 8; j++) dst[(size_t)j * n + i] = (uint8_t)(v >> (8 * (7 - j)));
     }
 }
 
 static void merge8(const uint8_t *const *planes, size_t n, int rotate, uint8_t *dst) {
-    for (size_t i = 0; i < n; i++) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x[8];
+        for (int b = 0; b < 8; b++) x[b] = load64(planes[7 - b] + i);
+        transpose8(x);   // x[k]: element k's bytes
+        for (int k = 0; k < 8; k++) store64(dst + 8 * (i + (size_t)k), rotr64(x[k], rotate));
+    }
+    for (; i < n; i++) {
         uint64_t v = 0;
         for (int j = 0; j < 8; j++) v = (v << 8) | planes[j][i];
-        if (rotate) v = (v >> 1) | (v << 63);
-        for (int b = 0; b < 8; b++) dst[8 * i + (size_t)b] = (uint8_t)(v >> (8 * b));
+        store64(dst + 8 * i, rotr64(v, rotate));
     }
 }
 
@@ -89,25 +172,48 @@ void ckpk_planes_merge(const uint8_t *const *planes, size_t count, int size, int
     }
 }
 
+// At most this many bytes of a plane are counted (see ckpk_entropy_bits).
+#define ENTROPY_SAMPLES 2048
+
+// c * log2(c) for every count a histogram of ENTROPY_SAMPLES bytes can hold.
+static double count_bits[ENTROPY_SAMPLES + 1];
+static pthread_once_t count_bits_once = PTHREAD_ONCE_INIT;
+static void fill_count_bits(void) {
+    for (int c = 1; c <= ENTROPY_SAMPLES; c++) count_bits[c] = c * log2((double)c);
+}
+
 double ckpk_entropy_bits(const uint8_t *bytes, size_t count) {
     if (count == 0) return 0;
+    // A plane is estimated from at most ENTROPY_SAMPLES bytes spread over all
+    // of it (an odd stride, so a period in the data does not line up with
+    // it): the estimate only picks how a plane is coded, and counting every
+    // byte cost as much as coding it.
+    size_t stride = count > ENTROPY_SAMPLES ? (count + ENTROPY_SAMPLES - 1) / ENTROPY_SAMPLES | 1 : 1;
+    size_t samples = (count + stride - 1) / stride;
     // Four histograms break the store-to-load dependency on repeated bytes.
     uint32_t h[4][256];
     memset(h, 0, sizeof h);
     size_t i = 0;
-    for (; i + 4 <= count; i += 4) {
-        h[0][bytes[i]]++;
-        h[1][bytes[i + 1]]++;
-        h[2][bytes[i + 2]]++;
-        h[3][bytes[i + 3]]++;
+    for (; i + 4 <= samples; i += 4) {
+        h[0][bytes[i * stride]]++;
+        h[1][bytes[(i + 1) * stride]]++;
+        h[2][bytes[(i + 2) * stride]]++;
+        h[3][bytes[(i + 3) * stride]]++;
     }
-    for (; i < count; i++) h[0][bytes[i]]++;
-    double bits = 0, total = (double)count;
+    for (; i < samples; i++) h[0][bytes[i * stride]]++;
+    pthread_once(&count_bits_once, fill_count_bits);
+    // The entropy is log2(n) - sum(c * log2(c)) / n over the n samples, plus
+    // Miller and Madow's correction for the bias of a sample ((m - 1) / 2n
+    // nats for m symbols seen), without which random bytes look like 7.9 bits.
+    double sum = 0;
+    int seen = 0;
     for (int s = 0; s < 256; s++) {
         uint32_t c = h[0][s] + h[1][s] + h[2][s] + h[3][s];
-        if (c) bits -= (double)c * log2((double)c / total);
+        sum += count_bits[c];
+        seen += c > 0;
     }
-    return bits / total;
+    double bits = log2((double)samples) - sum / (double)samples + (seen - 1) / (2.0 * (double)samples * M_LN2);
+    return bits < 8 ? bits : 8;
 }
 
 // One block-delimiter sequence covering the whole block: all literals.

@@ -1,3 +1,4 @@
+import CSystemShims
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -53,7 +54,18 @@ public final class FileSink: ArchiveSink {
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         guard let file else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
         try file.write(bytes)
+        written += UInt64(bytes.count)
+        // Write back as we go, so the fsync at commit waits for the last few MiB,
+        // not for everything: the disk works while later frames are compressed.
+        if sync && written - writebackStart >= FileSink.writebackStep {
+            _ = ckpk_start_writeback(file.descriptor, Int64(writebackStart), Int64(written - writebackStart))
+            writebackStart = written
+        }
     }
+
+    private var written: UInt64 = 0
+    private var writebackStart: UInt64 = 0
+    static let writebackStep: UInt64 = 8 << 20
 
     public func commit(header: [UInt8]) throws {
         guard let file else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }

@@ -83,13 +83,17 @@ enum BytePlanes {
 
     /// A skewed plane (a float's exponent) is coded by its Huffman literals
     /// alone, which beats LZ matching there; a near-random one is tried with
-    /// the codec as usual (repeated values still pay) and kept raw unless that wins.
+    /// the codec as usual (repeated values still pay) and kept raw unless that
+    /// wins — at level 1, whose Huffman literals still gain a little below 7.9
+    /// bits per byte, and above that at zstd's fastest level -1, which only
+    /// looks for repeats (and skips random data several times faster).
     private static func encodePlane(_ plane: UnsafeRawBufferPointer, codec: Codec, level: Int32) throws -> [UInt8]? {
         let bits = ckpk_entropy_bits(plane.baseAddress!.assumingMemoryBound(to: UInt8.self), plane.count)
         if codec == .zstd && bits < 7.0 {
             return try FrameCodec.compress(plane, codec: .zstd, level: level, literalsOnly: true)
         }
-        return try FrameCodec.compress(plane, codec: codec, level: bits < 7.0 ? level : min(level, 1))
+        let random = codec == .zstd && bits >= 7.9
+        return try FrameCodec.compress(plane, codec: codec, level: bits < 7.0 ? level : random ? min(level, -1) : min(level, 1))
     }
 
     /// Decodes stored bytes of a transform-1 frame into exactly `output.count` bytes.

@@ -181,13 +181,37 @@ for _name, _args in [("begin_file", [ctypes.c_char_p]), ("write", [ctypes.c_void
 _lib.ckpk_writer_cancel.argtypes = [ctypes.c_void_p]
 
 
-def _address(buffer):
-    view = memoryview(buffer).cast("B")
-    if view.nbytes == 0:
-        return None, 0, view
-    if view.readonly:
-        view = memoryview(bytearray(view))   # ctypes needs a writable buffer to take its address
-    return ctypes.addressof((ctypes.c_char * view.nbytes).from_buffer(view)), view.nbytes, view
+class _PyBuffer(ctypes.Structure):
+    """CPython's Py_buffer: the address of any object's bytes, read-only ones included."""
+    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+                ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+                ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
+
+
+_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+_get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_get_buffer.restype = ctypes.c_int
+_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
+_release_buffer.restype = None
+_PYBUF_C_CONTIGUOUS = 0x0020 | 0x0008   # PyBUF_C_CONTIGUOUS: contiguous, with strides
+
+
+class _Bytes:
+    """The address and length of a contiguous buffer's bytes, held for a `with` block.
+    torch.save hands its writes over as read-only memoryviews of tensor storage:
+    their bytes go to the library where they are, never copied into Python objects."""
+
+    def __init__(self, data):
+        self._view = _PyBuffer()
+        _get_buffer(data, ctypes.byref(self._view), _PYBUF_C_CONTIGUOUS)   # raises BufferError if it cannot
+
+    def __enter__(self):
+        return self._view.buf, self._view.len
+
+    def __exit__(self, *exc):
+        _release_buffer(ctypes.byref(self._view))
 
 
 class ArchiveBuilder:
@@ -201,23 +225,25 @@ class ArchiveBuilder:
                                              frame_size, threads, 1 if sync else 0, message, _ERROR_CAPACITY)
         if not self._handle:
             raise _error(message.value.decode("utf-8", "replace"))
+        self._message = message   # reused by every call: a builder is used by one thread at a time
 
     def _call(self, name, *args):
         if not self._handle:
             raise CheckpackError(f"{self.path}: the archive is already finished or cancelled")
-        message = ctypes.create_string_buffer(_ERROR_CAPACITY)
-        if getattr(_lib, "ckpk_writer_" + name)(self._handle, *args, message, _ERROR_CAPACITY) != 0:
+        if getattr(_lib, "ckpk_writer_" + name)(self._handle, *args, self._message, _ERROR_CAPACITY) != 0:
             if name != "finish":
                 self.cancel()
             self._handle = None
-            raise _error(message.value.decode("utf-8", "replace"))
+            raise _error(self._message.value.decode("utf-8", "replace"))
 
     def begin_file(self, name):
         self._call("begin_file", name.encode())
 
     def write(self, data):
-        address, length, keep = _address(data)
-        self._call("write", address, length)
+        """Appends the bytes of `data` (any contiguous buffer) to the open file; returns their count."""
+        with _Bytes(data) as (address, length):
+            if length:
+                self._call("write", address, length)
         return length
 
     def mark_item(self, dtype=None):
@@ -232,8 +258,8 @@ class ArchiveBuilder:
         self._call("end_file")
 
     def add_file(self, name, data):
-        address, length, keep = _address(data)
-        self._call("add_file", name.encode(), address, length)
+        with _Bytes(data) as (address, length):
+            self._call("add_file", name.encode(), address, length)
 
     def append_archive(self, path, check_frames=True):
         """Copies every entry of the archive at `path` as it is. `check_frames=False` skips

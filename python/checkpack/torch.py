@@ -332,10 +332,15 @@ _STORAGE_DTYPES = {
 }
 _STORAGE_GLOBAL = re.compile(rb"ctorch\n(\w+Storage)\n")   # pickle's GLOBAL opcode
 _STORAGE_RECORD = re.compile(rb"/data/\d+$")
+# torch.save's zip records: a 30-byte local file header, the name, then an
+# extra field (id "FB") that pads the data to a 64-byte boundary.
+_LOCAL_HEADER_LENGTH = 30
+_LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
+_ALIGNMENT_EXTRA_ID = b"FB"
 
 
 class _PartStream(io.RawIOBase):
-    """One rank's data file, written into its own staging archive.
+    """One data file of a save, written into the archive or into a staging part.
 
     torch's writer asks `tell()` at the start and the end of every item it
     writes; each such position becomes an item boundary, so every item starts
@@ -344,11 +349,12 @@ class _PartStream(io.RawIOBase):
     that data.pkl names, so the archive codes it in byte planes. Anything
     that does not look like torch.save's zip records is written as it is."""
 
-    def __init__(self, part_path, name, codec, level, frame_size):
+    def __init__(self, builder, name, finish):
+        """Writes file `name` into `builder`, which `close()` finishes when `finish` is true."""
         super().__init__()
-        # A staging part is joined into the archive and removed: only the archive is fsynced.
-        self._builder = ArchiveBuilder(part_path, codec=codec, level=level, frame_size=frame_size, sync=False)
+        self._builder, self._finish = builder, finish
         self._builder.begin_file(name)
+        self._pending = bytearray()
         self._position = 0
         self._expect = None   # what the next write is: "name", "extra", or a record's data
         self._record = None   # "pickle" or "storage" for the record being written
@@ -357,13 +363,13 @@ class _PartStream(io.RawIOBase):
     def _watch(self, data):
         """Follows torch.save's writes: local header, name, extra field, data."""
         n = len(data)
-        if self._expect is None and n == 30 and bytes(data[:4]) == b"PK\x03\x04":
+        if self._expect is None and n == _LOCAL_HEADER_LENGTH and bytes(data[:4]) == _LOCAL_HEADER_SIGNATURE:
             self._expect = "name"
         elif self._expect == "name":
             name = bytes(data)
             self._record = "pickle" if name.endswith(b"/data.pkl") else "storage" if _STORAGE_RECORD.search(name) else None
             self._expect = "extra"
-        elif self._expect == "extra" and bytes(data[:2]) == b"FB":
+        elif self._expect == "extra" and bytes(data[:2]) == _ALIGNMENT_EXTRA_ID:
             self._expect = "data"
         else:
             self._expect = None
@@ -385,27 +391,47 @@ class _PartStream(io.RawIOBase):
         return False
 
     def tell(self):
+        self._flush()
         self._builder.mark_item()
         self._expect = self._dtype = None
         return self._position
 
+    # torch.save writes each zip record's header, name and padding apart: such
+    # small writes are gathered and handed to the library together.
+    _SMALL = 64 << 10
+
     def write(self, data):
         dtype = self._typed(data)
+        n = memoryview(data).nbytes
         if dtype is not None:
+            self._flush()
             self._builder.mark_item(dtype)
-        n = self._builder.write(data)
-        self._position += n
-        if dtype is not None:
+            self._builder.write(data)
             self._builder.mark_item()
-        elif self._expect != "data":
+        elif n < self._SMALL:
+            self._pending += data
+            if len(self._pending) >= self._SMALL:
+                self._flush()
+        else:
+            self._flush()
+            self._builder.write(data)
+        self._position += n
+        if dtype is None and self._expect != "data":
             self._watch(data)
         return n
 
+    def _flush(self):
+        if self._pending:
+            self._builder.write(self._pending)
+            self._pending = bytearray()
+
     def close(self):
         if not self.closed and self._builder is not None:
+            self._flush()
             builder, self._builder = self._builder, None
             builder.end_file()
-            builder.finish()
+            if self._finish:
+                builder.finish()
         super().close()
 
 
@@ -444,9 +470,12 @@ class _SaveSignals:
 
 
 class _ArchiveWriteFileSystem(FileSystemBase):
-    """Data files become staging parts `.NAME.ckpk-part-FILE` beside the
-    archive; renaming `.metadata.tmp` into place (the coordinator's last step)
-    joins every part and the metadata into the archive."""
+    """The coordinator writes its first data file straight into the archive;
+    every other data file becomes a staging part `.NAME.ckpk-part-FILE`
+    beside it. Renaming `.metadata.tmp` into place (the coordinator's last
+    step) appends the parts and the metadata and finishes the archive. A
+    one-process save with one data file thus writes the archive once, with no
+    part and no copy."""
 
     def __init__(self, archive_path, codec, level, frame_size):
         self.archive_path = os.path.abspath(os.fspath(archive_path))
@@ -454,6 +483,9 @@ class _ArchiveWriteFileSystem(FileSystemBase):
         self._metadata = {}
         # The data files this save wrote (set by ArchiveWriter.finish): only their parts are joined.
         self.saved_files = None
+        self.is_coordinator = False
+        self._lock = threading.Lock()
+        self._direct = None   # (data file name, builder) written straight into the archive
 
     def part_path(self, name):
         directory, base = os.path.split(self.archive_path)
@@ -463,7 +495,11 @@ class _ArchiveWriteFileSystem(FileSystemBase):
         """This save's parts: never one that a killed earlier save of the same archive left."""
         if self.saved_files is None:
             raise CheckpackError("the archive's parts are not known before the save finishes")
-        return [self.part_path(name) for name in self.saved_files]
+        direct = self._direct[0] if self._direct else None
+        return [self.part_path(name) for name in self.saved_files if name != direct]
+
+    def _builder(self, path, sync):
+        return ArchiveBuilder(path, codec=self.codec, level=self.level, frame_size=self.frame_size, sync=sync)
 
     def create_stream(self, path, mode):
         name = os.fspath(path)
@@ -478,8 +514,20 @@ class _ArchiveWriteFileSystem(FileSystemBase):
                     super().close()
             return _MetadataBuffer()
         _SaveSignals.install()
+        with self._lock:
+            if self.is_coordinator and self._direct is None:
+                self._direct = (name, self._builder(self.archive_path, sync=True))
+                return _PartStream(self._direct[1], name, finish=False)
         _SaveSignals.parts.add(self.part_path(name))
-        return _PartStream(self.part_path(name), name, self.codec, self.level, self.frame_size)
+        # A staging part is joined into the archive and removed: only the archive is fsynced.
+        return _PartStream(self._builder(self.part_path(name), sync=False), name, finish=True)
+
+    def cancel(self):
+        """Drops the archive a failed save left unfinished."""
+        with self._lock:
+            direct, self._direct = self._direct, None
+        if direct:
+            direct[1].cancel()
 
     def concat_path(self, path, suffix):
         return suffix
@@ -499,11 +547,14 @@ class _ArchiveWriteFileSystem(FileSystemBase):
         pass
 
     def rename(self, path, new_path):
-        """The coordinator's final step: parts + metadata → the archive."""
+        """The coordinator's final step: its own data file, the other parts and the metadata → the archive."""
         metadata = self._metadata.pop(os.fspath(path))
-        builder = ArchiveBuilder(self.archive_path, codec=self.codec, level=self.level, frame_size=self.frame_size)
+        parts = self.parts()
+        with self._lock:
+            direct, self._direct = self._direct, None
+        builder = direct[1] if direct else self._builder(self.archive_path, sync=True)
         try:
-            for part in self.parts():
+            for part in parts:
                 # Written by this save a moment ago: copied without a second pass that checks every
                 # frame (its trailer and index are checked when it is opened; every read checks frames).
                 builder.append_archive(part, check_frames=False)
@@ -512,7 +563,7 @@ class _ArchiveWriteFileSystem(FileSystemBase):
         except BaseException:
             builder.cancel()
             raise
-        for part in self.parts():
+        for part in parts:
             os.unlink(part)
             _SaveSignals.parts.discard(part)
 
@@ -551,8 +602,13 @@ class ArchiveWriter(FileSystemWriter):
 
     def reset(self, checkpoint_id=None):
         super().reset(None)
+        self.fs.cancel()   # an archive a failed earlier save left open
         if checkpoint_id:
             self._open(checkpoint_id)
+
+    def set_up_storage_writer(self, is_coordinator, *args, **kwargs):
+        super().set_up_storage_writer(is_coordinator, *args, **kwargs)
+        self.fs.is_coordinator = is_coordinator
 
     def finish(self, metadata, results):
         # The results name every data file of this save, on every rank.
