@@ -231,5 +231,8 @@ static size_t literals_only(void *state, ZSTD_Sequence *out, size_t capacity, co
 size_t ckpk_zstd_literals_only(void *cctx) {
     ZSTD_registerSequenceProducer((ZSTD_CCtx *)cctx, NULL, literals_only);
     size_t r = ZSTD_CCtx_setParameter((ZSTD_CCtx *)cctx, ZSTD_c_enableSeqProducerFallback, 0);
+    if (ZSTD_isError(r)) return r;
+    // Negative levels would store the literals raw: Huffman coding them is the point.
+    r = ZSTD_CCtx_setParameter((ZSTD_CCtx *)cctx, ZSTD_c_literalCompressionMode, ZSTD_ps_enable);
     return ZSTD_isError(r) ? r : 0;
 }

@@ -68,21 +68,37 @@ uint32_t ckpk_crc32c_update_portable(uint32_t crc, const void *data, size_t leng
     return ~portable(~crc, (const unsigned char *)data, length);
 }
 
-#if defined(__x86_64__)
-__attribute__((target("sse4.2")))
-static uint32_t hardware(uint32_t crc, const unsigned char *p, size_t n) {
-    uint64_t c = crc;
-    while (n > 0 && ((uintptr_t)p & 7) != 0) { c = _mm_crc32_u8((uint32_t)c, *p++); n--; }
-    while (n >= 8) {
-        uint64_t word;
-        memcpy(&word, p, 8);
-        c = _mm_crc32_u64(c, word);
-        p += 8;
-        n -= 8;
-    }
-    while (n-- > 0) c = _mm_crc32_u8((uint32_t)c, *p++);
-    return (uint32_t)c;
+// The CRC instruction takes three cycles but can start one every cycle, so
+// the hardware path runs three independent CRCs over three adjacent blocks
+// and joins them: the register of block A is carried over the length of B by
+// multiplying it by x^(8·len) (a table lookup per byte of the register).
+#define LONG_BLOCK 8192
+#define SHORT_BLOCK 256
+
+static uint32_t gf2_multiply(uint32_t a, uint32_t b);
+static uint32_t x_to_8n(uint64_t n);
+
+// shift_by[k][b] = (b << 8k) · x^(8·block) mod P, for the two block lengths.
+static uint32_t shift_long[4][256], shift_short[4][256];
+
+static void build_shift(uint32_t shift[4][256], uint64_t block) {
+    uint32_t factor = x_to_8n(block);
+    for (int k = 0; k < 4; k++)
+        for (uint32_t b = 0; b < 256; b++) shift[k][b] = gf2_multiply(b << (8 * k), factor);
 }
+
+static inline uint32_t shifted(const uint32_t shift[4][256], uint32_t c) {
+    return shift[0][c & 0xFF] ^ shift[1][(c >> 8) & 0xFF] ^ shift[2][(c >> 16) & 0xFF] ^ shift[3][c >> 24];
+}
+
+#if defined(__x86_64__)
+#define HARDWARE __attribute__((target("sse4.2")))
+HARDWARE static inline uint32_t step8(uint32_t c, const unsigned char *p) {
+    uint64_t word;
+    memcpy(&word, p, 8);
+    return (uint32_t)_mm_crc32_u64(c, word);
+}
+HARDWARE static inline uint32_t step1(uint32_t c, unsigned char b) { return _mm_crc32_u8(c, b); }
 
 static int detect(void) {
     unsigned int a, b, c, d;
@@ -90,21 +106,44 @@ static int detect(void) {
     return (c & bit_SSE4_2) != 0;
 }
 #elif defined(__aarch64__)
-__attribute__((target("+crc")))
-static uint32_t hardware(uint32_t crc, const unsigned char *p, size_t n) {
-    while (n > 0 && ((uintptr_t)p & 7) != 0) { crc = __crc32cb(crc, *p++); n--; }
-    while (n >= 8) {
-        uint64_t word;
-        memcpy(&word, p, 8);
-        crc = __crc32cd(crc, word);
-        p += 8;
-        n -= 8;
+#define HARDWARE __attribute__((target("+crc")))
+HARDWARE static inline uint32_t step8(uint32_t c, const unsigned char *p) {
+    uint64_t word;
+    memcpy(&word, p, 8);
+    return __crc32cd(c, word);
+}
+HARDWARE static inline uint32_t step1(uint32_t c, unsigned char b) { return __crc32cb(c, b); }
+
+static int detect(void) { return (getauxval(AT_HWCAP) & HWCAP_CRC32) != 0; }
+#endif
+
+#if defined(HARDWARE)
+// Three blocks of `block` bytes at a time while they last.
+HARDWARE static inline uint32_t interleaved(uint32_t crc, const unsigned char **p, size_t *n, size_t block,
+                                            const uint32_t shift[4][256]) {
+    while (*n >= 3 * block) {
+        const unsigned char *a = *p, *b = a + block, *c = b + block;
+        uint32_t ca = crc, cb = 0, cc = 0;
+        for (size_t i = 0; i < block; i += 8) {
+            ca = step8(ca, a + i);
+            cb = step8(cb, b + i);
+            cc = step8(cc, c + i);
+        }
+        crc = shifted(shift, shifted(shift, ca) ^ cb) ^ cc;
+        *p += 3 * block;
+        *n -= 3 * block;
     }
-    while (n-- > 0) crc = __crc32cb(crc, *p++);
     return crc;
 }
 
-static int detect(void) { return (getauxval(AT_HWCAP) & HWCAP_CRC32) != 0; }
+HARDWARE static uint32_t hardware(uint32_t crc, const unsigned char *p, size_t n) {
+    while (n > 0 && ((uintptr_t)p & 7) != 0) { crc = step1(crc, *p++); n--; }
+    crc = interleaved(crc, &p, &n, LONG_BLOCK, shift_long);
+    crc = interleaved(crc, &p, &n, SHORT_BLOCK, shift_short);
+    while (n >= 8) { crc = step8(crc, p); p += 8; n -= 8; }
+    while (n-- > 0) crc = step1(crc, *p++);
+    return crc;
+}
 #else
 static uint32_t hardware(uint32_t crc, const unsigned char *p, size_t n) { return portable(crc, p, n); }
 static int detect(void) { return 0; }
@@ -112,7 +151,13 @@ static int detect(void) { return 0; }
 
 static int has_hardware = -1;
 static pthread_once_t detect_once = PTHREAD_ONCE_INIT;
-static void run_detect(void) { has_hardware = detect(); }
+static void run_detect(void) {
+    has_hardware = detect();
+    if (has_hardware) {
+        build_shift(shift_long, LONG_BLOCK);
+        build_shift(shift_short, SHORT_BLOCK);
+    }
+}
 
 int ckpk_crc32c_uses_hardware(void) {
     pthread_once(&detect_once, run_detect);
@@ -148,12 +193,16 @@ static void build_powers(void) {
     }
 }
 
-uint32_t ckpk_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b) {
+// x^(8n) mod P: the product of x^(2^(k+3)) for the set bits k of n.
+static uint32_t x_to_8n(uint64_t n) {
     pthread_once(&power_once, build_powers);
-    uint32_t shift = 1u << 31;   // x^0
-    uint64_t bits = length_b;    // multiply by x^(8·length_b) = product of x^(2^(k+3)) for set bits k
-    for (int k = 3; bits != 0 && k < 64; k++, bits >>= 1) {
-        if (bits & 1) shift = gf2_multiply(power_table[k], shift);
+    uint32_t product = 1u << 31;   // x^0
+    for (int k = 3; n != 0 && k < 64; k++, n >>= 1) {
+        if (n & 1) product = gf2_multiply(power_table[k], product);
     }
-    return gf2_multiply(shift, crc_a) ^ crc_b;
+    return product;
+}
+
+uint32_t ckpk_crc32c_combine(uint32_t crc_a, uint32_t crc_b, uint64_t length_b) {
+    return gf2_multiply(x_to_8n(length_b), crc_a) ^ crc_b;
 }

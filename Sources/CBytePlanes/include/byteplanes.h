@@ -27,6 +27,7 @@ double ckpk_entropy_bits(const uint8_t *bytes, size_t count);
 /// Makes the next compressions on `cctx` emit literals only (no matches):
 /// zstd then codes each block with its Huffman literal coder alone, which
 /// is close to the order-0 bound on skewed planes such as float exponents.
+/// Literals are Huffman coded at every level, negative ones included.
 /// Cleared by a parameter reset. Returns 0, or a zstd error code.
 size_t ckpk_zstd_literals_only(void *cctx);
 
