@@ -54,9 +54,14 @@ let package = Package(
         .executableTarget(name: "checkpack-bench", dependencies: ["Checkpack", "CheckpackStorage", "CheckpackTorch"]),
         // Saves a synthetic multi-rank checkpoint into an archive (crash tests, example).
         .executableTarget(name: "checkpoint-demo", dependencies: ["Checkpack", "CheckpackStorage"]),
-        .testTarget(name: "CheckpackTests", dependencies: ["Checkpack", "CCRC32C", "CBytePlanes"]),
-        .testTarget(name: "CheckpackStorageTests", dependencies: ["CheckpackStorage", "Checkpack"]),
-        .testTarget(name: "CheckpackRemoteTests", dependencies: ["CheckpackRemote", "Checkpack", "CheckpackStorage"]),
-        .testTarget(name: "CheckpackTorchTests", dependencies: ["CheckpackTorch", "CheckpackStorage"]),
+        // What every test target shares: scratch folders, files, sample bytes, the CLI runner.
+        .target(name: "CheckpackTestSupport", dependencies: ["Checkpack"], path: "Tests/CheckpackTestSupport"),
+        // Test targets name the executables they run, so those are built first.
+        .testTarget(name: "CheckpackTests", dependencies: ["Checkpack", "CCRC32C", "CBytePlanes", "CheckpackTestSupport",
+                                                           "checkpack", "checkpoint-demo"]),
+        .testTarget(name: "CheckpackStorageTests", dependencies: ["CheckpackStorage", "Checkpack", "CheckpackTestSupport"]),
+        .testTarget(name: "CheckpackRemoteTests", dependencies: ["CheckpackRemote", "Checkpack", "CheckpackStorage",
+                                                                 "CheckpackTestSupport", "checkpack"]),
+        .testTarget(name: "CheckpackTorchTests", dependencies: ["CheckpackTorch", "CheckpackStorage", "CheckpackTestSupport"]),
     ]
 )

@@ -22,8 +22,10 @@ public protocol ArchiveSink: AnyObject {
     func abort()
 }
 
-/// An archive file: written to a temporary file beside the destination,
-/// synced, and renamed into place on commit (spec section 11.1).
+/// A file that appears whole or not at all — an archive (spec section 11.1),
+/// or a checkpoint's data or metadata file: written to a temporary file
+/// beside the destination, synced, and renamed into place on commit, then
+/// its folder synced. The one implementation of that sequence.
 public final class FileSink: ArchiveSink {
     public let path: String
     public var name: String { path }
@@ -69,7 +71,7 @@ public final class FileSink: ArchiveSink {
 
     public func commit(header: [UInt8]) throws {
         guard let file else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
-        try header.withUnsafeBytes { try file.write($0, at: 0) }
+        if !header.isEmpty { try header.withUnsafeBytes { try file.write($0, at: 0) } }
         if sync { try file.sync() }
         if overwrite {
             try FileSystem.rename(file.path, to: path)
@@ -79,6 +81,11 @@ public final class FileSink: ArchiveSink {
         Interruption.untrack(file.path)
         self.file = nil
         if sync { try FileSystem.syncDirectory(FileSystem.parent(of: path)) }
+    }
+
+    /// Makes the file visible at the destination as written (no header to replace).
+    public func commit() throws {
+        try commit(header: [])
     }
 
     public func abort() {

@@ -18,7 +18,7 @@ enum FrameCodec {
             return nil
         case .zstd:
             return try ZstdContexts.compression.with { cctx in
-                var failed = false
+                var failure: String? = nil
                 let out = [UInt8](unsafeUninitializedCapacity: capacity) { buffer, count in
                     ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters)
                     ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level)
@@ -26,21 +26,23 @@ enum FrameCodec {
                     // (level 3 alone would stop at 2 MiB). No window beyond the frame helps.
                     let spanning = Int32(Int.bitWidth - (input.count - 1).leadingZeroBitCount)
                     ZSTD_CCtx_setParameter(cctx, ZSTD_c_windowLog, min(max(spanning, 10), 27))
-                    if literalsOnly, ZSTD_isError(ckpk_zstd_literals_only(UnsafeMutableRawPointer(cctx))) != 0 {
-                        failed = true
+                    let literals = literalsOnly ? ckpk_zstd_literals_only(UnsafeMutableRawPointer(cctx)) : 0
+                    if ZSTD_isError(literals) != 0 {
+                        failure = String(cString: ZSTD_getErrorName(literals))
                         count = 0
                         return
                     }
                     let n = ZSTD_compress2(cctx, buffer.baseAddress, capacity, input.baseAddress, input.count)
                     if ZSTD_isError(n) != 0 {
-                        // "Destination buffer is too small" means incompressible; anything else is a bug.
-                        failed = ZSTD_getErrorCode(n) != ZSTD_error_dstSize_tooSmall
+                        // "Destination buffer is too small" means incompressible.
+                        if ZSTD_getErrorCode(n) != ZSTD_error_dstSize_tooSmall { failure = String(cString: ZSTD_getErrorName(n)) }
                         count = 0
                     } else {
                         count = n
                     }
                 }
-                if failed { throw CheckpackError(.invalidArgument, "zstd compression failed") }
+                // Not the caller's fault (exit 1, not 2); zstd names the cause.
+                if let failure { throw CheckpackError(.io(EIO), "zstd compression failed: \(failure)") }
                 return out.isEmpty ? nil : out
             }
         case .zlib:
@@ -52,7 +54,7 @@ enum FrameCodec {
                 count = status == Z_OK ? Int(length) : 0
             }
             if status == Z_BUF_ERROR { return nil }
-            guard status == Z_OK else { throw CheckpackError(.invalidArgument, "zlib compression failed (\(status))") }
+            guard status == Z_OK else { throw CheckpackError(.io(status == Z_MEM_ERROR ? ENOMEM : EIO), "zlib compression failed (\(status))") }
             return out
         }
     }

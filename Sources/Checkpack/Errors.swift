@@ -92,9 +92,17 @@ public struct CheckpackError: Error, CustomStringConvertible, Sendable, Equatabl
         return copy
     }
 
-    static func system(_ operation: String, path: String?, errno code: Int32 = errno) -> CheckpackError {
+    package static func system(_ operation: String, path: String?, errno code: Int32 = errno) -> CheckpackError {
         let reason = String(cString: strerror(code))
         return CheckpackError(.io(code), "\(operation): \(reason)", path: path)
+    }
+
+    /// `error` with `context` put before its message, its kind and place kept;
+    /// an error of another type becomes one of kind `fallback`.
+    package static func wrapping(_ error: any Error, _ context: String, fallback: Kind = .corrupt) -> CheckpackError {
+        guard var error = error as? CheckpackError else { return CheckpackError(fallback, "\(context): \(error)") }
+        error.message = "\(context): \(error.message)"
+        return error
     }
 }
 

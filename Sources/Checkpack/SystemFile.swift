@@ -265,7 +265,7 @@ package enum FileSystem {
     /// Removes a file or a whole directory tree without following symlinks:
     /// the tree is emptied through descriptors (`Directory`), so an entry
     /// swapped for a link meanwhile loses the link, never what it points to.
-    static func removeTree(_ path: String) {
+    package static func removeTree(_ path: String) {
         var info = stat()
         guard lstat(path, &info) == 0 else { return }
         if (info.st_mode & S_IFMT) == S_IFDIR, let directory = try? Directory.open(path) {
@@ -299,7 +299,7 @@ package enum FileSystem {
     }
 
     /// Names in a directory, without "." and "..", sorted by their bytes.
-    static func listDirectory(_ path: String) throws -> [String] {
+    package static func listDirectory(_ path: String) throws -> [String] {
         try listDirectoryWithTypes(path).map(\.name)
     }
 

@@ -112,16 +112,16 @@ public final class ArchiveStorageReader: StorageReader, StorageByteSource {
     }
 
     private func opened() throws -> ArchiveReader {
-        guard let archive else { throw CheckpointError("the archive reader is not initialized") }
+        guard let archive else { throw CheckpackError(.invalidArgument, "the archive reader is not initialized") }
         return archive
     }
 
     public func loadMetadata() throws -> Metadata {
         let archive = try opened()
         guard let entry = archive.entry(named: CheckpointFiles.metadataName) else {
-            throw CheckpointError("\(archive.source.name): no \(CheckpointFiles.metadataName) entry; not a checkpoint archive")
+            throw CheckpackError(.notFound, "no \(CheckpointFiles.metadataName) entry; not a checkpoint archive", path: archive.source.name)
         }
-        guard entry.size <= 1 << 30 else { throw CheckpointError("\(archive.source.name): metadata of \(entry.size) bytes is too large") }
+        guard entry.size <= 1 << 30 else { throw CheckpackError(.limitExceeded, "metadata of \(entry.size) bytes is too large", path: archive.source.name) }
         return try MetadataCoding.decode(try archive.read(entry), source: "\(archive.source.name): \(CheckpointFiles.metadataName)")
     }
 
@@ -136,11 +136,11 @@ public final class ArchiveStorageReader: StorageReader, StorageByteSource {
     func read(_ info: StorageInfo, offset: UInt64, count: Int) throws -> [UInt8] {
         let archive = try opened()
         guard let entry = archive.entry(named: info.relativePath) else {
-            throw CheckpointError("\(archive.source.name): no entry \"\(info.relativePath)\" for bytes \(info.offset)+\(info.length)")
+            throw CheckpackError(.corrupt, "no entry \"\(info.relativePath)\" for bytes \(info.offset)+\(info.length) the metadata names", path: archive.source.name)
         }
         let (end, overflow) = info.offset.addingReportingOverflow(info.length)
         guard !overflow, end <= entry.size, offset + UInt64(count) <= info.length else {
-            throw CheckpointError("\(archive.source.name): \"\(info.relativePath)\" has \(entry.size) bytes, the metadata names \(info.offset)+\(info.length)")
+            throw CheckpackError(.corrupt, "has \(entry.size) bytes, the metadata names \(info.offset)+\(info.length)", path: archive.source.name, entry: info.relativePath)
         }
         return try archive.read(entry, offset: info.offset + offset, count: count)
     }

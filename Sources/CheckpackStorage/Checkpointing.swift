@@ -1,24 +1,33 @@
-/// A failure on some rank during a collective step: every rank throws it.
+import Checkpack
+#if canImport(Glibc)
+import Glibc
+#endif
+/// A failure on some rank during a collective step: every rank throws it,
+/// with every failing rank's error (its kind kept).
 public struct RankFailures: Error, CustomStringConvertible, Sendable {
-    public var failures: [(rank: Int, message: String)]
+    public var failures: [(rank: Int, error: CheckpackError)]
+    /// The kind of the lowest failing rank's error: what a caller acts on.
+    public var kind: CheckpackError.Kind { failures.first?.error.kind ?? .io(ECANCELED) }
     public var description: String {
-        failures.map { "rank \($0.rank): \($0.message)" }.joined(separator: "; ")
+        failures.map { "rank \($0.rank): \($0.error)" }.joined(separator: "; ")
     }
 }
 
 /// A step's outcome as it travels between ranks.
 private enum Outcome<T: Sendable>: Sendable {
     case ok(T)
-    case failed([Int: String])
+    case failed([Int: CheckpackError])
 
     init(rank: Int, _ body: () throws -> T) {
         do {
             self = .ok(try body())
         } catch let earlier as RankFailures {
             // A failure of an earlier step passing through: keep the ranks it names.
-            self = .failed(Dictionary(earlier.failures.map { ($0.rank, $0.message) }, uniquingKeysWith: { a, _ in a }))
+            self = .failed(Dictionary(earlier.failures.map { ($0.rank, $0.error) }, uniquingKeysWith: { a, _ in a }))
+        } catch let error as CheckpackError {
+            self = .failed([rank: error])
         } catch {
-            self = .failed([rank: "\(error)"])
+            self = .failed([rank: CheckpackError(.io(EIO), "\(error)")])
         }
     }
 
@@ -32,7 +41,7 @@ private enum Outcome<T: Sendable>: Sendable {
 
     /// All ranks' outcomes: their values, or every failure among them.
     static func combine(_ outcomes: [Outcome<T>]) -> Outcome<[T]> {
-        var values: [T] = [], failures: [Int: String] = [:]
+        var values: [T] = [], failures: [Int: CheckpackError] = [:]
         for outcome in outcomes {
             switch outcome {
             case .ok(let value): values.append(value)
@@ -89,7 +98,7 @@ public func save(_ stateDict: StateDict, checkpointID: String, writer: StorageWr
             case .failed(let f): .failed(f)
             case .ok(let all):
                 Outcome(rank: rank) {
-                    guard let metadata else { throw CheckpointError("no metadata on the coordinator") }
+                    guard let metadata else { throw CheckpackError(.invalidArgument, "no metadata on the coordinator") }
                     try writer.finalizeCheckpoint(metadata: metadata, results: all)
                     return true
                 }

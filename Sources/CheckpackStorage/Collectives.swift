@@ -25,11 +25,11 @@ public struct SingleProcess: Collectives {
     public var worldSize: Int { 1 }
     public func gather<T: Sendable>(_ value: T, root: Int) throws -> [T]? { [value] }
     public func scatter<T: Sendable>(_ values: [T]?, root: Int) throws -> T {
-        guard let value = values?.first else { throw CheckpointError("scatter without values on the root") }
+        guard let value = values?.first else { throw CheckpackError(.invalidArgument, "scatter without values on the root") }
         return value
     }
     public func broadcast<T: Sendable>(_ value: T?, root: Int) throws -> T {
-        guard let value else { throw CheckpointError("broadcast without a value on the root") }
+        guard let value else { throw CheckpackError(.invalidArgument, "broadcast without a value on the root") }
         return value
     }
     public func barrier() throws {}
@@ -90,7 +90,7 @@ public final class InProcessGroup: Sendable {
         }
         done.wait()
         return try results.withLock { $0 }.map { result in
-            guard let result else { throw CheckpointError("a rank did not finish") }
+            guard let result else { throw CheckpackError(.io(ECANCELED), "a rank did not finish") }
             return try result.get()
         }
     }
@@ -112,13 +112,13 @@ public struct InProcessCollectives: Collectives {
 
     public func scatter<T: Sendable>(_ values: [T]?, root: Int) throws -> T {
         let all = try exchange(values)
-        guard let values = all[root] ?? nil, values.indices.contains(rank) else { throw CheckpointError("scatter from rank \(root) has no value for rank \(rank)") }
+        guard let values = all[root] ?? nil, values.indices.contains(rank) else { throw CheckpackError(.invalidArgument, "scatter from rank \(root) has no value for rank \(rank)") }
         return values[rank]
     }
 
     public func broadcast<T: Sendable>(_ value: T?, root: Int) throws -> T {
         let all = try exchange(value)
-        guard let value = all[root] ?? nil else { throw CheckpointError("broadcast from rank \(root) has no value") }
+        guard let value = all[root] ?? nil else { throw CheckpackError(.invalidArgument, "broadcast from rank \(root) has no value") }
         return value
     }
 

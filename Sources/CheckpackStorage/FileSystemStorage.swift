@@ -5,12 +5,14 @@ import Glibc
 
 /// Saves a checkpoint as a directory: one data file per rank
 /// (`__{rank}_0.distcp`, items appended back to back, each at the offset its
-/// `StorageInfo` gives) and a `.metadata` file, written last through a
-/// temporary file and a rename. Data files are fsynced before results are reported.
+/// `StorageInfo` gives) and a `.metadata` file, written last. Every file is
+/// written under a temporary name, fsynced and renamed into place (`FileSink`),
+/// so a file of the checkpoint is either whole or absent.
 public final class FileSystemStorageWriter: StorageWriter {
     private var directory = ""
     private var rank = 0
-    private var written: String?
+    /// The data file being written, until it is in place.
+    private var pending: FileSink?
 
     public init() {}
 
@@ -19,7 +21,7 @@ public final class FileSystemStorageWriter: StorageWriter {
     public func configureWriter(isCoordinator: Bool, rank: Int, worldSize: Int) throws {
         self.rank = rank
         if mkdir(directory, 0o777) != 0 && errno != EEXIST {
-            throw CheckpointError("\(directory): cannot create directory: \(String(cString: strerror(errno)))")
+            throw CheckpackError.system("cannot create directory", path: directory)
         }
     }
 
@@ -29,11 +31,8 @@ public final class FileSystemStorageWriter: StorageWriter {
 
     public func executeWrite(plan: SavePlan, planner: SavePlanner) throws -> [WriteResult] {
         let name = CheckpointFiles.dataFile(prefix: plan.storageData ?? CheckpointFiles.prefix(rank: rank))
-        let path = directory + "/" + name
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw CheckpointError("\(path): cannot create: \(String(cString: strerror(errno)))") }
-        written = path
-        let file = SystemFile(adopting: fd, path: path)
+        let file = try FileSink(path: directory + "/" + name, overwrite: true)
+        pending = file
         var offset: UInt64 = 0
         var results: [WriteResult] = []
         for item in plan.items {
@@ -43,7 +42,8 @@ public final class FileSystemStorageWriter: StorageWriter {
                                        storageData: StorageInfo(relativePath: name, offset: offset, length: UInt64(bytes.count))))
             offset += UInt64(bytes.count)
         }
-        try file.sync()
+        try file.commit()
+        pending = nil
         return results
     }
 
@@ -51,21 +51,14 @@ public final class FileSystemStorageWriter: StorageWriter {
         var metadata = metadata
         metadata.storageData = storageData(results)
         let bytes = try MetadataCoding.encode(metadata)
-        let path = directory + "/" + CheckpointFiles.metadataName
-        let temporary = path + ".tmp"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw CheckpointError("\(temporary): cannot create: \(String(cString: strerror(errno)))") }
-        let file = SystemFile(adopting: fd, path: temporary)
+        let file = try FileSink(path: directory + "/" + CheckpointFiles.metadataName, overwrite: true)
         try bytes.withUnsafeBytes { try file.write($0) }
-        try file.sync()
-        guard rename(temporary, path) == 0 else { throw CheckpointError("\(path): cannot rename: \(String(cString: strerror(errno)))") }
-        let dir = open(directory, O_RDONLY | O_DIRECTORY)
-        if dir >= 0 { fsync(dir); close(dir) }
+        try file.commit()
     }
 
     public func abort() {
-        if let written { unlink(written) }
-        unlink(directory + "/" + CheckpointFiles.metadataName + ".tmp")
+        pending?.abort()
+        pending = nil
     }
 }
 
@@ -91,13 +84,9 @@ public final class FileSystemStorageReader: StorageReader, StorageByteSource {
         let path = directory + "/" + CheckpointFiles.metadataName
         let file: SystemFile
         let size: UInt64
-        do {
-            file = try SystemFile.openForReading(path)
-            size = try file.size
-        } catch {
-            throw CheckpointError("\(error)")
-        }
-        guard size <= 1 << 30 else { throw CheckpointError("\(path): \(size) bytes is too large for metadata") }
+        file = try SystemFile.openForReading(path)
+        size = try file.size
+        guard size <= 1 << 30 else { throw CheckpackError(.limitExceeded, "\(size) bytes is too large for metadata", path: path) }
         return try MetadataCoding.decode(try file.read(count: Int(size), at: 0), source: path)
     }
 
@@ -110,18 +99,12 @@ public final class FileSystemStorageReader: StorageReader, StorageByteSource {
     }
 
     func read(_ info: StorageInfo, offset: UInt64, count: Int) throws -> [UInt8] {
-        do {
-            try EntryName.validate(info.relativePath)   // no way out of the checkpoint directory
-            let file = try files[info.relativePath] ?? SystemFile.openForReading(directory + "/" + info.relativePath)
-            files[info.relativePath] = file
-            guard offset + UInt64(count) <= info.length, info.offset + info.length <= (try file.size) else {
-                throw CheckpointError("\(file.path) is too short for bytes \(info.offset)+\(info.length)")
-            }
-            return try file.read(count: count, at: info.offset + offset)
-        } catch let error as CheckpointError {
-            throw error
-        } catch {
-            throw CheckpointError("\(error)")
+        try EntryName.validate(info.relativePath)   // no way out of the checkpoint directory
+        let file = try files[info.relativePath] ?? SystemFile.openForReading(directory + "/" + info.relativePath)
+        files[info.relativePath] = file
+        guard offset + UInt64(count) <= info.length, info.offset + info.length <= (try file.size) else {
+            throw CheckpackError(.truncated, "is too short for bytes \(info.offset)+\(info.length)", path: file.path)
         }
+        return try file.read(count: count, at: info.offset + offset)
     }
 }

@@ -1,3 +1,4 @@
+import Checkpack
 import Foundation
 
 /// The `.metadata` file of both backends: UTF-8 JSON, described in
@@ -66,32 +67,32 @@ enum MetadataCoding {
         do {
             file = try JSONDecoder().decode(File.self, from: Data(bytes))
         } catch {
-            throw CheckpointError("\(source): not checkpoint metadata (\(error))")
+            throw CheckpackError(.corrupt, "\(source): not checkpoint metadata (\(error))")
         }
-        guard file.format == format else { throw CheckpointError("\(source): unknown metadata format \"\(file.format)\"") }
+        guard file.format == format else { throw CheckpackError(.corrupt, "\(source): unknown metadata format \"\(file.format)\"") }
         var entries: [String: StorageMetadata] = [:]
         for (fqn, item) in file.stateDict {
             switch item.type {
             case "bytes": entries[fqn] = .bytes(BytesStorageMetadata())
             case "tensor":
                 guard let dtype = item.dtype, let size = item.size, let chunks = item.chunks else {
-                    throw CheckpointError("\(source): tensor \"\(fqn)\" lacks dtype, size or chunks")
+                    throw CheckpackError(.corrupt, "\(source): tensor \"\(fqn)\" lacks dtype, size or chunks")
                 }
                 guard ShapeMath.byteCount(size, elementSize: dtype.elementSize) != nil else {
-                    throw CheckpointError("\(source): tensor \"\(fqn)\" has size \(size), negative or beyond \(ShapeMath.maxBytes) bytes")
+                    throw CheckpackError(.corrupt, "\(source): tensor \"\(fqn)\" has size \(size), negative or beyond \(ShapeMath.maxBytes) bytes")
                 }
                 for c in chunks where !ShapeMath.chunk(c, fits: size) {
-                    throw CheckpointError("\(source): chunk \(c.offsets) of \(c.sizes) of \"\(fqn)\" lies outside \(size)")
+                    throw CheckpackError(.corrupt, "\(source): chunk \(c.offsets) of \(c.sizes) of \"\(fqn)\" lies outside \(size)")
                 }
                 entries[fqn] = .tensor(TensorStorageMetadata(properties: TensorProperties(dtype: dtype), size: size, chunks: chunks))
             default:
-                throw CheckpointError("\(source): \"\(fqn)\" has unknown type \"\(item.type)\"")
+                throw CheckpackError(.corrupt, "\(source): \"\(fqn)\" has unknown type \"\(item.type)\"")
             }
         }
         var storage: [MetadataIndex: StorageInfo] = [:]
         for s in file.storage {
             guard ShapeMath.range(offset: s.offset, length: s.length) else {
-                throw CheckpointError("\(source): \"\(s.fqn)\" is stored at \(s.offset)+\(s.length), beyond \(ShapeMath.maxBytes) bytes")
+                throw CheckpackError(.corrupt, "\(source): \"\(s.fqn)\" is stored at \(s.offset)+\(s.length), beyond \(ShapeMath.maxBytes) bytes")
             }
             storage[MetadataIndex(fqn: s.fqn, offset: s.chunkOffsets, index: s.chunkIndex)] =
                 StorageInfo(relativePath: s.relativePath, offset: s.offset, length: s.length)

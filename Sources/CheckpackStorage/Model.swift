@@ -247,10 +247,3 @@ public struct WriteResult: Sendable, Hashable {
         self.storageData = storageData
     }
 }
-
-/// Errors of the checkpointing layer; they name the item concerned.
-public struct CheckpointError: Error, CustomStringConvertible, Sendable {
-    public var message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
-}

@@ -1,3 +1,4 @@
+import Checkpack
 /// Turns a state dict into write items and the checkpoint's metadata, and
 /// hands out each item's bytes when the storage writer asks.
 public protocol SavePlanner: AnyObject {
@@ -65,16 +66,16 @@ public final class DefaultSavePlanner: SavePlanner {
                 let item = plans[p].items[i]
                 let fqn = item.index.fqn
                 guard let data = item.tensorData else {
-                    if case .tensor = entries[fqn] { throw CheckpointError("\"\(fqn)\" is a tensor on one rank and bytes on another") }
+                    if case .tensor = entries[fqn] { throw CheckpackError(.invalidArgument, "\"\(fqn)\" is a tensor on one rank and bytes on another") }
                     entries[fqn] = .bytes(BytesStorageMetadata())
                     continue
                 }
                 var md: TensorStorageMetadata
                 switch entries[fqn] {
-                case .bytes?: throw CheckpointError("\"\(fqn)\" is bytes on one rank and a tensor on another")
+                case .bytes?: throw CheckpackError(.invalidArgument, "\"\(fqn)\" is bytes on one rank and a tensor on another")
                 case .tensor(let existing)?:
                     guard existing.properties == data.properties, existing.size == data.size else {
-                        throw CheckpointError("\"\(fqn)\" has dtype \(existing.properties.dtype) and size \(existing.size) on one rank, \(data.properties.dtype) and \(data.size) on another")
+                        throw CheckpackError(.invalidArgument, "\"\(fqn)\" has dtype \(existing.properties.dtype) and size \(existing.size) on one rank, \(data.properties.dtype) and \(data.size) on another")
                     }
                     md = existing
                 case nil:
@@ -95,11 +96,11 @@ public final class DefaultSavePlanner: SavePlanner {
         case .tensor(let t)?: return t.bytes
         case .sharded(let s)?:
             guard let chunk = s.chunks.first(where: { $0.offsets == item.index.offset }) else {
-                throw CheckpointError("no local chunk of \"\(item.index.fqn)\" at \(item.index.offset ?? [])")
+                throw CheckpackError(.invalidArgument, "no local chunk of \"\(item.index.fqn)\" at \(item.index.offset ?? [])")
             }
             return chunk.tensor.bytes
         case .bytes(let b)?: return b
-        case nil: throw CheckpointError("the state dict has no \"\(item.index.fqn)\"")
+        case nil: throw CheckpackError(.notFound, "the state dict has no \"\(item.index.fqn)\"")
         }
     }
 
@@ -147,7 +148,7 @@ public final class DefaultLoadPlanner: LoadPlanner {
         var items: [ReadItem] = []
         for (fqn, value) in stateDict.sorted(by: { $0.key < $1.key }) {
             guard let saved = metadata.stateDictMetadata[fqn] else {
-                throw CheckpointError("the checkpoint has no \"\(fqn)\"")
+                throw CheckpackError(.notFound, "the checkpoint has no \"\(fqn)\"")
             }
             let destination: (dtype: DType, shape: [Int], chunks: [ChunkStorageMetadata])
             switch (value, saved) {
@@ -160,16 +161,16 @@ public final class DefaultLoadPlanner: LoadPlanner {
             case (.sharded(let s), .tensor):
                 destination = (s.dtype, s.globalShape, s.chunks.map { ChunkStorageMetadata(offsets: $0.offsets, sizes: $0.tensor.shape) })
             case (.bytes, .tensor):
-                throw CheckpointError("\"\(fqn)\" is a tensor in the checkpoint but bytes in the state dict")
+                throw CheckpackError(.invalidArgument, "\"\(fqn)\" is a tensor in the checkpoint but bytes in the state dict")
             case (_, .bytes):
-                throw CheckpointError("\"\(fqn)\" is bytes in the checkpoint but a tensor in the state dict")
+                throw CheckpackError(.invalidArgument, "\"\(fqn)\" is bytes in the checkpoint but a tensor in the state dict")
             }
             guard case .tensor(let md) = saved else { continue }
             guard md.properties.dtype == destination.dtype else {
-                throw CheckpointError("\"\(fqn)\" was saved as \(md.properties.dtype) but is loaded as \(destination.dtype)")
+                throw CheckpackError(.invalidArgument, "\"\(fqn)\" was saved as \(md.properties.dtype) but is loaded as \(destination.dtype)")
             }
             guard md.size == destination.shape else {
-                throw CheckpointError("\"\(fqn)\" was saved with shape \(md.size) but is loaded with shape \(destination.shape)")
+                throw CheckpackError(.invalidArgument, "\"\(fqn)\" was saved with shape \(md.size) but is loaded with shape \(destination.shape)")
             }
             for (d, dest) in destination.chunks.enumerated() {
                 var covered = 0
@@ -185,7 +186,7 @@ public final class DefaultLoadPlanner: LoadPlanner {
                         lengths: overlap.lengths))
                 }
                 guard covered == dest.elementCount else {
-                    throw CheckpointError("the checkpoint covers \(covered) of the \(dest.elementCount) elements of \"\(fqn)\" at \(dest.offsets)")
+                    throw CheckpackError(.corrupt, "the checkpoint covers \(covered) of the \(dest.elementCount) elements of \"\(fqn)\" at \(dest.offsets)")
                 }
             }
         }
@@ -208,20 +209,20 @@ public final class DefaultLoadPlanner: LoadPlanner {
             stateDict[fqn] = .tensor(t)
         case .sharded(var s)?:
             guard let c = s.chunks.firstIndex(where: { $0.offsets == item.destIndex.offset }) else {
-                throw CheckpointError("no local chunk of \"\(fqn)\" at \(item.destIndex.offset ?? [])")
+                throw CheckpackError(.invalidArgument, "no local chunk of \"\(fqn)\" at \(item.destIndex.offset ?? [])")
             }
             stateDict[fqn] = nil
             try Self.place(box, item, into: &s.chunks[c].tensor)
             stateDict[fqn] = .sharded(s)
         default:
-            throw CheckpointError("\"\(fqn)\" is not a tensor in the state dict")
+            throw CheckpackError(.invalidArgument, "\"\(fqn)\" is not a tensor in the state dict")
         }
     }
 
     private static func place(_ box: [UInt8], _ item: ReadItem, into tensor: inout Tensor) throws {
         let size = tensor.dtype.elementSize
         guard box.count == item.lengths.reduce(1, *) * size else {
-            throw CheckpointError("read of \"\(item.destIndex.fqn)\" returned \(box.count) bytes for a box of \(item.lengths)")
+            throw CheckpackError(.corrupt, "read of \"\(item.destIndex.fqn)\" returned \(box.count) bytes for a box of \(item.lengths)")
         }
         let shape = tensor.shape
         try Box.check(shape: shape, origin: item.destOffsets, lengths: item.lengths, "destination \(item.destIndex)")

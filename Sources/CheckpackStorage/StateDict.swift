@@ -1,3 +1,4 @@
+import Checkpack
 /// A dense tensor: element type, shape, and its elements as contiguous
 /// row-major little-endian bytes.
 public struct Tensor: Sendable, Equatable {
@@ -6,10 +7,10 @@ public struct Tensor: Sendable, Equatable {
     public var bytes: [UInt8]
 
     public init(dtype: DType, shape: [Int], bytes: [UInt8]) throws {
-        guard shape.allSatisfy({ $0 >= 0 }) else { throw CheckpointError("negative dimension in shape \(shape)") }
+        guard shape.allSatisfy({ $0 >= 0 }) else { throw CheckpackError(.invalidArgument, "negative dimension in shape \(shape)") }
         let expected = shape.reduce(1, *) * dtype.elementSize
         guard bytes.count == expected else {
-            throw CheckpointError("a \(dtype) tensor of shape \(shape) needs \(expected) bytes, got \(bytes.count)")
+            throw CheckpackError(.invalidArgument, "a \(dtype) tensor of shape \(shape) needs \(expected) bytes, got \(bytes.count)")
         }
         self.dtype = dtype
         self.shape = shape
@@ -49,10 +50,10 @@ public struct ShardedTensor: Sendable, Equatable {
         for chunk in chunks {
             guard chunk.tensor.dtype == dtype, chunk.offsets.count == globalShape.count,
                   chunk.tensor.shape.count == globalShape.count else {
-                throw CheckpointError("chunk at \(chunk.offsets) does not match a \(dtype) tensor of shape \(globalShape)")
+                throw CheckpackError(.invalidArgument, "chunk at \(chunk.offsets) does not match a \(dtype) tensor of shape \(globalShape)")
             }
             for d in globalShape.indices where chunk.offsets[d] < 0 || chunk.offsets[d] + chunk.tensor.shape[d] > globalShape[d] {
-                throw CheckpointError("chunk at \(chunk.offsets) of shape \(chunk.tensor.shape) lies outside \(globalShape)")
+                throw CheckpackError(.invalidArgument, "chunk at \(chunk.offsets) of shape \(chunk.tensor.shape) lies outside \(globalShape)")
             }
         }
         self.dtype = dtype
@@ -83,7 +84,7 @@ public struct ShardedTensor: Sendable, Equatable {
     }
 
     static func evenShardRange(size: Int, rank: Int, worldSize: Int) throws -> Range<Int> {
-        guard worldSize > 0, (0..<worldSize).contains(rank) else { throw CheckpointError("rank \(rank) outside world of \(worldSize)") }
+        guard worldSize > 0, (0..<worldSize).contains(rank) else { throw CheckpackError(.invalidArgument, "rank \(rank) outside world of \(worldSize)") }
         let per = (size + worldSize - 1) / worldSize
         let start = min(size, rank * per)
         return start..<min(size, start + per)
@@ -141,7 +142,7 @@ enum Box {
     static func check(shape: [Int], origin: [Int], lengths: [Int], _ what: @autoclosure () -> String) throws {
         guard origin.count == shape.count, lengths.count == shape.count,
               shape.indices.allSatisfy({ origin[$0] >= 0 && lengths[$0] >= 0 && origin[$0] <= shape[$0] - lengths[$0] }) else {
-            throw CheckpointError("box at \(origin) of \(lengths) does not fit \(what()) of shape \(shape)")
+            throw CheckpackError(.invalidArgument, "box at \(origin) of \(lengths) does not fit \(what()) of shape \(shape)")
         }
     }
 

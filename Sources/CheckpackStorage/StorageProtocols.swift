@@ -1,3 +1,4 @@
+import Checkpack
 /// Where a save puts its bytes. Every rank has its own writer; the calls
 /// come in this order: initialize, configure, optimizeLocalPlan, (coordinator)
 /// optimizeGlobalPlan, executeWrite, (coordinator) finalizeCheckpoint. After an
@@ -62,7 +63,7 @@ extension StorageByteSource {
     func execute(plan: LoadPlan, metadata: Metadata, planner: LoadPlanner) throws {
         for item in plan.items {
             guard let info = metadata.storageData[item.storageIndex] else {
-                throw CheckpointError("the checkpoint's metadata has no storage for \(item.storageIndex)")
+                throw CheckpackError(.corrupt, "the checkpoint's metadata has no storage for \(item.storageIndex)")
             }
             do {
                 switch item.type {
@@ -72,7 +73,7 @@ extension StorageByteSource {
                     try planner.commitTensor(item, try readBox(item, info, metadata))
                 }
             } catch {
-                throw CheckpointError("loading \(item.storageIndex) from \(info.relativePath) bytes \(info.offset)+\(info.length): \(error)")
+                throw CheckpackError.wrapping(error, "loading \(item.storageIndex) from \(info.relativePath) bytes \(info.offset)+\(info.length)")
             }
         }
     }
@@ -80,11 +81,11 @@ extension StorageByteSource {
     private func readBox(_ item: ReadItem, _ info: StorageInfo, _ metadata: Metadata) throws -> [UInt8] {
         guard case .tensor(let md)? = metadata.stateDictMetadata[item.storageIndex.fqn],
               let chunk = md.chunks.first(where: { $0.offsets == item.storageIndex.offset }) else {
-            throw CheckpointError("the checkpoint's metadata has no chunk \(item.storageIndex)")
+            throw CheckpackError(.corrupt, "the checkpoint's metadata has no chunk \(item.storageIndex)")
         }
         let size = md.properties.dtype.elementSize
         guard info.length == UInt64(chunk.elementCount * size) else {
-            throw CheckpointError("\(item.storageIndex) is stored in \(info.length) bytes, its chunk \(chunk.sizes) needs \(chunk.elementCount * size)")
+            throw CheckpackError(.corrupt, "\(item.storageIndex) is stored in \(info.length) bytes, its chunk \(chunk.sizes) needs \(chunk.elementCount * size)")
         }
         try Box.check(shape: chunk.sizes, origin: item.storageOffsets, lengths: item.lengths, "saved chunk \(item.storageIndex)")
         // The runs of the box inside the saved chunk, and the span that holds them all.
@@ -109,7 +110,7 @@ extension StorageByteSource {
 
 extension Int {
     init(checkingLength length: UInt64, _ item: ReadItem) throws {
-        guard length <= UInt64(Int.max) else { throw CheckpointError("\(item.storageIndex) claims \(length) bytes") }
+        guard length <= UInt64(Int.max) else { throw CheckpackError(.limitExceeded, "\(item.storageIndex) claims \(length) bytes") }
         self = Int(length)
     }
 }

@@ -53,12 +53,12 @@ public enum Inspector {
             case .directory(let root):
                 let file = try SystemFile.openForReading(root + "/" + name)
                 let size = try file.size
-                guard offset <= size else { throw CheckpointError("\(name) is shorter than \(offset) bytes") }
+                guard offset <= size else { throw CheckpackError(.truncated, "is shorter than \(offset) bytes", path: name) }
                 let n = count ?? Int(size - offset)
-                guard UInt64(n) <= size - offset else { throw CheckpointError("\(name) is shorter than \(offset + UInt64(n)) bytes") }
+                guard UInt64(n) <= size - offset else { throw CheckpackError(.truncated, "is shorter than \(offset + UInt64(n)) bytes", path: name) }
                 return try file.read(count: n, at: offset)
             case .archive(let reader):
-                guard let entry = reader.entry(named: name) else { throw CheckpointError("no entry \"\(name)\"") }
+                guard let entry = reader.entry(named: name) else { throw CheckpackError(.notFound, "no such entry", entry: name) }
                 return try reader.read(entry, offset: offset, count: count)
             }
         }
@@ -82,7 +82,7 @@ public enum Inspector {
     public static func inspect(path: String) throws -> Inspection {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-            throw CheckpackError(.io(2), "no such file or directory", path: path)
+            throw CheckpackError(.io(ENOENT), "no such file or directory", path: path)
         }
         if isDirectory.boolValue { return try inspect(tree: .directory(path), path: path, inArchive: false) }
         if path.hasSuffix(".safetensors") {
@@ -106,7 +106,7 @@ public enum Inspector {
         }
         let shards = names.filter { $0.hasSuffix(".safetensors") }
         guard !shards.isEmpty else {
-            throw CheckpointError("\(path): no checkpoint here (neither a .metadata file nor *.safetensors files)")
+            throw CheckpackError(.notFound, "no checkpoint here (neither a .metadata file nor *.safetensors files)", path: path)
         }
         return try inspectSafetensors(tree: tree, files: shards, path: path, inArchive: inArchive)
     }
@@ -123,7 +123,7 @@ public enum Inspector {
             let torch = try TorchMetadataReader.decode(bytes)
             return (torch.metadata, .torchDistributed, Set(torch.transformDescriptors.keys))
         } catch let error as PickleError {
-            throw CheckpointError("\(source): \(error)")
+            throw CheckpackError(.corrupt, "\(error)", path: source)
         }
     }
 

@@ -1,3 +1,4 @@
+import Checkpack
 import CheckpackStorage
 import Foundation
 
@@ -44,11 +45,11 @@ public enum SafetensorsHeader {
     /// from the start of a file; returns the tensors and where the data starts.
     public static func parse(_ read: (UInt64, Int) throws -> [UInt8], fileSize: UInt64, name: String) throws
         -> (tensors: [Tensor], dataStart: UInt64) {
-        guard fileSize >= 8 else { throw CheckpointError("\(name): too short for a safetensors file") }
+        guard fileSize >= 8 else { throw CheckpackError(.corrupt, "\(name): too short for a safetensors file") }
         let lengthBytes = try read(0, 8)
         let length = lengthBytes.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * $1.offset) }
         guard length <= 100 << 20, 8 + length <= fileSize else {
-            throw CheckpointError("\(name): safetensors header of \(length) bytes does not fit the file")
+            throw CheckpackError(.corrupt, "\(name): safetensors header of \(length) bytes does not fit the file")
         }
         let json = try read(8, Int(length))
         // Decoded into plain values (not Foundation objects): memory stays a small multiple of the header.
@@ -56,7 +57,7 @@ public enum SafetensorsHeader {
         do {
             header = try JSONDecoder().decode([String: Value].self, from: Data(json))
         } catch {
-            throw CheckpointError("\(name): safetensors header is not a JSON object")
+            throw CheckpackError(.corrupt, "\(name): safetensors header is not a JSON object")
         }
         let dataStart = 8 + length
         var tensors: [Tensor] = []
@@ -64,15 +65,15 @@ public enum SafetensorsHeader {
         for (key, value) in header where key != "__metadata__" {
             guard case .tensor(let info) = value, info.dataOffsets.count == 2,
                   info.dataOffsets[0] >= 0, info.dataOffsets[1] >= info.dataOffsets[0] else {
-                throw CheckpointError("\(name): tensor \"\(key)\" has a malformed header entry")
+                throw CheckpackError(.corrupt, "\(name): tensor \"\(key)\" has a malformed header entry")
             }
             guard let dtype = types[info.dtype] else {
-                throw CheckpointError("\(name): tensor \"\(key)\" has unknown dtype \(info.dtype)")
+                throw CheckpackError(.corrupt, "\(name): tensor \"\(key)\" has unknown dtype \(info.dtype)")
             }
             let range = UInt64(info.dataOffsets[0])..<UInt64(info.dataOffsets[1])
             guard let bytes = ShapeMath.byteCount(info.shape, elementSize: dtype.elementSize),
                   range.upperBound <= fileSize - dataStart, range.count == UInt64(bytes) else {
-                throw CheckpointError("\(name): tensor \"\(key)\" bytes \(range) do not match its shape \(info.shape) or the file")
+                throw CheckpackError(.corrupt, "\(name): tensor \"\(key)\" bytes \(range) do not match its shape \(info.shape) or the file")
             }
             tensors.append(.init(name: key, dtype: dtype, shape: info.shape, range: range))
         }

@@ -1,3 +1,4 @@
+import Checkpack
 import CheckpackStorage
 
 /// torch.distributed.checkpoint's `.metadata`, decoded without running any of
@@ -76,7 +77,7 @@ public enum TorchMetadataReader {
 
     // MARK: Pieces
 
-    static func fail(_ message: String) -> CheckpointError { CheckpointError("torch metadata: \(message)") }
+    static func fail(_ message: String) -> CheckpackError { CheckpackError(.corrupt, "torch metadata: \(message)") }
 
     /// The BUILD state (a dict) of an object of the checkpoint module's class `name`.
     static func stateDict(of value: PickleValue, expecting name: String) throws -> PickleDict {

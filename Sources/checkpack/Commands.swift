@@ -297,13 +297,8 @@ struct InspectCommand: ParsableCommand {
     @Flag(help: "Machine-readable output, with every chunk's offsets and sizes.") var json = false
 
     func run() throws {
-        let inspection: Inspection
-        do {
-            inspection = try ArchiveLocation(path).isRemote ? Inspector.inspect(reader: ArchiveReader(location: path), path: path)
-                : Inspector.inspect(path: path)
-        } catch let error as CheckpointError {
-            throw CheckpackError(.corrupt, error.message)
-        }
+        let inspection = try ArchiveLocation(path).isRemote ? Inspector.inspect(reader: ArchiveReader(location: path), path: path)
+            : Inspector.inspect(path: path)
         if json {
             print(JSON.object([
                 ("path", .string(inspection.path)),

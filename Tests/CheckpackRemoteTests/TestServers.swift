@@ -1,3 +1,4 @@
+import CheckpackTestSupport
 import Checkpack
 @testable import CheckpackRemote
 import Foundation
@@ -127,45 +128,8 @@ extension RemoteOptions {
     }
 }
 
-/// A fresh directory, removed when the value is released.
-final class Scratch {
-    let path: String
-    init() {
-        path = NSTemporaryDirectory() + "checkpack-remote-test-" + UUID().uuidString
-        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    }
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-    func sub(_ name: String) -> String { path + "/" + name }
-}
-
-/// Deterministic bytes: compressible runs, or noise that does not compress.
-func sampleBytes(_ count: Int, seed: UInt64, compressible: Bool) -> [UInt8] {
-    var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
-    var out = [UInt8]()
-    out.reserveCapacity(count)
-    while out.count < count {
-        state ^= state << 13; state ^= state >> 7; state ^= state << 17
-        let run = compressible ? Int(state >> 60) + 1 : 1
-        for _ in 0..<min(run, count - out.count) { out.append(UInt8(truncatingIfNeeded: state >> 24)) }
-    }
-    return out
-}
-
 /// A unique key per test, so tests can run in any order against one bucket.
 func uniqueKey(_ name: String) -> String { "tests/\(name)-\(UUID().uuidString).ckpk" }
 
-/// A file's bytes, read with POSIX calls (Foundation's FileManager.contents(atPath:)
-/// leaks a buffer, which LeakSanitizer reports).
-func contents(_ path: String) -> Data? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var out = Data()
-    var chunk = [UInt8](repeating: 0, count: 1 << 16)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if n < 0 { return nil }
-        if n == 0 { return out }
-        out.append(contentsOf: chunk[..<n])
-    }
-}
+/// A file's bytes as Data, nil when it cannot be read.
+func contents(_ path: String) -> Data? { readFile(path).map { Data($0) } }

@@ -1,3 +1,4 @@
+import CheckpackTestSupport
 import Checkpack
 import CheckpackStorage
 import Testing
@@ -6,28 +7,6 @@ import Glibc
 #endif
 
 // MARK: - Helpers
-
-final class Scratch {
-    let path: String
-    init() {
-        var template = Array("/tmp/checkpack-storage-XXXXXX".utf8CString)
-        _ = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-    }
-    deinit { _ = system("rm -rf '\(path)'") }
-    func sub(_ name: String) -> String { path + "/" + name }
-    /// Names in the directory, hidden ones included.
-    var contents: [String] {
-        guard let dir = opendir(path) else { return [] }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafePointer(to: entry.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names.sorted()
-    }
-}
 
 /// A tensor whose bytes depend on `seed`, deterministic.
 func pattern(_ dtype: DType, _ shape: [Int], seed: Int) -> Tensor {
@@ -188,7 +167,7 @@ func expectEqualToModel(_ loaded: StateDict, rank: Int, worldSize: Int, dimensio
             func createGlobalPlan(_ plans: [SavePlan]) throws -> (plans: [SavePlan], metadata: Metadata) { try inner.createGlobalPlan(plans) }
             func finishPlan(_ plan: SavePlan) throws -> SavePlan { plan }
             func resolveData(_ item: WriteItem) throws -> [UInt8] {
-                if fail && item.index.fqn == "linear.weight" { throw CheckpointError("disk on fire") }
+                if fail && item.index.fqn == "linear.weight" { throw CheckpackError(.io(EIO), "disk on fire") }
                 return try inner.resolveData(item)
             }
         }
@@ -279,7 +258,8 @@ func expectEqualToModel(_ loaded: StateDict, rank: Int, worldSize: Int, dimensio
         planner.setUp(stateDict: ["t": .tensor(.zeros(.float32, [2, 3]))], metadata: Metadata(stateDictMetadata: [:]), isCoordinator: true)
         let item = ReadItem(type: .tensor, destIndex: MetadataIndex(fqn: "t", offset: [0, 0]), destOffsets: [1, 2],
                             storageIndex: MetadataIndex(fqn: "t", offset: [0, 0]), storageOffsets: [0, 0], lengths: [1, 2])
-        #expect(throws: CheckpointError.self) { try planner.commitTensor(item, [UInt8](repeating: 1, count: 8)) }
+        let error = #expect(throws: CheckpackError.self) { try planner.commitTensor(item, [UInt8](repeating: 1, count: 8)) }
+        #expect(error?.kind == .invalidArgument)
     }
 
     @Test func shardRangesMatchTorchsEvenSharding() throws {

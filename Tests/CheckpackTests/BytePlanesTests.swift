@@ -1,3 +1,4 @@
+import CheckpackTestSupport
 import CBytePlanes
 @testable import Checkpack
 import Testing
@@ -66,7 +67,7 @@ func tensorLikeBytes(_ dtype: String, count: Int, seed: UInt64) -> [UInt8] {
     }
 
     @Test func archivesUsePlanesForTypedItemsAndReadBackExactly() throws {
-        let dir = TemporaryDirectory()
+        let dir = Scratch()
         let floats = tensorLikeBytes("bfloat16", count: 300_001, seed: 1)
         let longs = tensorLikeBytes("int64", count: 80_000, seed: 2)
         let text = Array(String(repeating: "header bytes ", count: 100).utf8)

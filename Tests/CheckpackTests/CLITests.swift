@@ -1,51 +1,10 @@
+import CheckpackTestSupport
 import Checkpack
 import Foundation
 import Testing
 
-/// Runs the built `checkpack` executable the way a user would.
-struct CLI {
-    static let executable: String = {
-        let tests = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        var dir = URL(fileURLWithPath: tests).deletingLastPathComponent()
-        // Inside an .xctest bundle directory on some layouts: step out of it.
-        while dir.path.hasSuffix(".xctest") || dir.lastPathComponent == "MacOS" { dir.deleteLastPathComponent() }
-        return dir.appendingPathComponent("checkpack").path
-    }()
-
-    struct Result {
-        var status: Int32
-        var stdout: Data
-        var stderr: String
-        var stderrLines: [Substring] { stderr.split(separator: "\n") }
-    }
-
-    static func run(_ arguments: [String], stdin: Data? = nil) throws -> Result {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe(), input = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = input
-        try process.run()
-        let feeder = JoinableThread {
-            if let stdin { input.fileHandleForWriting.write(stdin) }
-            try? input.fileHandleForWriting.close()
-        }
-        feeder.start()
-        var stderrData = Data()
-        let errorReader = JoinableThread { stderrData = err.fileHandleForReading.readDataToEndOfFile() }
-        errorReader.start()
-        let stdoutData = out.fileHandleForReading.readDataToEndOfFile()
-        errorReader.join()
-        process.waitUntilExit()
-        feeder.join()
-        return Result(status: process.terminationStatus, stdout: stdoutData, stderr: String(decoding: stderrData, as: UTF8.self))
-    }
-}
-
 @Suite(.serialized) struct CLITests {
-    let dir = TemporaryDirectory()
+    let dir = Scratch()
 
     init() throws {
         try RoundTripTests.makeTree(dir.sub("src"))
@@ -225,7 +184,7 @@ struct CLI {
     }
 
     @Test func killingPackOrUnpackNeverLeavesAPartialResultUnderTheFinalName() throws {
-        let dir = TemporaryDirectory()
+        let dir = Scratch()
         makeDirectory(dir.sub("src"))
         for i in 0..<6 { try writeFile(dir.sub("src/f\(i)"), sampleBytes(3 << 20, seed: UInt64(i), compressible: i % 2 == 0)) }
         let start = Date()
@@ -260,7 +219,7 @@ struct CLI {
 
 extension CrashSafetyTests {
     @Test func signalsRemoveWhatTheRunWasBuildingAndExit128PlusTheSignal() throws {
-        let dir = TemporaryDirectory()
+        let dir = Scratch()
         makeDirectory(dir.sub("src"))
         for i in 0..<4 { try writeFile(dir.sub("src/f\(i)"), sampleBytes(1 << 20, seed: UInt64(i))) }
         // pack at the slowest level: still compressing when the signal comes.
@@ -298,7 +257,7 @@ extension CrashSafetyTests {
     }
 
     @Test func killingAnArchiveSaveNeverLeavesAPartialArchive() throws {
-        let dir = TemporaryDirectory()
+        let dir = Scratch()
         let demo = URL(fileURLWithPath: CLI.executable).deletingLastPathComponent().appendingPathComponent("checkpoint-demo").path
         let start = Date()
         let reference = Process()
@@ -336,11 +295,10 @@ extension CrashSafetyTests {
     }
 }
 
-func removeTree(_ path: String) { _ = system("rm -rf '\(path)'") }
 
 @Suite struct ManyReadersTests {
     @Test func severalProcessesReadingOneArchiveAllGetTheRightBytes() throws {
-        let dir = TemporaryDirectory()
+        let dir = Scratch()
         makeDirectory(dir.sub("src"))
         let content = sampleBytes(3 << 20, seed: 77)
         try writeFile(dir.sub("src/data"), content)
@@ -365,7 +323,7 @@ func removeTree(_ path: String) { _ = system("rm -rf '\(path)'") }
 
 @Suite struct HostileMetadataCLITests {
     @Test func aMaliciousTorchMetadataIsNamedAndNeverRun() throws {
-        let dir = TemporaryDirectory()
+        let dir = Scratch()
         makeDirectory(dir.sub("ckpt"))
         // GLOBAL os.system, "touch PWNED", REDUCE, STOP: what a hostile .metadata would carry.
         let marker = dir.sub("PWNED")
@@ -388,7 +346,7 @@ func removeTree(_ path: String) { _ = system("rm -rf '\(path)'") }
 
 @Suite struct LeftoverNamingTests {
     @Test func leftoversOfStagingPartsAreRecognised() throws {
-        let dir = TemporaryDirectory()
+        let dir = Scratch()
         let leftovers = [".a.ckpk.ckpk-tmp-1x", ".a.ckpk.ckpk-part-0", "..a.ckpk.ckpk-part-1.ckpk-tmp-Q2", ".a.ckpk.ckpk-unpack-Z"]
         let others = ["a.ckpk", ".b.ckpk.ckpk-tmp-1", ".a.ckpk.other", "..a.ckpk.zzz.ckpk-tmp-1", "...a.ckpk.ckpk-part-1.ckpk-tmp-1.ckpk-tmp-2x"]
         for name in leftovers + others { try writeFile(dir.sub(name), [1]) }
@@ -402,7 +360,7 @@ func removeTree(_ path: String) { _ = system("rm -rf '\(path)'") }
 /// it. Nothing may land in that folder, and the swapped name is not renamed into place.
 @Suite struct StagingSwapTests {
     @Test func aStagingFolderSwappedForALinkRedirectsNothing() throws {
-        let dir = TemporaryDirectory()
+        let dir = Scratch()
         makeDirectory(dir.sub("victim"))
         makeDirectory(dir.sub("parent"))
         let archive = try buildArchive { writer in

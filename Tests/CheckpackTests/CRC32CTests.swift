@@ -1,3 +1,4 @@
+import CheckpackTestSupport
 import CCRC32C
 import Checkpack
 import Testing

@@ -1,4 +1,5 @@
 @testable import Checkpack
+import CheckpackTestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -69,7 +70,7 @@ import Glibc
     }
 
     @Test func deepIsWrittenByteForByteAndReads() throws {
-        let dir = TemporaryDirectory()
+        let dir = Scratch()
         try Self.writeDeep(dir.sub("deep.ckpk"))
         let path = Self.directory + "/deep.ckpk"
         #expect(readFile(dir.sub("deep.ckpk")) == readFile(path))
@@ -128,7 +129,7 @@ import Glibc
     }
 
     @Test func tinyIsWrittenByteForByte() throws {
-        let dir = TemporaryDirectory()
+        let dir = Scratch()
         try Self.writeTiny(dir.sub("tiny.ckpk"))
         let golden = try #require(readFile(Self.directory + "/tiny.ckpk"))
         #expect(readFile(dir.sub("tiny.ckpk")) == golden)

@@ -1,75 +1,9 @@
+import CheckpackTestSupport
 import Checkpack
 import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// Deterministic pseudo-random bytes (SplitMix64), so failures reproduce.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
-/// Bytes that compress somewhat (runs of random length) or not at all.
-func sampleBytes(_ count: Int, seed: UInt64, compressible: Bool = true) -> [UInt8] {
-    var rng = SplitMix(seed: seed)
-    var out = [UInt8]()
-    out.reserveCapacity(count)
-    while out.count < count {
-        let value = UInt8.random(in: 0...255, using: &rng)
-        let run = compressible ? Int.random(in: 1...12, using: &rng) : 1
-        for _ in 0..<min(run, count - out.count) { out.append(value) }
-    }
-    return out
-}
-
-/// A fresh directory under /tmp, removed when the value is released.
-final class TemporaryDirectory {
-    let path: String
-    init() {
-        var template = Array("/tmp/checkpack-test-XXXXXX".utf8CString)
-        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        precondition(made != nil, "mkdtemp failed")
-        path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-    }
-    deinit { _ = system("rm -rf '\(path)'") }
-    func sub(_ name: String) -> String { path + "/" + name }
-}
-
-func writeFile(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o644) throws {
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-    #expect(fd >= 0, "cannot create \(path)")
-    defer { close(fd) }
-    var done = 0
-    while done < bytes.count {
-        let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }
-        #expect(n > 0)
-        if n <= 0 { return }
-        done += n
-    }
-    fchmod(fd, mode)
-}
-
-func readFile(_ path: String) -> [UInt8]? {
-    let fd = open(path, O_RDONLY)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var out = [UInt8]()
-    var chunk = [UInt8](repeating: 0, count: 1 << 16)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
-        if n <= 0 { break }
-        out += chunk[0..<n]
-    }
-    return out
-}
 
 func makeDirectory(_ path: String, mode: mode_t = 0o755) {
     mkdir(path, 0o755)
@@ -139,7 +73,7 @@ func streamContents(_ source: any SequentialSource) throws -> [String: [UInt8]] 
 
 /// Builds an archive in memory-backed form: writes it to a temporary file and returns its bytes.
 func buildArchive(options: WriterOptions = WriterOptions(), _ body: (ArchiveWriter) throws -> Void) throws -> [UInt8] {
-    let dir = TemporaryDirectory()
+    let dir = Scratch()
     let path = dir.sub("a.ckpk")
     let writer = try ArchiveWriter(path: path, options: options)
     try body(writer)

@@ -1,3 +1,4 @@
+import CheckpackTestSupport
 import Checkpack
 import Testing
 
@@ -8,7 +9,7 @@ import Testing
         ("c.bin", sampleBytes(9_000, seed: 3)),
     ]
 
-    func archive(_ dir: TemporaryDirectory) throws -> [UInt8] {
+    func archive(_ dir: Scratch) throws -> [UInt8] {
         let writer = try ArchiveWriter(path: dir.sub("a.ckpk"), options: WriterOptions(frameSize: 4096))
         try writer.addDirectory("dir")
         for (name, bytes) in Self.files { try writer.addFile(name, contents: bytes) }
@@ -17,7 +18,7 @@ import Testing
     }
 
     @Test func anIntactArchiveSalvagesCompletely() throws {
-        let dir = TemporaryDirectory()
+        let dir = Scratch()
         _ = try archive(dir)
         let report = try Salvager.salvage(archive: dir.sub("a.ckpk"), to: dir.sub("out"))
         #expect(report.isComplete)
@@ -26,7 +27,7 @@ import Testing
     }
 
     @Test func anAppendedArchiveIsReportedNotSilentlyDropped() throws {
-        let dir = TemporaryDirectory()
+        let dir = Scratch()
         let bytes = try archive(dir)
         try writeFile(dir.sub("two.ckpk"), bytes + bytes)
         let report = try Salvager.salvage(archive: dir.sub("two.ckpk"), to: dir.sub("out"))
@@ -36,19 +37,19 @@ import Testing
     }
 
     @Test func anArchiveOfAnotherVersionOrUnknownFeaturesIsRefused() throws {
-        let dir = TemporaryDirectory()
+        let dir = Scratch()
         var bytes = try archive(dir)
         bytes[8] = 3   // version 3
         try writeFile(dir.sub("v3.ckpk"), bytes)
-        #expect(throws: CheckpackError.self) { try Salvager.salvage(archive: dir.sub("v3.ckpk"), to: dir.sub("out3")) }
+        #expect(errorKind { try Salvager.salvage(archive: dir.sub("v3.ckpk"), to: dir.sub("out3")) } == .unsupported)
         bytes[8] = 2
         bytes[15] = 0x80   // an unknown required feature
         try writeFile(dir.sub("f.ckpk"), bytes)
-        #expect(throws: CheckpackError.self) { try Salvager.salvage(archive: dir.sub("f.ckpk"), to: dir.sub("outf")) }
+        #expect(errorKind { try Salvager.salvage(archive: dir.sub("f.ckpk"), to: dir.sub("outf")) } == .unsupported)
     }
 
     @Test func aTruncatedArchiveGivesBackItsCompleteEntriesAndThePrefixOfTheCutOne() throws {
-        let dir = TemporaryDirectory()
+        let dir = Scratch()
         let bytes = try archive(dir)
         let reader = try ArchiveReader(path: dir.sub("a.ckpk"))
         let cut = try #require(reader.entry(named: "dir/b.bin"))
@@ -65,7 +66,7 @@ import Testing
     }
 
     @Test func damageInTheMiddleLosesOnlyWhatItHits() throws {
-        let dir = TemporaryDirectory()
+        let dir = Scratch()
         var bytes = try archive(dir)
         let reader = try ArchiveReader(path: dir.sub("a.ckpk"))
         let hit = try #require(reader.entry(named: "a.bin"))

@@ -1,3 +1,4 @@
+import CheckpackTestSupport
 import Checkpack
 import CheckpackStorage
 import CheckpackTorch
@@ -6,8 +7,8 @@ import Testing
 
 @Suite struct InspectTests {
     @Test func aTorchDirectoryAndItsArchiveListTheSameTensors() throws {
-        let scratch = NSTemporaryDirectory() + "inspect-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let folder = Scratch()
+        let scratch = folder.path
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         try Packer.pack(directory: fixtures + "/example-checkpoint", to: scratch + "/ex.ckpk")
         let direct = try Inspector.inspect(path: fixtures + "/example-checkpoint")
@@ -36,8 +37,8 @@ import Testing
     }
 
     @Test func safetensorsFilesAreReadFromTheirHeader() throws {
-        let scratch = NSTemporaryDirectory() + "inspect-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let folder = Scratch()
+        let scratch = folder.path
         try FileManager.default.createDirectory(atPath: scratch + "/model", withIntermediateDirectories: true)
         let header = #"{"__metadata__":{"format":"pt"},"b":{"dtype":"F32","shape":[2,3],"data_offsets":[4,28]},"a":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]}}"#
         var bytes = withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian, Array.init) + Array(header.utf8)
@@ -55,7 +56,17 @@ import Testing
         let bad = #"{"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#
         let badBytes = withUnsafeBytes(of: UInt64(bad.utf8.count).littleEndian, Array.init) + Array(bad.utf8) + [UInt8](repeating: 0, count: 8)
         try Data(badBytes).write(to: URL(fileURLWithPath: scratch + "/bad.safetensors"))
-        #expect(throws: CheckpointError.self) { try Inspector.inspect(path: scratch + "/bad.safetensors") }
+        #expect(Self.kind { try Inspector.inspect(path: scratch + "/bad.safetensors") } == .corrupt)
+    }
+
+    /// The kind of the CheckpackError `body` throws; nil when it throws nothing (or something else).
+    static func kind(_ body: () throws -> Any) -> CheckpackError.Kind? {
+        do {
+            _ = try body()
+            return nil
+        } catch {
+            return (error as? CheckpackError)?.kind
+        }
     }
 
     /// A safetensors file with `header` and `data` zero bytes after it.
@@ -64,15 +75,15 @@ import Testing
     }
 
     @Test func hostileNumbersInMetadataEndCleanly() throws {
-        let scratch = NSTemporaryDirectory() + "hostile-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let folder = Scratch()
+        let scratch = folder.path
         try FileManager.default.createDirectory(atPath: scratch + "/st", withIntermediateDirectories: true)
         // A shape whose product overflows 64 bits (it trapped before), and one beyond 2^62 bytes.
         for shape in ["[4294967296, 4294967296, 16]", "[9223372036854775807, 2]", "[1073741824, 1073741824, 8]"] {
             let header = #"{"w":{"dtype":"F32","shape":"# + shape + #","data_offsets":[0,0]}}"#
             try Data(Self.safetensors(header)).write(to: URL(fileURLWithPath: scratch + "/st/model.safetensors"))
-            #expect(throws: CheckpointError.self, "\(shape)") { try Inspector.inspect(path: scratch + "/st/model.safetensors") }
-            #expect(throws: CheckpointError.self, "\(shape)") { try CheckpointLayout.layouts(forDirectory: scratch + "/st") }
+            #expect(Self.kind { try Inspector.inspect(path: scratch + "/st/model.safetensors") } == .corrupt, "\(shape)")
+            #expect(Self.kind { try CheckpointLayout.layouts(forDirectory: scratch + "/st") } == .corrupt, "\(shape)")
         }
         // Storage offsets and chunk numbers near 2^63 in a JSON .metadata (this package's own).
         try save(["w": .tensor(Tensor.zeros(.float32, [4, 4]))], checkpointID: scratch + "/dcp", writer: FileSystemStorageWriter())
@@ -91,14 +102,14 @@ import Testing
             try FileManager.default.createDirectory(atPath: scratch + "/dcp\(n)", withIntermediateDirectories: true)
             try FileManager.default.copyItem(atPath: scratch + "/dcp/__0_0.distcp", toPath: scratch + "/dcp\(n)/__0_0.distcp")
             try Data(text.utf8).write(to: URL(fileURLWithPath: scratch + "/dcp\(n)/.metadata"))
-            #expect(throws: CheckpointError.self, "case \(n)") { try Inspector.inspect(path: scratch + "/dcp\(n)") }
-            #expect(throws: CheckpointError.self, "case \(n)") { try CheckpointLayout.layouts(forDirectory: scratch + "/dcp\(n)") }
+            #expect(Self.kind { try Inspector.inspect(path: scratch + "/dcp\(n)") } == .corrupt, "case \(n)")
+            #expect(Self.kind { try CheckpointLayout.layouts(forDirectory: scratch + "/dcp\(n)") } == .corrupt, "case \(n)")
         }
     }
 
     @Test func manyZeroSizeTensorsAreListed() throws {
-        let scratch = NSTemporaryDirectory() + "many-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let folder = Scratch()
+        let scratch = folder.path
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         let count = 300_000
         let header = "{" + (0..<count).map { #""t\#($0)":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}"# }.joined(separator: ",") + "}"

@@ -1,3 +1,4 @@
+import CheckpackTestSupport
 import Checkpack
 import CheckpackStorage
 @testable import CheckpackTorch
@@ -15,8 +16,8 @@ import Testing
     }
 
     @Test func aTorchCheckpointIsPackedWithFramesAtItsItems() throws {
-        let scratch = NSTemporaryDirectory() + "layout-\(UUID().uuidString)"
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let folder = Scratch()
+        let scratch = folder.path
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         // A safetensors file: its header, a small tensor, a large one.
         let n = 40_000   // 160 KB of float32

@@ -1,3 +1,4 @@
+import CheckpackTestSupport
 import CheckpackStorage
 import CheckpackTorch
 import Foundation
