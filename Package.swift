@@ -57,7 +57,7 @@ let package = Package(
         // What every test target shares: scratch folders, files, sample bytes, the CLI runner.
         .target(name: "CheckpackTestSupport", dependencies: ["Checkpack"], path: "Tests/CheckpackTestSupport"),
         // Test targets name the executables they run, so those are built first.
-        .testTarget(name: "CheckpackTests", dependencies: ["Checkpack", "CCRC32C", "CBytePlanes", "CheckpackTestSupport",
+        .testTarget(name: "CheckpackTests", dependencies: ["Checkpack", "CheckpackStorage", "CCRC32C", "CBytePlanes", "CheckpackTestSupport",
                                                            "checkpack", "checkpoint-demo"]),
         .testTarget(name: "CheckpackStorageTests", dependencies: ["CheckpackStorage", "Checkpack", "CheckpackTestSupport"]),
         .testTarget(name: "CheckpackRemoteTests", dependencies: ["CheckpackRemote", "Checkpack", "CheckpackStorage",

@@ -20,8 +20,8 @@ public struct WriterOptions: Sendable {
     /// only for temporary archives that nothing relies on after a crash
     /// (staging parts that are joined into another archive and removed).
     public var sync = true
-    /// Items whose dtype the `checkpack.item-dtypes` attribute names are split
-    /// into byte planes (spec section 5.1), in frames of `planeFrameSize`.
+    /// Items given an element type (`itemTypes`, `markItemBoundary(elementType:)`)
+    /// are split into byte planes (spec section 5.1), in frames of `planeFrameSize`.
     public var bytePlanes = true
     /// Frames of byte-plane items are small: plane coding gains nothing from
     /// a longer window, and a small read then decodes little.
@@ -110,7 +110,7 @@ public final class ArchiveWriter {
         var itemStartPending = false
         var buffer: [UInt8] = []
         /// The element type of each item, by item number, where known
-        /// (from the item-dtypes attribute, or given at each boundary).
+        /// (given with the entry, or at each boundary).
         var itemTypes: [ElementType?] = []
         /// Follow from the item being written: its element type when it goes
         /// into byte planes, and its frame size.
@@ -174,11 +174,12 @@ public final class ArchiveWriter {
     }
 
     /// Adds a whole file from memory. `itemBoundaries` are entry offsets where
-    /// items start; frames are cut there too.
+    /// items start; frames are cut there too. `itemTypes[k]` is item k's
+    /// element type (item 0 starts at offset 0): its frames go into byte planes.
     public func addFile<C: ContiguousCollection>(_ name: String, contents: C, mode: UInt32 = 0o644,
                                                  attributes: [String: String] = [:], itemBoundaries: [UInt64] = [],
-                                                 codec: Codec? = nil, level: Int32? = nil) throws {
-        let entry = try prepareEntry(name, kind: .file, mode: mode, attributes: attributes, codec: codec, level: level)
+                                                 itemTypes: [ElementType?] = [], codec: Codec? = nil, level: Int32? = nil) throws {
+        let entry = try prepareEntry(name, kind: .file, mode: mode, attributes: attributes, itemTypes: itemTypes, codec: codec, level: level)
         try guarded {
             try startEntry(entry)
             try contents.withUnsafeBytes { all in
@@ -201,17 +202,18 @@ public final class ArchiveWriter {
     /// file of one frame or less is then opened and read on a compressing
     /// thread, so a tree of many small files is not read one file at a time.
     public func addFile(_ name: String, fromPath sourcePath: String, mode: UInt32? = nil, size expectedSize: UInt64? = nil,
-                        attributes: [String: String] = [:], itemBoundaries: [UInt64] = [],
+                        attributes: [String: String] = [:], itemBoundaries: [UInt64] = [], itemTypes: [ElementType?] = [],
                         codec: Codec? = nil, level: Int32? = nil) throws {
         try addFile(name, fromPath: sourcePath, mode: mode, size: expectedSize, identity: nil, attributes: attributes,
-                    itemBoundaries: itemBoundaries, codec: codec, level: level)
+                    itemBoundaries: itemBoundaries, itemTypes: itemTypes, codec: codec, level: level)
     }
 
     /// As above; `identity` is the file a walk listed under `sourcePath`, which it must still be.
     func addFile(_ name: String, fromPath sourcePath: String, mode: UInt32?, size expectedSize: UInt64?, identity: FileIdentity?,
-                 attributes: [String: String], itemBoundaries: [UInt64], codec: Codec? = nil, level: Int32? = nil) throws {
+                 attributes: [String: String], itemBoundaries: [UInt64], itemTypes: [ElementType?] = [],
+                 codec: Codec? = nil, level: Int32? = nil) throws {
         if let mode, let expectedSize, itemBoundaries.isEmpty {
-            let entry = try prepareEntry(name, kind: .file, mode: mode, attributes: attributes, codec: codec, level: level)
+            let entry = try prepareEntry(name, kind: .file, mode: mode, attributes: attributes, itemTypes: itemTypes, codec: codec, level: level)
             if expectedSize <= UInt64(entry.frameSize) {
                 return try guarded {
                     try startEntry(entry)
@@ -228,7 +230,7 @@ public final class ArchiveWriter {
         }
         let source = try SystemFile.openRegularFile(sourcePath, identity: identity)
         let entry = try prepareEntry(name, kind: .file, mode: try mode ?? source.mode,
-                                     attributes: attributes, codec: codec, level: level)
+                                     attributes: attributes, itemTypes: itemTypes, codec: codec, level: level)
         try guarded {
             try startEntry(entry)
             try appendFile(sourcePath, source: source, itemBoundaries: itemBoundaries, expectedSize: expectedSize)
@@ -266,10 +268,11 @@ public final class ArchiveWriter {
         CheckpackError(.io(EIO), "changed while it was read (\(expected) bytes when listed, \(found) read)", path: path)
     }
 
-    /// Starts a file whose content follows through `write(_:)` and `markItemBoundary()`.
+    /// Starts a file whose content follows through `write(_:)` and `markItemBoundary()`;
+    /// `itemTypes` as for `addFile`.
     public func beginFile(_ name: String, mode: UInt32 = 0o644, attributes: [String: String] = [:],
-                          codec: Codec? = nil, level: Int32? = nil) throws {
-        let entry = try prepareEntry(name, kind: .file, mode: mode, attributes: attributes, codec: codec, level: level)
+                          itemTypes: [ElementType?] = [], codec: Codec? = nil, level: Int32? = nil) throws {
+        let entry = try prepareEntry(name, kind: .file, mode: mode, attributes: attributes, itemTypes: itemTypes, codec: codec, level: level)
         try guarded { try startEntry(entry) }
     }
 
@@ -283,15 +286,14 @@ public final class ArchiveWriter {
 
     /// The next byte written starts a new item, and a new frame.
     public func markItemBoundary() throws {
-        try guarded { try cutItem(dtype: nil) }
+        try guarded { try cutItem() }
     }
 
-    /// The next byte written starts a new item whose elements are of
-    /// `dtype` (a torch dtype name, "-" for none): its frames go into byte
-    /// planes when the type has 2, 4 or 8 bytes. For writers that learn
-    /// each item's type only as they reach it.
-    public func markItemBoundary(dtype: String) throws {
-        try guarded { try cutItem(dtype: dtype) }
+    /// The next byte written starts a new item of `elementType` (nil: none):
+    /// its frames go into byte planes. For writers that learn each item's
+    /// type only as they reach it.
+    public func markItemBoundary(elementType: ElementType?) throws {
+        try guarded { try cutItem(elementType: .some(elementType)) }
     }
 
     public func endFile() throws {
@@ -385,7 +387,7 @@ public final class ArchiveWriter {
     /// Validates a new entry's arguments without touching the archive, so a
     /// rejected name or mode leaves the writer usable.
     private func prepareEntry(_ name: String, kind: EntryKind, mode: UInt32, attributes: [String: String],
-                              codec: Codec?, level: Int32?) throws -> OpenEntry {
+                              itemTypes: [ElementType?] = [], codec: Codec?, level: Int32?) throws -> OpenEntry {
         guard !finished else { throw CheckpackError(.invalidArgument, "writer is finished or failed", path: path) }
         if let open { throw CheckpackError(.invalidArgument, "entry \"\(open.name)\" is still open") }
         try asArgumentError { try EntryName.validate(name) }
@@ -412,9 +414,7 @@ public final class ArchiveWriter {
         try asArgumentError { try tree.add(name, kind: kind) }   // last: it records the name only when it succeeds
         let record = EntryRecord(kind: kind, mode: mode, name: name, attributes: pairs, tableExponent: options.tableExponent)
         var entry = OpenEntry(name: name, record: record, codec: codec, level: level, frameSize: options.frameSize)
-        if let dtypes = attributes[Format.itemDTypesKey] {
-            entry.itemTypes = dtypes.split(separator: ",", omittingEmptySubsequences: false).map { ElementType(dtype: String($0)) }
-        }
+        entry.itemTypes = itemTypes
         entry.startItem(options: options)
         return entry
     }
@@ -460,8 +460,8 @@ public final class ArchiveWriter {
         }
     }
 
-    /// Ends the current item; `dtype`, when given, is the next item's.
-    private func cutItem(dtype: String? = nil) throws {
+    /// Ends the current item; `elementType`, when given, is the next item's.
+    private func cutItem(elementType: ElementType?? = nil) throws {
         guard var entry = open else { throw CheckpackError(.invalidArgument, "no file entry is open") }
         open = nil
         defer { open = entry }
@@ -470,10 +470,10 @@ public final class ArchiveWriter {
             entry.boundaryCount += 1
             entry.itemStartPending = true
         }
-        if let dtype {
+        if let elementType {
             let number = entry.itemNumber
             if entry.itemTypes.count <= number { entry.itemTypes += Array(repeating: nil, count: number + 1 - entry.itemTypes.count) }
-            entry.itemTypes[number] = ElementType(dtype: dtype)
+            entry.itemTypes[number] = elementType
         }
         entry.startItem(options: options)
     }

@@ -16,20 +16,6 @@ public struct ElementType: Sendable, Hashable, CustomStringConvertible {
         self.isFloat = isFloat
     }
 
-    /// The element type of a torch dtype name, or nil when planes cannot help
-    /// (one-byte types, bool, unknown names).
-    public init?(dtype: String) {
-        switch dtype {
-        case "bfloat16", "float16": self.init(size: 2, isFloat: true)
-        case "float32", "complex64": self.init(size: 4, isFloat: true)
-        case "float64", "complex128": self.init(size: 8, isFloat: true)
-        case "int16", "uint16": self.init(size: 2, isFloat: false)
-        case "int32", "uint32": self.init(size: 4, isFloat: false)
-        case "int64", "uint64": self.init(size: 8, isFloat: false)
-        default: return nil
-        }
-    }
-
     /// The frame header's transform parameter: element size, bit 8 for floats.
     var parameter: UInt16 { UInt16(size) | (isFloat ? 0x100 : 0) }
 

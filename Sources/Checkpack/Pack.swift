@@ -15,12 +15,16 @@ public struct TreeSummary: Sendable {
 }
 
 /// How one file of a tree should be packed: where its items start (frames
-/// are cut there) and attributes to record with it.
+/// are cut there), each item's element type (tensor items go into byte
+/// planes), and attributes to record with it.
 public struct FileLayout: Sendable, Equatable {
     public var itemBoundaries: [UInt64]
+    /// Item k's element type, for k = 0 (the item at offset 0) and on; nil or missing: none.
+    public var itemTypes: [ElementType?]
     public var attributes: [String: String]
-    public init(itemBoundaries: [UInt64] = [], attributes: [String: String] = [:]) {
+    public init(itemBoundaries: [UInt64] = [], itemTypes: [ElementType?] = [], attributes: [String: String] = [:]) {
         self.itemBoundaries = itemBoundaries
+        self.itemTypes = itemTypes
         self.attributes = attributes
     }
 }
@@ -82,7 +86,7 @@ public enum Packer {
             case .file:
                 let layout = layouts[item.name] ?? FileLayout()
                 try writer.addFile(item.name, fromPath: item.path, mode: item.mode, size: item.size, identity: item.identity,
-                                   attributes: layout.attributes, itemBoundaries: layout.itemBoundaries)
+                                   attributes: layout.attributes, itemBoundaries: layout.itemBoundaries, itemTypes: layout.itemTypes)
             }
         }
         try writer.finish()

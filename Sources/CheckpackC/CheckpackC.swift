@@ -213,12 +213,16 @@ public func ckpk_writer_mark_item(_ handle: UnsafeMutableRawPointer, _ message: 
     status(message, capacity) { try writer(handle).markItemBoundary() }
 }
 
-/// The next byte written starts a new item of torch dtype `dtype` ("bfloat16",
-/// "float32", …; "-" for bytes that are not one tensor's elements).
+/// The next byte written starts a new item of elements of `elementSize` bytes,
+/// IEEE-style floats when `isFloat` is nonzero (a complex number's element is
+/// one of its two floats): its frames go into byte planes. Sizes other than
+/// 2, 4 and 8 start a plain item.
 @_cdecl("ckpk_writer_mark_typed_item")
-public func ckpk_writer_mark_typed_item(_ handle: UnsafeMutableRawPointer, _ dtype: UnsafePointer<CChar>,
+public func ckpk_writer_mark_typed_item(_ handle: UnsafeMutableRawPointer, _ elementSize: Int32, _ isFloat: Int32,
                                         _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
-    status(message, capacity) { try writer(handle).markItemBoundary(dtype: String(cString: dtype)) }
+    status(message, capacity) {
+        try writer(handle).markItemBoundary(elementType: ElementType(size: Int(elementSize), isFloat: isFloat != 0))
+    }
 }
 
 @_cdecl("ckpk_writer_end_file")

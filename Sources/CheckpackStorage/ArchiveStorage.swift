@@ -51,7 +51,8 @@ public final class ArchiveStorageWriter: StorageWriter {
         let part = try ArchiveWriter(path: partPath(rank), options: partOptions)
         // Each item's dtype, so tensor items are split into byte planes.
         let dtypes = plan.items.map { $0.tensorData?.properties.dtype.rawValue ?? "-" }
-        try part.beginFile(name, attributes: plan.items.isEmpty ? [:] : [Format.itemDTypesKey: dtypes.joined(separator: ",")])
+        try part.beginFile(name, attributes: plan.items.isEmpty ? [:] : [Format.itemDTypesKey: dtypes.joined(separator: ",")],
+                           itemTypes: plan.items.map { $0.tensorData?.properties.dtype.planeElement })
         var offset: UInt64 = 0
         var results: [WriteResult] = []
         for item in plan.items {

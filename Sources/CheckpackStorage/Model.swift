@@ -1,3 +1,4 @@
+import Checkpack
 // The data model of distributed checkpointing, after torch.distributed.checkpoint
 // (metadata.py, planner.py, storage.py), in Swift spelling.
 
@@ -9,6 +10,20 @@ public enum DType: String, Sendable, Codable, CaseIterable {
     case uint8, uint16, uint32, uint64
     case bool
     case complex64, complex128
+
+    /// How the byte-plane transform sees an element: a complex number as its
+    /// two floats; nil where planes cannot help (one-byte types, bool).
+    public var planeElement: ElementType? {
+        switch self {
+        case .bfloat16, .float16: return ElementType(size: 2, isFloat: true)
+        case .float32, .complex64: return ElementType(size: 4, isFloat: true)
+        case .float64, .complex128: return ElementType(size: 8, isFloat: true)
+        case .int16, .uint16: return ElementType(size: 2, isFloat: false)
+        case .int32, .uint32: return ElementType(size: 4, isFloat: false)
+        case .int64, .uint64: return ElementType(size: 8, isFloat: false)
+        case .float8_e4m3fn, .float8_e5m2, .float8_e4m3fnuz, .float8_e5m2fnuz, .int8, .uint8, .bool: return nil
+        }
+    }
 
     public var elementSize: Int {
         switch self {

@@ -97,7 +97,7 @@ public enum CheckpointLayout {
             dtypes.append(item.dtype)
             position = item.range.upperBound
         }
-        return FileLayout(itemBoundaries: starts.filter { $0 > 0 },
+        return FileLayout(itemBoundaries: starts.filter { $0 > 0 }, itemTypes: dtypes.map { DType(rawValue: $0)?.planeElement },
                           attributes: dtypes.isEmpty ? [:] : [itemDTypesKey: dtypes.joined(separator: ",")])
     }
 }

@@ -50,12 +50,12 @@ func measureReads(_ weights: Weights, work: String, planes: Bool, label: String,
     var options = WriterOptions(overwrite: true)
     options.bytePlanes = planes
     let writer = try ArchiveWriter(path: path, options: options)
-    let tag = [Format.itemDTypesKey: "bfloat16"]
-    try writer.addFile("big", contents: big, attributes: tag)
+    let tag = [Format.itemDTypesKey: "bfloat16"], bf16 = [DType.bfloat16.planeElement]
+    try writer.addFile("big", contents: big, attributes: tag, itemTypes: bf16)
     let smallSize = 26_000
     for k in 0..<64 {
         let start = (all.count / 64) * k
-        try writer.addFile("small/\(k)", contents: all[start..<start + smallSize], attributes: tag)
+        try writer.addFile("small/\(k)", contents: all[start..<start + smallSize], attributes: tag, itemTypes: bf16)
     }
     try writer.finish()
     big = []

@@ -1,7 +1,11 @@
 import CheckpackTestSupport
 import CBytePlanes
 @testable import Checkpack
+import CheckpackStorage
 import Testing
+
+/// The byte-plane element of a torch dtype name (the storage layer's one table).
+func element(_ dtype: String) -> ElementType? { DType(rawValue: dtype)?.planeElement }
 
 /// Bytes that look like a tensor of `dtype`: floats near zero (skewed
 /// exponents, noisy mantissas), or small integers.
@@ -18,7 +22,7 @@ func tensorLikeBytes(_ dtype: String, count: Int, seed: UInt64) -> [UInt8] {
         case "bfloat16": out += withUnsafeBytes(of: UInt16(Float(x).bitPattern >> 16).littleEndian, Array.init)
         default:
             let v = Int64(x * 5000)
-            out += withUnsafeBytes(of: v.littleEndian, Array.init).prefix(ElementType(dtype: dtype)?.size ?? 1)
+            out += withUnsafeBytes(of: v.littleEndian, Array.init).prefix(element(dtype)?.size ?? 1)
         }
     }
     return Array(out.prefix(count))
@@ -30,7 +34,7 @@ func tensorLikeBytes(_ dtype: String, count: Int, seed: UInt64) -> [UInt8] {
 
     @Test(arguments: dtypes)
     func everyDTypeRoundTripsAtAnyLength(dtype: String) throws {
-        let element = try #require(ElementType(dtype: dtype))
+        let element = try #require(element(dtype))
         let e = element.size
         for length in [1, e - 1, e, e + 1, 3 * e + 1, 4096, 4096 + 3, 100_003] {
             let input = tensorLikeBytes(dtype, count: length, seed: UInt64(length))
@@ -63,7 +67,9 @@ func tensorLikeBytes(_ dtype: String, count: Int, seed: UInt64) -> [UInt8] {
     }
 
     @Test func oneByteTypesAndUnknownNamesGetNoPlanes() {
-        for name in ["uint8", "int8", "bool", "float8_e4m3fn", "-", "", "float128"] { #expect(ElementType(dtype: name) == nil) }
+        for name in ["uint8", "int8", "bool", "float8_e4m3fn", "-", "", "float128"] { #expect(element(name) == nil, "\(name)") }
+        #expect(element("complex64") == ElementType(size: 4, isFloat: true))   // a complex number is its two floats
+        #expect(ElementType(size: 1, isFloat: false) == nil && ElementType(size: 16, isFloat: true) == nil)
     }
 
     @Test func archivesUsePlanesForTypedItemsAndReadBackExactly() throws {
@@ -74,7 +80,7 @@ func tensorLikeBytes(_ dtype: String, count: Int, seed: UInt64) -> [UInt8] {
         let content = text + floats + longs
         let boundaries = [UInt64(text.count), UInt64(text.count + floats.count)]
         let writer = try ArchiveWriter(path: dir.sub("t.ckpk"), options: WriterOptions(frameSize: 64 << 10))
-        try writer.addFile("t", contents: content, attributes: [Format.itemDTypesKey: "-,bfloat16,int64"], itemBoundaries: boundaries)
+        try writer.addFile("t", contents: content, itemBoundaries: boundaries, itemTypes: [nil, element("bfloat16"), element("int64")])
         try writer.addFile("plain", contents: floats)
         try writer.finish()
 
@@ -105,11 +111,11 @@ func tensorLikeBytes(_ dtype: String, count: Int, seed: UInt64) -> [UInt8] {
         let bytes = try buildArchive { writer in
             try writer.beginFile("t")
             try writer.write(text)
-            try writer.markItemBoundary(dtype: "float32")
+            try writer.markItemBoundary(elementType: element("float32"))
             try writer.write(floats)
             try writer.markItemBoundary()
             try writer.write(text)
-            try writer.markItemBoundary(dtype: "bfloat16")
+            try writer.markItemBoundary(elementType: element("bfloat16"))
             try writer.write(floats)
             try writer.endFile()
         }
@@ -130,7 +136,7 @@ func tensorLikeBytes(_ dtype: String, count: Int, seed: UInt64) -> [UInt8] {
         var options = WriterOptions()
         options.bytePlanes = false
         let bytes = try buildArchive(options: options) { writer in
-            try writer.addFile("t", contents: tensorLikeBytes("float32", count: 50_000, seed: 3), attributes: [Format.itemDTypesKey: "float32"])
+            try writer.addFile("t", contents: tensorLikeBytes("float32", count: 50_000, seed: 3), itemTypes: [element("float32")])
         }
         let reader = try ArchiveReader(source: MemorySource(bytes))
         #expect(reader.requiredFeatures == 0)

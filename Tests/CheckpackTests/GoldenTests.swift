@@ -106,9 +106,11 @@ import Glibc
             if !content.isEmpty { boundaries.append(UInt64(content.count)) }
             content += item.bytes
         }
-        let dtypes = planeItems.map(\.dtype).joined(separator: ",")
-        try writer.addFile("model/zstd.bin", contents: content, attributes: [Format.itemDTypesKey: dtypes], itemBoundaries: boundaries)
-        try writer.addFile("model/zlib.bin", contents: content, attributes: [Format.itemDTypesKey: dtypes], itemBoundaries: boundaries, codec: .zlib)
+        let dtypes = planeItems.map(\.dtype).joined(separator: ","), types = planeItems.map { element($0.dtype) }
+        try writer.addFile("model/zstd.bin", contents: content, attributes: [Format.itemDTypesKey: dtypes], itemBoundaries: boundaries,
+                           itemTypes: types)
+        try writer.addFile("model/zlib.bin", contents: content, attributes: [Format.itemDTypesKey: dtypes], itemBoundaries: boundaries,
+                           itemTypes: types, codec: .zlib)
         try writer.finish()
     }
 

@@ -270,9 +270,9 @@ func expectRefused(_ bytes: [UInt8], _ what: String, kind: CheckpackError.Kind? 
             ("the first frame marked as an item start", deep { _, frames in frames[0].startsItem = true }),
             ("byte planes without the feature bit", deep { _, frames in
                 let floats = tensorLikeBytes("bfloat16", count: 4000, seed: 1)
-                let planes = floats.withUnsafeBytes { try? BytePlanes.encode($0, element: ElementType(dtype: "bfloat16")!, codec: .zstd, level: 3) }
+                let planes = floats.withUnsafeBytes { try? BytePlanes.encode($0, element: element("bfloat16")!, codec: .zstd, level: 3) }
                 frames[8] = .init(codec: .zstd, stored: planes!, decodedLength: UInt32(floats.count), decodedCRC: CRC32C.checksum(floats),
-                                  transform: 1, parameter: ElementType(dtype: "bfloat16")!.parameter)
+                                  transform: 1, parameter: element("bfloat16")!.parameter)
             }),
         ]
         let dir = Scratch()

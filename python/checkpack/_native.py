@@ -173,7 +173,7 @@ _lib.ckpk_writer_open.restype = ctypes.c_void_p
 _lib.ckpk_writer_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32,
                                   ctypes.c_char_p, ctypes.c_size_t]
 for _name, _args in [("begin_file", [ctypes.c_char_p]), ("write", [ctypes.c_void_p, ctypes.c_uint64]),
-                     ("mark_item", []), ("mark_typed_item", [ctypes.c_char_p]), ("end_file", []), ("add_file", [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_uint64]),
+                     ("mark_item", []), ("mark_typed_item", [ctypes.c_int32, ctypes.c_int32]), ("end_file", []), ("add_file", [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_uint64]),
                      ("append_archive", [ctypes.c_char_p, ctypes.c_int32]), ("finish", [])]:
     _function = getattr(_lib, "ckpk_writer_" + _name)
     _function.restype = ctypes.c_int32
@@ -246,13 +246,13 @@ class ArchiveBuilder:
                 self._call("write", address, length)
         return length
 
-    def mark_item(self, dtype=None):
-        """The next byte starts a new item (and frame); with `dtype` (a torch
-        dtype name such as "bfloat16"), its elements go into byte planes."""
-        if dtype is None:
-            self._call("mark_item")
+    def mark_item(self, element_size=0, is_float=False):
+        """The next byte starts a new item (and frame). With `element_size` (2, 4
+        or 8 bytes; IEEE-style floats when `is_float`), its elements go into byte planes."""
+        if element_size:
+            self._call("mark_typed_item", element_size, 1 if is_float else 0)
         else:
-            self._call("mark_typed_item", dtype.encode())
+            self._call("mark_item")
 
     def end_file(self):
         self._call("end_file")

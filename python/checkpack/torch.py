@@ -331,6 +331,14 @@ _STORAGE_DTYPES = {
     b"BoolStorage": "bool", b"ByteStorage": "uint8", b"CharStorage": "int8",   # one byte: no planes
 }
 _STORAGE_GLOBAL = re.compile(rb"ctorch\n(\w+Storage)\n")   # pickle's GLOBAL opcode
+
+
+def _plane_element(name):
+    """How the library's byte planes see an element of torch dtype `name`:
+    (bytes, is a float); a complex number is its two floats."""
+    dtype = getattr(torch, name)
+    size = dtype.itemsize // 2 if dtype.is_complex else dtype.itemsize
+    return size, dtype.is_floating_point or dtype.is_complex
 _STORAGE_RECORD = re.compile(rb"/data/\d+$")
 # torch.save's zip records: a 30-byte local file header, the name, then an
 # extra field (id "FB") that pads the data to a 64-byte boundary.
@@ -405,7 +413,7 @@ class _PartStream(io.RawIOBase):
         n = memoryview(data).nbytes
         if dtype is not None:
             self._flush()
-            self._builder.mark_item(dtype)
+            self._builder.mark_item(*_plane_element(dtype))
             self._builder.write(data)
             self._builder.mark_item()
         elif n < self._SMALL:
