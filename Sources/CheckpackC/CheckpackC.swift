@@ -167,14 +167,18 @@ private func status(_ message: UnsafeMutablePointer<CChar>?, _ capacity: Int, _ 
     }
 }
 
-/// Starts an archive at `path` (built beside it, renamed into place by
-/// `ckpk_writer_finish`; an existing file is replaced). `codec` is "zstd",
-/// "zlib" or "none"; `level` below -100 means the codec's default; `frame_size`
-/// and `threads` of 0 mean the defaults; `sync` 0 skips the fsyncs (for a
-/// staging part that is joined into another archive and removed). NULL on failure.
+/// Starts an archive at `path`: a local path (built beside it, renamed into
+/// place by `ckpk_writer_finish`; an existing file is replaced) or
+/// s3://bucket/key (one multipart upload, completed by `ckpk_writer_finish`;
+/// S3 settings from the AWS_* environment). `codec` is "zstd", "zlib" or
+/// "none"; `level` below -100 means the codec's default; `frame_size` and
+/// `threads` of 0 mean the defaults; `sync` 0 skips the fsyncs (for a staging
+/// part that is joined into another archive and removed); `size_hint`, when
+/// not 0, is about how many bytes will be written (it sizes S3 parts so that
+/// 10,000 suffice). NULL on failure.
 @_cdecl("ckpk_writer_open")
 public func ckpk_writer_open(_ path: UnsafePointer<CChar>, _ codec: UnsafePointer<CChar>, _ level: Int32,
-                             _ frameSize: Int64, _ threads: Int32, _ sync: Int32,
+                             _ frameSize: Int64, _ threads: Int32, _ sync: Int32, _ sizeHint: UInt64,
                              _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> UnsafeMutableRawPointer? {
     do {
         guard let codec = Codec(name: String(cString: codec)) else {
@@ -184,7 +188,14 @@ public func ckpk_writer_open(_ path: UnsafePointer<CChar>, _ codec: UnsafePointe
         if frameSize > 0 { options.frameSize = Int(frameSize) }
         if threads > 0 { options.threads = Int(threads) }
         options.sync = sync != 0
-        let opened = try ArchiveWriter(path: String(cString: path), options: options)
+        let opened: ArchiveWriter
+        switch try ArchiveLocation(String(cString: path)) {
+        case .file(let path):
+            opened = try ArchiveWriter(path: path, options: options)
+        case let location:
+            let partSize = S3MultipartSink.partSize(forAbout: sizeHint, atLeast: S3MultipartSink.defaultPartSize)
+            opened = try ArchiveWriter(sink: location.openSink(overwrite: true, partSize: partSize), options: options)
+        }
         return Unmanaged.passRetained(WriterHandle(opened)).toOpaque()
     } catch {
         report(error, into: message, capacity: capacity)

@@ -136,6 +136,10 @@ class _ArchiveFileSystem(FileSystemBase):
         raise CheckpackError("an archive opened for reading cannot be changed")
 
 
+def _is_url(path):
+    return re.match(r"^[a-z][a-z0-9+.-]*://", os.fspath(path)) is not None
+
+
 def _is_archive(path):
     try:
         with open(path, "rb") as f:
@@ -483,17 +487,24 @@ class _ArchiveWriteFileSystem(FileSystemBase):
     beside it. Renaming `.metadata.tmp` into place (the coordinator's last
     step) appends the parts and the metadata and finishes the archive. A
     one-process save with one data file thus writes the archive once, with no
-    part and no copy."""
+    part and no copy.
+
+    An s3:// archive is one multipart upload that the process streams all its
+    data files into, one after another (ArchiveWriter writes them with one
+    thread), then the metadata; finishing completes the upload."""
 
     def __init__(self, archive_path, codec, level, frame_size):
-        self.archive_path = os.path.abspath(os.fspath(archive_path))
+        self.remote = _is_url(archive_path)
+        self.archive_path = os.fspath(archive_path) if self.remote else os.path.abspath(os.fspath(archive_path))
         self.codec, self.level, self.frame_size = codec, level, frame_size
         self._metadata = {}
         # The data files this save wrote (set by ArchiveWriter.finish): only their parts are joined.
         self.saved_files = None
         self.is_coordinator = False
+        # Bytes this save plans to write (set by ArchiveWriter): they size an upload's parts.
+        self.planned_bytes = 0
         self._lock = threading.Lock()
-        self._direct = None   # (data file name, builder) written straight into the archive
+        self._direct = None   # (names of the data files, builder) written straight into the archive
 
     def part_path(self, name):
         directory, base = os.path.split(self.archive_path)
@@ -503,11 +514,12 @@ class _ArchiveWriteFileSystem(FileSystemBase):
         """This save's parts: never one that a killed earlier save of the same archive left."""
         if self.saved_files is None:
             raise CheckpackError("the archive's parts are not known before the save finishes")
-        direct = self._direct[0] if self._direct else None
-        return [self.part_path(name) for name in self.saved_files if name != direct]
+        direct = self._direct[0] if self._direct else ()
+        return [self.part_path(name) for name in self.saved_files if name not in direct]
 
     def _builder(self, path, sync):
-        return ArchiveBuilder(path, codec=self.codec, level=self.level, frame_size=self.frame_size, sync=sync)
+        return ArchiveBuilder(path, codec=self.codec, level=self.level, frame_size=self.frame_size, sync=sync,
+                              size_hint=self.planned_bytes)
 
     def create_stream(self, path, mode):
         name = os.fspath(path)
@@ -523,8 +535,10 @@ class _ArchiveWriteFileSystem(FileSystemBase):
             return _MetadataBuffer()
         _SaveSignals.install()
         with self._lock:
-            if self.is_coordinator and self._direct is None:
-                self._direct = (name, self._builder(self.archive_path, sync=True))
+            if self.is_coordinator and (self._direct is None or self.remote):
+                if self._direct is None:
+                    self._direct = ([], self._builder(self.archive_path, sync=True))
+                self._direct[0].append(name)
                 return _PartStream(self._direct[1], name, finish=False)
         _SaveSignals.parts.add(self.part_path(name))
         # A staging part is joined into the archive and removed: only the archive is fsynced.
@@ -545,11 +559,20 @@ class _ArchiveWriteFileSystem(FileSystemBase):
 
     def mkdir(self, path):
         """The folder the archive goes into (FileSystemWriter creates its checkpoint folder)."""
-        os.makedirs(os.path.dirname(self.archive_path) or ".", exist_ok=True)
+        if not self.remote:
+            os.makedirs(os.path.dirname(self.archive_path) or ".", exist_ok=True)
 
     def exists(self, path):
         """Asked about `.metadata` before a save: the checkpoint exists when the archive does."""
-        return os.fspath(path) == ".metadata" and os.path.exists(self.archive_path)
+        if os.fspath(path) != ".metadata":
+            return False
+        if not self.remote:
+            return os.path.exists(self.archive_path)
+        try:
+            Archive(self.archive_path).close()
+            return True
+        except ArchiveNotFoundError:
+            return False
 
     def rm_file(self, path):
         pass
@@ -580,6 +603,14 @@ class _ArchiveWriteFileSystem(FileSystemBase):
         return os.fspath(checkpoint_id).endswith(".ckpk")
 
 
+def _item_bytes(item):
+    """About how many bytes a write item takes in a data file."""
+    data = item.tensor_data
+    if data is None:
+        return 64 << 10
+    return math.prod(data.chunk.sizes) * data.properties.dtype.itemsize + (4 << 10)
+
+
 class ArchiveWriter(FileSystemWriter):
     """Saves a torch.distributed.checkpoint checkpoint into one archive, from one or many processes.
 
@@ -590,7 +621,13 @@ class ArchiveWriter(FileSystemWriter):
     archive, as FileSystemWriter refuses an existing checkpoint). The archive
     is always fsynced before it is renamed into place, whatever `sync_files`
     says, since the rename is what makes it visible. A missing parent folder
-    is created. `codec`, `level` and `frame_size` choose the compression."""
+    is created. `codec`, `level` and `frame_size` choose the compression.
+
+    `path` may be s3://bucket/key (S3 settings from the AWS_* environment
+    variables): one process then streams the checkpoint as one multipart
+    upload, and nothing appears under the key before the save succeeds; a
+    failure or a signal aborts the upload. Saving from several ranks into one
+    object is not supported yet: save to a local path and `checkpack cp` it."""
 
     def __init__(self, path, single_file_per_rank=True, sync_files=True, thread_count=1,
                  per_thread_copy_ahead=10_000_000, cache_staged_state_dict=False, overwrite=True,
@@ -601,12 +638,17 @@ class ArchiveWriter(FileSystemWriter):
                          cache_staged_state_dict=cache_staged_state_dict, overwrite=overwrite,
                          _extensions=_extensions, **extra)
         self._settings = (codec, level, frame_size)
+        # The archive is synced as a whole when it is finished; torch's own fsync of
+        # each stream would only warn that an archive's streams have no descriptor.
+        self.sync_files = False
         self._open(path)
 
     def _open(self, path):
         self.archive_path = os.fspath(path)
         self.fs = _ArchiveWriteFileSystem(path, *self._settings)
         self.path = ""
+        if self.fs.remote:
+            self.thread_count = 1   # one upload, written front to back: one data file at a time
 
     def reset(self, checkpoint_id=None):
         super().reset(None)
@@ -617,6 +659,21 @@ class ArchiveWriter(FileSystemWriter):
     def set_up_storage_writer(self, is_coordinator, *args, **kwargs):
         super().set_up_storage_writer(is_coordinator, *args, **kwargs)
         self.fs.is_coordinator = is_coordinator
+
+    def prepare_global_plan(self, plans):
+        if self.fs.remote and len(plans) > 1:
+            raise CheckpackError(f"{self.archive_path}: saving from {len(plans)} ranks into one S3 object is not "
+                                 "supported yet; save to a local path and `checkpack cp` it to S3")
+        return super().prepare_global_plan(plans)
+
+    def write_data(self, plan, planner):
+        # Tensor bytes plus room for torch.save's records around each item.
+        self.fs.planned_bytes = sum(_item_bytes(item) for item in plan.items)
+        try:
+            return super().write_data(plan, planner)
+        except BaseException:
+            self.fs.cancel()   # the archive this rank was writing: its temporary file, or its upload
+            raise
 
     def finish(self, metadata, results):
         # The results name every data file of this save, on every rank.

@@ -90,3 +90,73 @@ def test_a_load_costs_few_requests(tmp_path, aws, monkeypatch):
         assert all(torch.equal(loaded[k], saved[k]) for k in wanted)
         gets = json.loads(proxy("stats"))["requests"].get("GET", 0)
         assert gets <= 3 + len(wanted) and (len(wanted) < 10 or gets < len(wanted) / 4), (len(wanted), gets)
+
+
+def pending_uploads(aws):
+    """The bucket's multipart uploads not completed or aborted (ListMultipartUploads)."""
+    import boto3
+    client = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name=aws["AWS_REGION"],
+                          aws_access_key_id=aws["AWS_ACCESS_KEY_ID"], aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"])
+    return client.list_multipart_uploads(Bucket=SERVERS["S3_BUCKET"]).get("Uploads", [])
+
+
+def test_dcp_save_into_s3_from_one_process(tmp_path, aws):
+    """ArchiveWriter("s3://…") streams the save as one multipart upload: one object,
+    nothing pending, readable by every reader; overwrite=False refuses it."""
+    import json
+    from checkpack.torch import ArchiveWriter
+    saved = state(3)
+    saved["big"] = torch.randn(6 << 20)   # 24 MiB: several parts of the upload
+    url = f"s3://{SERVERS['S3_BUCKET']}/python/{uuid.uuid4()}.ckpk"
+    dcp.save(saved, storage_writer=ArchiveWriter(url), no_dist=True)
+    subprocess.run([CLI, "verify", url], check=True, env=aws, capture_output=True)
+    listing = subprocess.run([CLI, "ls", "--json", url], check=True, env=aws, capture_output=True).stdout
+    assert [e["name"] for e in json.loads(listing)] == ["__0_0.distcp", ".metadata"]
+    loaded = zeros_like(saved)
+    dcp.load(loaded, storage_reader=ArchiveReader(url), no_dist=True)
+    assert_same(loaded, saved)
+    with pytest.raises(BaseException) as refused:   # torch wraps it in CheckpointException
+        dcp.save(saved, storage_writer=ArchiveWriter(url, overwrite=False), no_dist=True)
+    assert "already exists" in str(refused.value)
+    assert pending_uploads(aws) == []
+
+
+def test_a_failed_save_into_s3_aborts_its_upload(tmp_path, aws):
+    from checkpack.torch import ArchiveWriter
+    from torch.distributed.checkpoint import DefaultSavePlanner
+
+    class FailingPlanner(DefaultSavePlanner):
+        def resolve_data(self, write_item):
+            if write_item.index.fqn == "last":
+                raise RuntimeError("the disk is on fire")
+            return super().resolve_data(write_item)
+
+    saved = {"a": torch.randn(6 << 20), "b": torch.randn(6 << 20), "last": torch.ones(3)}   # 48 MiB sent first
+    url = f"s3://{SERVERS['S3_BUCKET']}/python/{uuid.uuid4()}.ckpk"
+    with pytest.raises(BaseException) as failed:
+        dcp.save(saved, storage_writer=ArchiveWriter(url), planner=FailingPlanner(), no_dist=True)
+    assert "the disk is on fire" in str(failed.value)
+    assert subprocess.run([CLI, "ls", url], env=aws, capture_output=True).returncode == 1   # no object
+    assert pending_uploads(aws) == []
+
+
+def test_saving_from_two_ranks_into_s3_is_refused_before_anything_is_sent(tmp_path, aws):
+    import torch.multiprocessing as mp
+    url = f"s3://{SERVERS['S3_BUCKET']}/python/{uuid.uuid4()}.ckpk"
+    mp.spawn(_save_two_ranks_into_s3, args=(2, url, 29641, str(tmp_path)), nprocs=2, join=True)
+    assert (tmp_path / "refused-0").read_text().find("not supported yet") >= 0
+    assert subprocess.run([CLI, "ls", url], env=aws, capture_output=True).returncode == 1
+    assert pending_uploads(aws) == []
+
+
+def _save_two_ranks_into_s3(rank, world, url, port, out):
+    import torch.distributed as dist
+    from checkpack.torch import ArchiveWriter
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        dcp.save({f"t{rank}": torch.ones(4)}, storage_writer=ArchiveWriter(url))
+    except BaseException as error:   # torch raises it on every rank
+        with open(os.path.join(out, f"refused-{rank}"), "w") as f:
+            f.write(str(error))
+    dist.destroy_process_group()
