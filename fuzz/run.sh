@@ -23,9 +23,11 @@ corpus=$here/corpus-$target
 mkdir -p "$build" "$corpus" "$here/findings"
 export PATH="/opt/swift/usr/bin:$PATH"
 
-case $target in
-archive)
-  # C targets, instrumented for coverage and ASan; module maps for Swift to import them.
+# The C targets, instrumented for coverage and ASan, with module maps for Swift to import them.
+c_flags=(-I "$build/modules/CCRC32C" -I "$build/modules/CBytePlanes" -I "$build/modules/CSystemShims"
+         -I "$repo/Sources/CZstd" -I "$repo/Sources/CZlib")
+c_objects=("$build"/CCRC32C.o "$build"/CBytePlanes.o "$build"/CSystemShims.o)
+c_modules() {
   for module in CCRC32C CBytePlanes CSystemShims; do
     for c in "$repo/Sources/$module"/*.c; do
       clang -c -O1 -g -fsanitize=fuzzer-no-link,address -I"$repo/Sources/$module/include" "$c" -o "$build/$module.o"
@@ -34,10 +36,13 @@ archive)
     mkdir -p "$build/modules/$module"
     printf 'module %s {\n  header "%s"\n  export *\n}\n' "$module" "$repo/Sources/$module/include/$header" >"$build/modules/$module/module.modulemap"
   done
+}
+
+case $target in
+archive)
+  c_modules
   swiftc -sanitize=fuzzer,address -parse-as-library -O -g -module-name Checkpack -package-name Checkpack \
-    -I "$build/modules/CCRC32C" -I "$build/modules/CBytePlanes" -I "$build/modules/CSystemShims" \
-    -I "$repo/Sources/CZstd" -I "$repo/Sources/CZlib" \
-    "$repo"/Sources/Checkpack/*.swift "$here/FuzzArchive.swift" "$build"/CCRC32C.o "$build"/CBytePlanes.o "$build"/CSystemShims.o \
+    "${c_flags[@]}" "$repo"/Sources/Checkpack/*.swift "$here/FuzzArchive.swift" "${c_objects[@]}" \
     -lzstd -lz -lm -o "$build/fuzz-archive"
   cp "$repo"/fixtures/golden/*.ckpk "$corpus/"
   ;;
@@ -47,11 +52,19 @@ pickle)
   cp "$repo/fixtures/example-checkpoint/.metadata" "$corpus/example-metadata"
   ;;
 metadata)
-  # One module from the parsers' files (they import CheckpackStorage, which this module then is).
-  swiftc -sanitize=fuzzer,address -parse-as-library -O -g -module-name CheckpackStorage -suppress-warnings \
+  # The parsers' files as one module (they import CheckpackStorage, which this module
+  # then is), over the Checkpack module built on its own (they import it too).
+  c_modules
+  mkdir -p "$build/swift"
+  (cd "$build/swift" && swiftc -sanitize=fuzzer,address -parse-as-library -O -g -module-name Checkpack -package-name Checkpack \
+    -emit-module -emit-module-path "$build/swift/Checkpack.swiftmodule" -emit-library -static \
+    "${c_flags[@]}" "$repo"/Sources/Checkpack/*.swift -o "$build/swift/libCheckpack.a")
+  swiftc -sanitize=fuzzer,address -parse-as-library -O -g -module-name CheckpackStorage -package-name Checkpack -suppress-warnings \
+    -I "$build/swift" "${c_flags[@]}" \
     "$repo/Sources/CheckpackStorage/Model.swift" "$repo/Sources/CheckpackStorage/MetadataCoding.swift" \
     "$repo/Sources/CheckpackTorch/Pickle.swift" "$repo/Sources/CheckpackTorch/TorchMetadata.swift" \
-    "$repo/Sources/CheckpackTorch/Safetensors.swift" "$here/FuzzMetadata.swift" -o "$build/fuzz-metadata"
+    "$repo/Sources/CheckpackTorch/Safetensors.swift" "$here/FuzzMetadata.swift" \
+    "$build/swift/libCheckpack.a" "${c_objects[@]}" -lzstd -lz -lm -o "$build/fuzz-metadata"
   cp "$here"/seeds/metadata/* "$corpus/"
   cp "$repo/fixtures/example-checkpoint/.metadata" "$corpus/torch-metadata"
   ;;
