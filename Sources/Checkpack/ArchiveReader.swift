@@ -8,6 +8,7 @@ import Synchronization
 /// Random access to an archive's bytes: a local file, or anything else that
 /// can serve reads at an offset (an object store, memory).
 public protocol ArchiveSource: Sendable {
+    /// The archive's size in bytes.
     var size: UInt64 { get }
     /// A name for error messages.
     var name: String { get }
@@ -38,6 +39,7 @@ public struct ReadPlan: Sendable, Equatable {
     /// ahead in chunks of `maxReadSize`), rather than one read per frame.
     var mergesReads: Bool { maxReadSize > 0 }
 
+    /// A plan with these settings (see each property).
     public init(mergeGap: UInt64, maxReadSize: UInt64, concurrency: Int, readsHeaderAtOpen: Bool) {
         self.mergeGap = mergeGap
         self.maxReadSize = maxReadSize
@@ -57,9 +59,11 @@ extension ArchiveSource {
 /// An archive file on disk, read with pread.
 public struct FileSource: ArchiveSource {
     let file: SystemFile
+    /// The file's size when it was opened.
     public let size: UInt64
     public var name: String { file.path }
 
+    /// Opens the file at `path` for reading.
     public init(path: String) throws {
         file = try SystemFile.openForReading(path)
         size = try file.size
@@ -72,10 +76,13 @@ public struct FileSource: ArchiveSource {
 
 /// An archive held in memory.
 public struct MemorySource: ArchiveSource {
+    /// The archive's bytes.
     public let bytes: [UInt8]
+    /// The archive's size in bytes.
     public var size: UInt64 { UInt64(bytes.count) }
     public var name: String
 
+    /// Serves `bytes`; `name` appears in error messages.
     public init(_ bytes: [UInt8], name: String = "<memory>") {
         self.bytes = bytes
         self.name = name
@@ -106,8 +113,9 @@ extension ArchiveSource {
 /// only the frames they overlap, and verify every frame's checksums. Safe to
 /// share between threads.
 public final class ArchiveReader: Sendable {
+    /// Where the archive's bytes come from.
     public let source: any ArchiveSource
-    public let index: ArchiveIndex
+    package let index: ArchiveIndex
     /// The archive's required feature bits (spec section 10).
     public let requiredFeatures: UInt32
     private let entryNumbers: [[UInt8]: Int]
@@ -128,10 +136,12 @@ public final class ArchiveReader: Sendable {
     /// archives of up to a few hundred entries, the whole index.
     static let tailReadSize: UInt64 = 64 << 10
 
+    /// Opens the archive file at `path`: one read of its tail, the index checked whole.
     public convenience init(path: String) throws {
         try self.init(source: FileSource(path: path))
     }
 
+    /// Opens the archive `source` serves: one read of its tail, the index checked whole.
     public init(source: any ArchiveSource) throws {
         self.source = source
         do {
@@ -178,6 +188,7 @@ public final class ArchiveReader: Sendable {
         }
     }
 
+    /// Every entry, in archive order.
     public var entries: [ArchiveEntry] { index.entries }
 
     /// The entry whose name has exactly these UTF-8 bytes (names compare as bytes, not as Unicode text).
@@ -198,6 +209,7 @@ public final class ArchiveReader: Sendable {
         try entryRecord(of: entry).attributes
     }
 
+    /// The value of attribute `key` of `entry`, or nil (read from the entry's record, on demand).
     public func attribute(_ key: String, of entry: ArchiveEntry) throws -> String? {
         try attributes(of: entry).first { Array($0.key.utf8) == Array(key.utf8) }?.value
     }
@@ -230,7 +242,7 @@ public final class ArchiveReader: Sendable {
 
     /// Where each frame of the entry lies and how long it is stored, from the
     /// frame table alone (no frame is read).
-    public func frameExtents(of entry: ArchiveEntry) throws -> [FrameExtent] {
+    package func frameExtents(of entry: ArchiveEntry) throws -> [FrameExtent] {
         var extents: [FrameExtent] = []
         try forEachFrameRow(of: entry) { offset, row in
             extents.append(FrameExtent(entryRange: offset..<offset + UInt64(row.decodedLength), storedLength: row.storedLength,
@@ -240,7 +252,7 @@ public final class ArchiveReader: Sendable {
     }
 
     /// Every frame of the entry with its header, in order (reads each header: O(frames)).
-    public func frames(of entry: ArchiveEntry) throws -> [FrameLocation] {
+    package func frames(of entry: ArchiveEntry) throws -> [FrameLocation] {
         var frames: [FrameLocation] = []
         try forEachFrame(of: entry, stored: false) { location, _ in frames.append(location) }
         return frames
@@ -480,10 +492,14 @@ public final class ArchiveReader: Sendable {
 
     /// One range of a batch read: `buffer.count` bytes of `entry` from `offset`.
     public struct RangeRead {
+        /// The entry to read from.
         public var entry: ArchiveEntry
+        /// Where in the entry the range starts.
         public var offset: UInt64
+        /// Receives the range: `buffer.count` bytes.
         public var buffer: UnsafeMutableRawBufferPointer
 
+        /// A read of `buffer.count` bytes of `entry` from `offset` into `buffer`.
         public init(entry: ArchiveEntry, offset: UInt64, buffer: UnsafeMutableRawBufferPointer) {
             self.entry = entry
             self.offset = offset
@@ -705,7 +721,7 @@ public final class ArchiveReader: Sendable {
 }
 
 /// A frame as the entry's frame table describes it.
-public struct FrameExtent: Sendable, Equatable {
+package struct FrameExtent: Sendable, Equatable {
     /// The bytes of its entry that the frame holds.
     public let entryRange: Range<UInt64>
     public let storedLength: UInt32
@@ -714,7 +730,7 @@ public struct FrameExtent: Sendable, Equatable {
 }
 
 /// A frame found by walking an entry's records: where its header is, and the header.
-public struct FrameLocation: Sendable, Equatable {
+package struct FrameLocation: Sendable, Equatable {
     /// Archive offset of the frame's 40-byte header; its stored bytes follow it.
     public let archiveOffset: UInt64
     public let header: FrameHeader

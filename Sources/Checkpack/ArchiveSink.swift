@@ -27,6 +27,7 @@ public protocol ArchiveSink: AnyObject {
 /// beside the destination, synced, and renamed into place on commit, then
 /// its folder synced. The one implementation of that sequence.
 public final class FileSink: ArchiveSink {
+    /// The destination path.
     public let path: String
     public var name: String { path }
     private let overwrite: Bool

@@ -7,6 +7,7 @@ import Musl
 
 /// Settings of an `ArchiveWriter`; each entry may override codec and level.
 public struct WriterOptions: Sendable {
+    /// The codec of every entry that names none.
     public var codec: Codec = .zstd
     /// Compression level; nil means the codec's default.
     public var level: Int32? = nil
@@ -30,13 +31,17 @@ public struct WriterOptions: Sendable {
     /// values make deep tables from few frames, for tests.
     var tableExponent = Format.defaultTableExponent
 
+    /// 4 MiB.
     public static let defaultFrameSize = 4 << 20
     /// Threads beyond this add nothing (GCD's pool is about this size) and would
     /// only let more bytes wait in flight: memory stays bounded whatever `threads` says.
     public static let maxUsefulThreads = 64
+    /// 32 KiB.
     public static let defaultPlaneFrameSize = 32 << 10
+    /// The cores online: the default for `threads`.
     public static var availableCores: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 
+    /// Options with these settings; the others keep their defaults.
     public init(codec: Codec = .zstd, level: Int32? = nil, frameSize: Int = WriterOptions.defaultFrameSize,
                 threads: Int = WriterOptions.availableCores, overwrite: Bool = false) {
         self.codec = codec
@@ -72,6 +77,7 @@ func validateLevel(_ level: Int32?, codec: Codec) throws {
 public final class ArchiveWriter {
     /// The destination, for messages (a path or a URL).
     public var path: String { sink.name }
+    /// The settings the writer was made with.
     public let options: WriterOptions
     /// The archive's bytes so far (its size, once finished).
     public var bytesWritten: UInt64 { output.offset }
@@ -165,6 +171,7 @@ public final class ArchiveWriter {
 
     // MARK: Adding entries
 
+    /// Adds a directory entry.
     public func addDirectory(_ name: String, mode: UInt32 = 0o755, attributes: [String: String] = [:]) throws {
         let entry = try prepareEntry(name, kind: .directory, mode: mode, attributes: attributes, codec: .stored, level: nil)
         try guarded {
@@ -276,10 +283,12 @@ public final class ArchiveWriter {
         try guarded { try startEntry(entry) }
     }
 
+    /// Appends `bytes` to the file `beginFile` started.
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         try guarded { try append(bytes) }
     }
 
+    /// Appends `bytes` to the file `beginFile` started.
     public func write<C: ContiguousCollection>(_ bytes: C) throws {
         try bytes.withUnsafeBytes { try write($0) }
     }
@@ -296,6 +305,7 @@ public final class ArchiveWriter {
         try guarded { try cutItem(elementType: .some(elementType)) }
     }
 
+    /// Ends the file `beginFile` started.
     public func endFile() throws {
         try guarded { try closeEntry() }
     }

@@ -10,6 +10,7 @@ public struct ElementType: Sendable, Hashable, CustomStringConvertible {
     /// IEEE-style float: the sign bit is rotated below the exponent.
     public let isFloat: Bool
 
+    /// An element of `size` bytes (2, 4 or 8; nil for any other), an IEEE-style float when `isFloat`.
     public init?(size: Int, isFloat: Bool) {
         guard [2, 4, 8].contains(size) else { return nil }
         self.size = size

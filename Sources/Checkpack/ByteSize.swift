@@ -1,6 +1,6 @@
 /// Sizes as people type them: 4096, 64K, 4M, 1G (binary multiples; a
 /// trailing "B" or "iB" is allowed, letters in either case).
-public enum ByteSize {
+package enum ByteSize {
     public static func parse(_ text: String) -> Int? {
         var digits = Substring(text.trimmingSpaces())
         for suffix in ["iB", "IB", "ib", "B", "b"] where digits.hasSuffix(suffix) && digits.count > suffix.count {

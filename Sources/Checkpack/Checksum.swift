@@ -1,7 +1,7 @@
 import CCRC32C
 
 /// CRC32C (Castagnoli), as used for every checksum in the format.
-public enum CRC32C {
+package enum CRC32C {
     /// Continues `crc` (a finished CRC32C, 0 to start) over `bytes`.
     @inlinable
     public static func update(_ crc: UInt32, _ bytes: UnsafeRawBufferPointer) -> UInt32 {
@@ -24,10 +24,12 @@ public enum CRC32C {
 
 /// The collections whose bytes can be viewed in place.
 public protocol ContiguousCollection: Collection where Element == UInt8 {
+    /// Calls `body` with the collection's bytes, in place.
     func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R
 }
 extension Array: ContiguousCollection where Element == UInt8 {}
 extension ArraySlice: ContiguousCollection where Element == UInt8 {}
 extension UnsafeRawBufferPointer: ContiguousCollection {
+    /// Calls `body` with the bytes themselves.
     public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R { try body(self) }
 }

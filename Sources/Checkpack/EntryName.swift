@@ -1,6 +1,6 @@
 /// The rules for entry names: relative, `/`-separated, UTF-8 paths that
 /// cannot leave the directory they are unpacked into.
-public enum EntryName {
+package enum EntryName {
     /// Returns the name as a String, or throws naming the rule it breaks.
     public static func validate(_ bytes: ArraySlice<UInt8>) throws -> String {
         func reject(_ why: String) -> CheckpackError {

@@ -7,6 +7,7 @@ import Musl
 /// Every failure Checkpack reports. `kind` says what went wrong; the optional
 /// context says where: the file, the entry, the frame and the archive offset.
 public struct CheckpackError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// What went wrong: the CLI's exit code and Python's exception class follow from it alone.
     public enum Kind: Sendable, Equatable {
         /// The file does not start or end like a Checkpack archive.
         case notAnArchive
@@ -32,13 +33,20 @@ public struct CheckpackError: Error, CustomStringConvertible, Sendable, Equatabl
         case remote(status: Int)
     }
 
+    /// What went wrong.
     public var kind: Kind
+    /// What went wrong, in words, without the place.
     public var message: String
+    /// The file or URL concerned.
     public var path: String?
+    /// The entry concerned.
     public var entry: String?
+    /// The frame concerned, numbered from 0 in its entry.
     public var frame: Int?
+    /// Where in the archive the problem lies.
     public var offset: UInt64?
 
+    /// An error of `kind`, with as much of its place as is known.
     public init(_ kind: Kind, _ message: String, path: String? = nil, entry: String? = nil,
                 frame: Int? = nil, offset: UInt64? = nil) {
         self.kind = kind

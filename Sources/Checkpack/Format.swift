@@ -2,7 +2,7 @@
 // normative description; the names here follow its section names.
 
 /// Constants and limits of format version 2.
-public enum Format {
+package enum Format {
     public static let version: UInt16 = 2
     /// File header magic: 0x89 "CKPK" CR LF 0x1A.
     static let headerMagic: [UInt8] = [0x89, 0x43, 0x4B, 0x50, 0x4B, 0x0D, 0x0A, 0x1A]
@@ -53,8 +53,11 @@ public enum Format {
 
 /// How a frame's stored bytes are compressed.
 public enum Codec: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    /// Bytes stored as they are.
     case stored = 0
+    /// Zstandard (RFC 8878): one zstd frame per archive frame.
     case zstd = 1
+    /// zlib (RFC 1950): one zlib stream per archive frame.
     case zlib = 2
 
     public var description: String {
@@ -75,6 +78,7 @@ public enum Codec: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         }
     }
 
+    /// The level used when none is given: 3 for zstd, 6 for zlib.
     public var defaultLevel: Int32 {
         switch self {
         case .stored: return 0
@@ -83,6 +87,7 @@ public enum Codec: UInt8, Sendable, CaseIterable, CustomStringConvertible {
         }
     }
 
+    /// The levels the codec accepts.
     public var levels: ClosedRange<Int32> {
         switch self {
         case .stored: return 0...0
@@ -92,8 +97,11 @@ public enum Codec: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     }
 }
 
+/// What an entry is.
 public enum EntryKind: UInt8, Sendable {
+    /// A regular file, with content.
     case file = 1
+    /// A directory, without content.
     case directory = 2
 }
 
@@ -195,8 +203,11 @@ struct Trailer {
 
 /// The in-band record that opens an entry: kind, mode, name, attributes.
 public struct EntryRecord: Sendable, Equatable {
+    /// A file or a directory.
     public var kind: EntryKind
+    /// Permission bits (at most 0o7777).
     public var mode: UInt32
+    /// The entry's name: a relative, `/`-separated UTF-8 path (spec section 7).
     public var name: String
     /// Key/value attributes, sorted by key bytes.
     public var attributes: [(key: String, value: String)]
@@ -313,7 +324,7 @@ public struct EntryRecord: Sendable, Equatable {
 
 /// The 40-byte header in front of every frame's stored bytes. Its entry's
 /// frame table repeats its lengths and item flag (section 4.5).
-public struct FrameHeader: Sendable, Equatable {
+package struct FrameHeader: Sendable, Equatable {
     public var codec: Codec
     public var transform: UInt8 = 0
     public var transformParameter: UInt16 = 0
@@ -399,8 +410,11 @@ public struct FrameHeader: Sendable, Equatable {
 
 /// The in-band record that closes an entry: its size, frame count and content CRC32C.
 public struct EntryEnd: Sendable, Equatable {
+    /// The entry's content size in bytes.
     public var size: UInt64
+    /// How many frames hold the content.
     public var frameCount: UInt64
+    /// CRC32C of the whole content.
     public var contentCRC: UInt32
 
     func encoded() -> [UInt8] {

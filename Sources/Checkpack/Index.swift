@@ -6,12 +6,15 @@ public struct ArchiveEntry: Sendable {
     public let name: String
     let row: IndexRow
 
+    /// A file or a directory.
     public var kind: EntryKind { row.kind }
     /// Permission bits (at most 0o7777).
     public var mode: UInt32 { row.mode }
+    /// The entry's content size in bytes (0 for a directory).
     public var size: UInt64 { row.size }
     /// CRC32C of the entry's whole content.
     public var contentCRC: UInt32 { row.contentCRC }
+    /// How many frames hold the entry's content.
     public var frameCount: UInt64 { row.frameCount }
     /// Archive offset of the entry's in-band entry record.
     public var recordOffset: UInt64 { row.recordOffset }
@@ -168,7 +171,7 @@ struct IndexBuilder {
 }
 
 /// The parsed and fully validated footer index.
-public struct ArchiveIndex: Sendable {
+package struct ArchiveIndex: Sendable {
     public let entries: [ArchiveEntry]
     /// Where the records end and the index starts.
     public let recordsEnd: UInt64

@@ -3,7 +3,7 @@
 /// before it exits, so it leaves nothing of its own behind. Only what would be
 /// lost anyway is tracked: never a user's previous destination moved aside.
 /// Work begun elsewhere (a multipart upload) registers how to undo it.
-public enum Interruption {
+package enum Interruption {
     private static let paths = Locked<Set<String>>([])
     private static let undos = Locked<(next: Int, actions: [Int: @Sendable () -> Void])>((0, [:]))
 

@@ -7,7 +7,7 @@ import Musl
 /// A value behind a pthread mutex. (Synchronization.Mutex would do, but on
 /// Linux it is built on raw futex calls that ThreadSanitizer cannot see, so
 /// every use would be reported as a race; this lock keeps the sanitizer useful.)
-public final class Locked<Value>: @unchecked Sendable {
+package final class Locked<Value>: @unchecked Sendable {
     private var value: Value
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 

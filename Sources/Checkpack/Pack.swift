@@ -6,7 +6,9 @@ import Musl
 
 /// What `pack` or `unpack` did.
 public struct TreeSummary: Sendable {
+    /// Files packed or unpacked.
     public var files = 0
+    /// Directories packed or unpacked.
     public var directories = 0
     /// Bytes of file content.
     public var bytes: UInt64 = 0
@@ -18,10 +20,13 @@ public struct TreeSummary: Sendable {
 /// are cut there), each item's element type (tensor items go into byte
 /// planes), and attributes to record with it.
 public struct FileLayout: Sendable, Equatable {
+    /// Offsets in the file where items start (not 0).
     public var itemBoundaries: [UInt64]
     /// Item k's element type, for k = 0 (the item at offset 0) and on; nil or missing: none.
     public var itemTypes: [ElementType?]
+    /// Attributes recorded with the entry.
     public var attributes: [String: String]
+    /// A layout of these items, types and attributes.
     public init(itemBoundaries: [UInt64] = [], itemTypes: [ElementType?] = [], attributes: [String: String] = [:]) {
         self.itemBoundaries = itemBoundaries
         self.itemTypes = itemTypes

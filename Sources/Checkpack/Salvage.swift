@@ -1,5 +1,6 @@
 /// What `salvage` recovered.
 public struct SalvageReport: Sendable {
+    /// How much of an entry was recovered.
     public enum Outcome: Sendable, Equatable {
         /// Every byte, with the entry's end record and content CRC32C checked.
         case complete
@@ -9,13 +10,19 @@ public struct SalvageReport: Sendable {
         case skipped(reason: String)
     }
 
+    /// One entry salvage found.
     public struct Entry: Sendable {
+        /// The entry's name.
         public var name: String
+        /// A file or a directory.
         public var kind: EntryKind
+        /// Content bytes recovered.
         public var bytes: UInt64
+        /// How much of it was recovered.
         public var outcome: Outcome
     }
 
+    /// Every entry found, in archive order.
     public var entries: [Entry] = []
     /// Archive ranges that could not be read as records and were skipped.
     public var damagedRanges: [Range<UInt64>] = []
@@ -24,6 +31,7 @@ public struct SalvageReport: Sendable {
     /// Bytes after the archive's trailer, not read (another archive appended to this one?).
     public var ignoredTail: Range<UInt64>? = nil
 
+    /// True when the whole archive was recovered: no damage, nothing skipped, nothing after it.
     public var isComplete: Bool {
         damagedRanges.isEmpty && reachedIndex && ignoredTail == nil && entries.allSatisfy { $0.outcome == .complete }
     }

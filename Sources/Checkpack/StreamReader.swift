@@ -1,14 +1,16 @@
 /// What the front-to-back reader finds, in archive order.
 public enum StreamEvent: Sendable {
+    /// An entry begins: its kind, mode, name and attributes.
     case entryStart(EntryRecord)
     /// The decoded bytes of the next frame of the open entry, at `offset` in it.
     case data(offset: UInt64, bytes: [UInt8])
+    /// The open entry ends: its size, frame count and content CRC32C, all checked.
     case entryEnd(EntryEnd)
 }
 
 /// A record as read, with frames not yet decoded (so that they can be
 /// decoded on other threads).
-public enum StreamRecord: Sendable {
+package enum StreamRecord: Sendable {
     case entryStart(EntryRecord)
     case frame(StreamFrame)
     case entryEnd(EntryEnd)
@@ -17,7 +19,7 @@ public enum StreamRecord: Sendable {
 /// A frame whose header has been checked. `decode()` checks the stored bytes
 /// and the decoded bytes against their CRCs; a caller that takes frames this
 /// way MUST decode every one (on any thread).
-public struct StreamFrame: Sendable {
+package struct StreamFrame: Sendable {
     public let header: FrameHeader
     public let stored: [UInt8]
 
@@ -129,11 +131,14 @@ public final class ArchiveStreamReader {
     private var index = IndexBuilder()
     private var tree = TreeCheck()
     private var done = false
+    /// Entries read so far.
     public private(set) var entryCount = 0
     private let source: any SequentialSource
 
+    /// The source's name, for messages.
     public var name: String { source.name }
 
+    /// Starts reading `source`, whose first bytes must be an archive's file header.
     public init(source: any SequentialSource) throws {
         self.source = source
         let input = SequentialInput(source: source)
@@ -174,7 +179,7 @@ public final class ArchiveStreamReader {
 
     /// The next record, or nil once the index and trailer are read and verified.
     /// Frames come undecoded: see `StreamFrame`.
-    public func nextRecord() throws -> StreamRecord? {
+    package func nextRecord() throws -> StreamRecord? {
         guard !done else { return nil }
         let at = records.offset
         let entryName = records.openEntryName
@@ -214,6 +219,7 @@ public final class ArchiveStreamReader {
 
 /// Bytes read front to back: a pipe, a file, memory.
 public protocol SequentialSource {
+    /// A name for error messages.
     var name: String { get }
     /// Reads up to `buffer.count` bytes; returns 0 only at the end of the input.
     func readSome(into buffer: UnsafeMutableRawBufferPointer) throws -> Int

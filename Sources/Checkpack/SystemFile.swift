@@ -7,7 +7,7 @@ import Musl
 
 /// An open file descriptor with the few operations Checkpack needs, each
 /// retrying on EINTR and reporting failures as `CheckpackError` naming the path.
-public final class SystemFile: @unchecked Sendable {
+package final class SystemFile: @unchecked Sendable {
     public let descriptor: Int32
     public let path: String
     private let owned: Bool
@@ -156,7 +156,7 @@ func retrying<T: BinaryInteger>(_ call: () -> T) -> T {
 /// name, `.NAME.ckpk-tmp-*`, `.NAME.ckpk-unpack-*`, `.NAME.ckpk-old-*` and `.NAME.ckpk-part-*`,
 /// and the leftovers of those (a staging part is itself written through a
 /// temporary file: `..NAME.ckpk-part-0.ckpk-tmp-*`).
-public enum Leftovers {
+package enum Leftovers {
     static let suffixes = ["ckpk-tmp-", "ckpk-unpack-", "ckpk-old-", "ckpk-part-"]
 
     /// The leftovers of earlier runs that wrote `destination`.

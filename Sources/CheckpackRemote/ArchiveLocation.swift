@@ -2,8 +2,11 @@ import Checkpack
 
 /// Where an archive is: a local path, an `http(s)://` URL, or `s3://bucket/key`.
 public enum ArchiveLocation: Sendable, Equatable {
+    /// A local path.
     case file(String)
+    /// An `http://` or `https://` URL (read only).
     case http(String)
+    /// An object in S3 (or an S3-compatible store).
     case s3(bucket: String, key: String)
 
     /// Reads a location the way the CLI and the storage backends take it.
@@ -22,6 +25,7 @@ public enum ArchiveLocation: Sendable, Equatable {
         }
     }
 
+    /// True for an HTTP(S) URL or an S3 object.
     public var isRemote: Bool {
         if case .file = self { return false }
         return true

@@ -14,6 +14,7 @@ public struct RemoteOptions: Sendable {
     /// Wait before the first retry, in seconds; it doubles with each retry
     /// (up to `maxBackoff`), and each wait is drawn at random below it.
     public var initialBackoff = 0.2
+    /// The longest wait between two tries, in seconds.
     public var maxBackoff = 10.0
     /// Seconds to wait for a connection.
     public var connectTimeout = 10
@@ -30,6 +31,7 @@ public struct RemoteOptions: Sendable {
     /// PEM file of the certificate authorities to trust instead of the system's.
     public var caBundle: String? = nil
 
+    /// The defaults: 5 tries, 8 requests in flight, the system's CA bundle.
     public init() {}
 }
 

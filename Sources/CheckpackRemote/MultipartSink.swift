@@ -17,13 +17,19 @@ import Musl
 /// CRC32C (`x-amz-checksum-crc32c`), which S3 checks. On failure, `abort`
 /// or an interrupting signal, the upload is aborted, leaving no parts behind.
 public final class S3MultipartSink: ArchiveSink, @unchecked Sendable {
+    /// The object the upload makes.
     public let object: S3Object
+    /// `s3://bucket/key`, for messages.
     public var name: String { object.name }
     /// Bytes per part: at least S3's minimum of 5 MiB (all parts but the last).
     public let partSize: Int
+    /// 16 MiB: archives up to about 150 GiB fit S3's 10,000 parts.
     public static let defaultPartSize = 16 << 20
+    /// S3's minimum for every part but the last: 5 MiB.
     public static let minimumPartSize = 5 << 20
+    /// S3's maximum part size: 5 GiB.
     public static let maximumPartSize = 5 << 30
+    /// S3's maximum number of parts in one upload.
     public static let maximumParts = 10_000
 
     /// A part size that lets about `bytes` (plus room to spare) fit S3's
@@ -52,6 +58,7 @@ public final class S3MultipartSink: ArchiveSink, @unchecked Sendable {
         var failure: (any Error)? = nil
     }
 
+    /// An upload to `object` in parts of `partSize` bytes (5 MiB to 5 GiB); nothing is sent before the first part fills.
     public init(object: S3Object, partSize: Int = S3MultipartSink.defaultPartSize) throws {
         guard partSize >= S3MultipartSink.minimumPartSize, partSize <= S3MultipartSink.maximumPartSize else {
             throw CheckpackError(.invalidArgument, "part size \(partSize) is outside S3's limits (5 MiB to 5 GiB)")
@@ -64,6 +71,7 @@ public final class S3MultipartSink: ArchiveSink, @unchecked Sendable {
 
     deinit { abort() }
 
+    /// Appends `bytes`; each part that fills is sent on a thread of its own (a few at once).
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         try checkFailure()
         var rest = bytes[...]
@@ -85,6 +93,7 @@ public final class S3MultipartSink: ArchiveSink, @unchecked Sendable {
         }
     }
 
+    /// Rewrites the archive's first bytes with `header`, sends what is left and completes the upload: only now does the object appear.
     public func commit(header: [UInt8]) throws {
         do {
             try checkFailure()
@@ -107,6 +116,7 @@ public final class S3MultipartSink: ArchiveSink, @unchecked Sendable {
         }
     }
 
+    /// Aborts the upload, so that no part stays stored; safe to call more than once.
     public func abort() {
         guard !done else { return }
         done = true

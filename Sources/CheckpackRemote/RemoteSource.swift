@@ -9,10 +9,13 @@ import Checkpack
 /// Range reads of many frames are merged into few GETs, several in flight
 /// (`RemoteOptions.concurrency`), each decoded as it arrives.
 public final class RemoteSource: ArchiveSource, @unchecked Sendable {
+    /// The URL, with any signature redacted: for messages.
     public let name: String
+    /// The object's size, from the answer to the first request.
     public let size: UInt64
     /// The entity tag the object had when it was opened (nil if the server sends none).
     public let etag: String?
+    /// Few large requests, several in flight (`ReadPlan.remote`).
     public let readPlan: ReadPlan
     private let url: String
     private let signing: AWSSigning?
@@ -68,6 +71,7 @@ public final class RemoteSource: ArchiveSource, @unchecked Sendable {
         tail = response.status == 416 ? [] : response.body
     }
 
+    /// Fills `buffer` from `offset`: from the tail read at open when it holds the range, else with one ranged GET that must match the ETag seen at open.
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws {
         guard offset <= size, UInt64(buffer.count) <= size - offset else {
             throw CheckpackError(.truncated, "read past the end of the object (\(size) bytes)", path: name, offset: offset)

@@ -2,10 +2,14 @@ import Checkpack
 
 /// AWS credentials. `description` never shows the secret or the token.
 public struct AWSCredentials: Sendable, CustomStringConvertible {
+    /// AWS_ACCESS_KEY_ID.
     public var accessKeyID: String
+    /// AWS_SECRET_ACCESS_KEY: never printed.
     public var secretAccessKey: String
+    /// AWS_SESSION_TOKEN, for temporary credentials.
     public var sessionToken: String?
 
+    /// Credentials from their parts.
     public init(accessKeyID: String, secretAccessKey: String, sessionToken: String? = nil) {
         self.accessKeyID = accessKeyID
         self.secretAccessKey = secretAccessKey
@@ -25,12 +29,16 @@ public struct AWSCredentials: Sendable, CustomStringConvertible {
 ///   path-style (`ENDPOINT/bucket/key`); else AWS's own, virtual-hosted;
 /// - certificate authorities from `AWS_CA_BUNDLE`.
 public struct S3Configuration: Sendable {
+    /// Who signs the requests.
     public var credentials: AWSCredentials
+    /// The region requests are signed for.
     public var region: String
     /// nil: AWS's endpoint for the region.
     public var endpoint: String?
+    /// A PEM file of certificate authorities to trust (AWS_CA_BUNDLE); nil: the system's.
     public var caBundle: String?
 
+    /// A configuration from its parts; `endpoint` nil means AWS itself.
     public init(credentials: AWSCredentials, region: String = "us-east-1", endpoint: String? = nil, caBundle: String? = nil) {
         self.credentials = credentials
         self.region = region
@@ -38,6 +46,7 @@ public struct S3Configuration: Sendable {
         self.caBundle = caBundle
     }
 
+    /// Settings as the AWS CLI reads them: credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN or a profile of ~/.aws/credentials (AWS_PROFILE), region from AWS_REGION/AWS_DEFAULT_REGION or ~/.aws/config, endpoint from AWS_ENDPOINT_URL_S3/AWS_ENDPOINT_URL, CA bundle from AWS_CA_BUNDLE. `environment` nil: this process's.
     public static func fromEnvironment(_ environment: [String: String]? = nil) throws -> S3Configuration {
         let environment = environment ?? Environment.current
         func value(_ name: String) -> String? {
@@ -136,11 +145,15 @@ enum IniFile {
 
 /// One object in an S3 bucket, and the requests Checkpack makes on it.
 public struct S3Object: Sendable {
+    /// The bucket's name.
     public let bucket: String
+    /// The object's key in the bucket.
     public let key: String
+    /// Credentials, region and endpoint.
     public let configuration: S3Configuration
     let client: HTTPClient
 
+    /// The object at `key` in `bucket`; nothing is sent yet.
     public init(bucket: String, key: String, configuration: S3Configuration, options: RemoteOptions = RemoteOptions()) throws {
         guard !bucket.isEmpty, !key.isEmpty else {
             throw CheckpackError(.invalidArgument, "an S3 URL needs a bucket and a key: s3://bucket/key")
