@@ -34,19 +34,19 @@ func tensorLikeBytes(_ dtype: String, count: Int, seed: UInt64) -> [UInt8] {
 
     @Test(arguments: dtypes)
     func everyDTypeRoundTripsAtAnyLength(dtype: String) throws {
-        let element = try #require(element(dtype))
-        let e = element.size
+        let type = try #require(element(dtype))
+        let e = type.size
         for length in [1, e - 1, e, e + 1, 3 * e + 1, 4096, 4096 + 3, 100_003] {
             let input = tensorLikeBytes(dtype, count: length, seed: UInt64(length))
             for codec in [Codec.zstd, .zlib] {
-                let stored = try input.withUnsafeBytes { try BytePlanes.encode($0, element: element, codec: codec, level: codec.defaultLevel) }
+                let stored = try input.withUnsafeBytes { try BytePlanes.encode($0, element: type, codec: codec, level: codec.defaultLevel) }
                 guard let stored else {
                     #expect(length < 64, "\(dtype), \(length) bytes, \(codec): planes did not win")
                     continue
                 }
                 #expect(stored.count < length)
                 let decoded = try [UInt8](unsafeUninitializedCapacity: length) { buffer, n in
-                    try stored.withUnsafeBytes { try BytePlanes.decode($0, parameter: element.parameter, codec: codec, into: UnsafeMutableRawBufferPointer(buffer)) }
+                    try stored.withUnsafeBytes { try BytePlanes.decode($0, parameter: type.parameter, codec: codec, into: UnsafeMutableRawBufferPointer(buffer)) }
                     n = length
                 }
                 #expect(decoded == input, "\(dtype), \(length) bytes, \(codec)")
