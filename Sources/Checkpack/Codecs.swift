@@ -5,6 +5,45 @@ import CZstd
 import Glibc
 #endif
 
+// The codecs' names and levels, as users give them (not wire format: Format.swift has the ids).
+extension Codec {
+    public var description: String {
+        switch self {
+        case .stored: return "none"
+        case .zstd: return "zstd"
+        case .zlib: return "zlib"
+        }
+    }
+
+    /// Parses the CLI spelling: `zstd`, `zlib`, `none` (or `stored`).
+    public init?(name: String) {
+        switch name.lowercased() {
+        case "zstd": self = .zstd
+        case "zlib": self = .zlib
+        case "none", "stored": self = .stored
+        default: return nil
+        }
+    }
+
+    /// The level used when none is given: 3 for zstd, 6 for zlib.
+    public var defaultLevel: Int32 {
+        switch self {
+        case .stored: return 0
+        case .zstd: return 3
+        case .zlib: return 6
+        }
+    }
+
+    /// The levels the codec accepts.
+    public var levels: ClosedRange<Int32> {
+        switch self {
+        case .stored: return 0...0
+        case .zstd: return -7...22
+        case .zlib: return 0...9
+        }
+    }
+}
+
 /// Compression and decompression of one frame's bytes.
 enum FrameCodec {
     /// Compresses `input`, or returns nil when the result would not be smaller

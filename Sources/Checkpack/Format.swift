@@ -59,42 +59,6 @@ public enum Codec: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case zstd = 1
     /// zlib (RFC 1950): one zlib stream per archive frame.
     case zlib = 2
-
-    public var description: String {
-        switch self {
-        case .stored: return "none"
-        case .zstd: return "zstd"
-        case .zlib: return "zlib"
-        }
-    }
-
-    /// Parses the CLI spelling: `zstd`, `zlib`, `none` (or `stored`).
-    public init?(name: String) {
-        switch name.lowercased() {
-        case "zstd": self = .zstd
-        case "zlib": self = .zlib
-        case "none", "stored": self = .stored
-        default: return nil
-        }
-    }
-
-    /// The level used when none is given: 3 for zstd, 6 for zlib.
-    public var defaultLevel: Int32 {
-        switch self {
-        case .stored: return 0
-        case .zstd: return 3
-        case .zlib: return 6
-        }
-    }
-
-    /// The levels the codec accepts.
-    public var levels: ClosedRange<Int32> {
-        switch self {
-        case .stored: return 0...0
-        case .zstd: return -7...22
-        case .zlib: return 0...9
-        }
-    }
 }
 
 /// What an entry is.

@@ -102,6 +102,20 @@ public enum CheckpointLayout {
     }
 }
 
+/// The zip records torch.save writes, named as Go's archive/zip names them
+/// (APPNOTE.TXT sections 4.3.7, 4.3.12, 4.3.14-16).
+enum Zip {
+    static let fileHeaderSignature: UInt64 = 0x0403_4B50
+    static let fileHeaderLength = 30
+    static let directoryHeaderSignature: UInt64 = 0x0201_4B50
+    static let directoryHeaderLength = 46
+    static let endSignature: UInt64 = 0x0605_4B50
+    static let endLength = 22
+    static let end64LocatorSignature: UInt64 = 0x0706_4B50
+    static let end64LocatorLength = 20
+    static let end64Signature: UInt64 = 0x0606_4B50
+}
+
 /// Finds the storage record inside one torch.save zip (an item of a torch
 /// DCP file). torch stores records uncompressed, the storage's raw
 /// little-endian elements in the record named `…/data/<key>`; it streams
@@ -131,34 +145,34 @@ enum TorchSaveZip {
     static func storageRecord(in file: SystemFile, item: Range<UInt64>) -> Range<UInt64>? {
         let itemLength = item.upperBound - item.lowerBound
         let tailLength = Int(min(itemLength, UInt64(tailReadLimit)))
-        guard tailLength >= 22, let tailBytes = try? file.read(count: tailLength, at: item.upperBound - UInt64(tailLength)) else { return nil }
+        guard tailLength >= Zip.endLength, let tailBytes = try? file.read(count: tailLength, at: item.upperBound - UInt64(tailLength)) else { return nil }
         let tail = Fields(bytes: tailBytes)
         let tailStart = itemLength - UInt64(tailLength)   // item offset of tail[0]
         // The end-of-central-directory record closes the item (torch writes no comment).
-        let eocd = tailLength - 22
-        guard tail.u32(eocd) == 0x0605_4B50, tail.u16(eocd + 20) == 0,
+        let eocd = tailLength - Zip.endLength
+        guard tail.u32(eocd) == Zip.endSignature, tail.u16(eocd + 20) == 0,
               var entries = tail.u16(eocd + 10), var directorySize = tail.u32(eocd + 12),
               var directoryOffset = tail.u32(eocd + 16) else { return nil }
         if entries == 0xFFFF || directorySize == 0xFFFF_FFFF || directoryOffset == 0xFFFF_FFFF {
             // zip64: a locator right before the record points at the zip64 end record.
-            guard tail.u32(eocd - 20) == 0x0706_4B50, let end64 = tail.u64(eocd - 12),
+            guard tail.u32(eocd - Zip.end64LocatorLength) == Zip.end64LocatorSignature, let end64 = tail.u64(eocd - Zip.end64LocatorLength + 8),
                   end64 >= tailStart, end64 < itemLength else { return nil }
             let at = Int(end64 - tailStart)
-            guard tail.u32(at) == 0x0606_4B50, let n = tail.u64(at + 32), let size = tail.u64(at + 40),
+            guard tail.u32(at) == Zip.end64Signature, let n = tail.u64(at + 32), let size = tail.u64(at + 40),
                   let offset = tail.u64(at + 48) else { return nil }
             (entries, directorySize, directoryOffset) = (n, size, offset)
         }
         guard directoryOffset >= tailStart, directorySize <= itemLength - directoryOffset else { return nil }
         var at = Int(directoryOffset - tailStart)
         for _ in 0..<min(entries, 1 << 16) {
-            guard tail.u32(at) == 0x0201_4B50, let method = tail.u16(at + 10),
+            guard tail.u32(at) == Zip.directoryHeaderSignature, let method = tail.u16(at + 10),
                   var size = tail.u32(at + 20), let nameLength = tail.u16(at + 28).map(Int.init),
                   let extraLength = tail.u16(at + 30).map(Int.init), let commentLength = tail.u16(at + 32).map(Int.init),
-                  var localOffset = tail.u32(at + 42), at + 46 + nameLength + extraLength <= tailLength else { return nil }
-            let name = tailBytes[(at + 46)..<(at + 46 + nameLength)]
+                  var localOffset = tail.u32(at + 42), at + Zip.directoryHeaderLength + nameLength + extraLength <= tailLength else { return nil }
+            let name = tailBytes[(at + Zip.directoryHeaderLength)..<(at + Zip.directoryHeaderLength + nameLength)]
             if method == 0, let slash = name.lastIndex(of: UInt8(ascii: "/")), name[..<slash].suffix(5).elementsEqual("/data".utf8) {
                 // zip64 extra field: the sizes and offset that did not fit, in this order.
-                let extra = Fields(bytes: Array(tailBytes[(at + 46 + nameLength)..<(at + 46 + nameLength + extraLength)]))
+                let extra = Fields(bytes: Array(tailBytes[(at + Zip.directoryHeaderLength + nameLength)..<(at + Zip.directoryHeaderLength + nameLength + extraLength)]))
                 if size == 0xFFFF_FFFF || localOffset == 0xFFFF_FFFF {
                     guard let values = zip64Values(extra) else { return nil }
                     var next = values.makeIterator()
@@ -168,7 +182,7 @@ enum TorchSaveZip {
                 }
                 return dataRange(file: file, item: item, localOffset: localOffset, size: size)
             }
-            at += 46 + nameLength + extraLength + commentLength
+            at += Zip.directoryHeaderLength + nameLength + extraLength + commentLength
         }
         return nil
     }
@@ -176,11 +190,11 @@ enum TorchSaveZip {
     /// Where a record's data starts: after its local header, name and extra field.
     private static func dataRange(file: SystemFile, item: Range<UInt64>, localOffset: UInt64, size: UInt64) -> Range<UInt64>? {
         let itemLength = item.upperBound - item.lowerBound
-        guard size > 0, localOffset < itemLength, itemLength - localOffset >= 30,
-              let header = try? file.read(count: 30, at: item.lowerBound + localOffset) else { return nil }
+        guard size > 0, localOffset < itemLength, itemLength - localOffset >= UInt64(Zip.fileHeaderLength),
+              let header = try? file.read(count: Zip.fileHeaderLength, at: item.lowerBound + localOffset) else { return nil }
         let local = Fields(bytes: header)
-        guard local.u32(0) == 0x0403_4B50, let nameLength = local.u16(26), let extraLength = local.u16(28) else { return nil }
-        let dataOffset = localOffset + 30 + nameLength + extraLength
+        guard local.u32(0) == Zip.fileHeaderSignature, let nameLength = local.u16(26), let extraLength = local.u16(28) else { return nil }
+        let dataOffset = localOffset + UInt64(Zip.fileHeaderLength) + nameLength + extraLength
         guard dataOffset <= itemLength, size <= itemLength - dataOffset else { return nil }
         return item.lowerBound + dataOffset..<item.lowerBound + dataOffset + size
     }
