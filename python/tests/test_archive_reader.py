@@ -14,6 +14,16 @@ import torch.multiprocessing as mp
 from checkpack import Archive, CheckpackError
 from checkpack.torch import ArchiveReader
 
+
+class CountingReader(ArchiveReader):
+    """Counts the tensor items read straight into their destination (the direct path)."""
+    direct_reads = 0
+
+    def _read_directly(self, batch, planner):
+        rest = super()._read_directly(batch, planner)
+        self.direct_reads += len(batch) - len(rest)
+        return rest
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 FIXTURES = os.path.join(REPO, "fixtures")
 CLI = os.environ.get("CHECKPACK_CLI", os.path.join(REPO, ".build", "release", "checkpack"))
@@ -60,7 +70,7 @@ def test_torch_save_then_pack_then_load_from_the_archive(tmp_path):
     dcp.save(saved, storage_writer=dcp.FileSystemWriter(str(tmp_path / "ckpt")), no_dist=True)
     checkpack("pack", str(tmp_path / "ckpt"), str(tmp_path / "ckpt.ckpk"), "--quiet")
     loaded = zeros_like(saved)
-    reader = ArchiveReader(str(tmp_path / "ckpt.ckpk"))
+    reader = CountingReader(str(tmp_path / "ckpt.ckpk"))
     dcp.load(loaded, storage_reader=reader, no_dist=True)
     assert_same(loaded, saved)
     # Whole chunks went straight from the archive into the destination tensors.
@@ -254,7 +264,7 @@ def test_every_item_of_a_saved_archive_starts_a_frame(tmp_path):
     sd = {f"t{i}": torch.randn(50, 50) for i in range(5)}
     dcp.save(sd, storage_writer=ArchiveWriter(archive), no_dist=True)
     data = [e for e in json.loads(checkpack("ls", "--json", archive)) if e["name"] == "__0_0.distcp"][0]
-    reader = ArchiveReader(archive)
+    reader = CountingReader(archive)
     offsets = sorted(info.offset for info in reader.read_metadata().storage_data.values())
     assert set(offsets[1:]) <= set(data["item_boundaries"])
     # Inside each torch.save item, the tensor's storage record is an item of

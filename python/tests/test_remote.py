@@ -14,7 +14,7 @@ import torch.distributed.checkpoint as dcp
 
 from checkpack import CheckpackError
 from checkpack.torch import ArchiveReader
-from test_archive_reader import CLI, assert_same, state, zeros_like
+from test_archive_reader import CLI, CountingReader, assert_same, state, zeros_like
 
 SERVERS = {k[len("CHECKPACK_TEST_"):]: v for k, v in os.environ.items() if k.startswith("CHECKPACK_TEST_")}
 if not SERVERS and not os.environ.get("CI"):
@@ -43,7 +43,7 @@ def test_dcp_load_from_s3(tmp_path, aws):
     url = f"s3://{SERVERS['S3_BUCKET']}/python/{uuid.uuid4()}.ckpk"
     subprocess.run([CLI, "pack", str(tmp_path / "ckpt"), url, "--quiet"], check=True, env=aws)
     loaded = zeros_like(saved)
-    reader = ArchiveReader(url)
+    reader = CountingReader(url)
     dcp.load(loaded, storage_reader=reader, no_dist=True)
     assert_same(loaded, saved)
     assert reader.direct_reads > 0

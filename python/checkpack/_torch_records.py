@@ -1,0 +1,130 @@
+"""torch.save's records as a data file carries them: which storage class
+names which dtype, and a stream that writes a data file into an archive,
+cutting items where torch.save's records start and typing each tensor's
+elements for byte planes."""
+import io
+import re
+
+import torch
+
+# The legacy storage class torch.save names in data.pkl, by torch dtype.
+_STORAGE_DTYPES = {
+    b"BFloat16Storage": "bfloat16", b"HalfStorage": "float16", b"FloatStorage": "float32",
+    b"DoubleStorage": "float64", b"ComplexFloatStorage": "complex64", b"ComplexDoubleStorage": "complex128",
+    b"ShortStorage": "int16", b"IntStorage": "int32", b"LongStorage": "int64",
+    b"UInt16Storage": "uint16", b"UInt32Storage": "uint32", b"UInt64Storage": "uint64",
+    b"BoolStorage": "bool", b"ByteStorage": "uint8", b"CharStorage": "int8",   # one byte: no planes
+}
+_STORAGE_GLOBAL = re.compile(rb"ctorch\n(\w+Storage)\n")   # pickle's GLOBAL opcode
+
+
+def _plane_element(name):
+    """How the library's byte planes see an element of torch dtype `name`:
+    (bytes, is a float); a complex number is its two floats."""
+    dtype = getattr(torch, name)
+    size = dtype.itemsize // 2 if dtype.is_complex else dtype.itemsize
+    return size, dtype.is_floating_point or dtype.is_complex
+
+
+_STORAGE_RECORD = re.compile(rb"/data/\d+$")
+# torch.save's zip records: a 30-byte local file header, the name, then an
+# extra field (id "FB") that pads the data to a 64-byte boundary.
+_LOCAL_HEADER_LENGTH = 30
+_LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
+_ALIGNMENT_EXTRA_ID = b"FB"
+
+
+class _PartStream(io.RawIOBase):
+    """One data file of a save, written into the archive or into a staging part.
+
+    torch's writer asks `tell()` at the start and the end of every item it
+    writes; each such position becomes an item boundary, so every item starts
+    a new frame. Inside a torch.save item, the storage record (the tensor's
+    raw elements, one write) becomes an item of its own, typed by the dtype
+    that data.pkl names, so the archive codes it in byte planes. Anything
+    that does not look like torch.save's zip records is written as it is."""
+
+    def __init__(self, builder, name, finish):
+        """Writes file `name` into `builder`, which `close()` finishes when `finish` is true."""
+        super().__init__()
+        self._builder, self._finish = builder, finish
+        self._builder.begin_file(name)
+        self._pending = bytearray()
+        self._position = 0
+        self._expect = None   # what the next write is: "name", "extra", or a record's data
+        self._record = None   # "pickle" or "storage" for the record being written
+        self._dtype = None    # from the current item's data.pkl
+
+    def _watch(self, data):
+        """Follows torch.save's writes: local header, name, extra field, data."""
+        n = len(data)
+        if self._expect is None and n == _LOCAL_HEADER_LENGTH and bytes(data[:4]) == _LOCAL_HEADER_SIGNATURE:
+            self._expect = "name"
+        elif self._expect == "name":
+            name = bytes(data)
+            self._record = "pickle" if name.endswith(b"/data.pkl") else "storage" if _STORAGE_RECORD.search(name) else None
+            self._expect = "extra"
+        elif self._expect == "extra" and bytes(data[:2]) == _ALIGNMENT_EXTRA_ID:
+            self._expect = "data"
+        else:
+            self._expect = None
+
+    def _typed(self, data):
+        """The dtype when `data` is a storage record's elements, else None."""
+        if self._expect != "data":
+            return None
+        record, self._expect = self._record, None
+        if record == "pickle":
+            found = _STORAGE_GLOBAL.search(bytes(data[:4096]))
+            self._dtype = _STORAGE_DTYPES.get(found.group(1)) if found else None
+        return self._dtype if record == "storage" else None
+
+    def writable(self):
+        return True
+
+    def seekable(self):
+        return False
+
+    def tell(self):
+        self._flush()
+        self._builder.mark_item()
+        self._expect = self._dtype = None
+        return self._position
+
+    # torch.save writes each zip record's header, name and padding apart: such
+    # small writes are gathered and handed to the library together.
+    _SMALL = 64 << 10
+
+    def write(self, data):
+        dtype = self._typed(data)
+        n = memoryview(data).nbytes
+        if dtype is not None:
+            self._flush()
+            self._builder.mark_item(*_plane_element(dtype))
+            self._builder.write(data)
+            self._builder.mark_item()
+        elif n < self._SMALL:
+            self._pending += data
+            if len(self._pending) >= self._SMALL:
+                self._flush()
+        else:
+            self._flush()
+            self._builder.write(data)
+        self._position += n
+        if dtype is None and self._expect != "data":
+            self._watch(data)
+        return n
+
+    def _flush(self):
+        if self._pending:
+            self._builder.write(self._pending)
+            self._pending = bytearray()
+
+    def close(self):
+        if not self.closed and self._builder is not None:
+            self._flush()
+            builder, self._builder = self._builder, None
+            builder.end_file()
+            if self._finish:
+                builder.finish()
+        super().close()
