@@ -80,7 +80,15 @@ public final class ArchiveWriter {
     }
 
     /// An archive written to `sink`, which `finish()` commits and a failure aborts.
-    public init(sink: any ArchiveSink, options: WriterOptions = WriterOptions()) throws {
+    public convenience init(sink: any ArchiveSink, options: WriterOptions = WriterOptions()) throws {
+        try self.init(sink: sink, options: options, startsArchive: true)
+    }
+
+    /// A *segment*: entries' records only, for `SegmentJoin` to place into an
+    /// archive with others (records hold no archive offsets). With
+    /// `startsArchive` it begins with the file header. `finishSegment()` ends it;
+    /// the sink is then the caller's to finish.
+    package init(sink: any ArchiveSink, options: WriterOptions, startsArchive: Bool) throws {
         do { try options.validate() } catch {
             sink.abort()
             throw error
@@ -96,7 +104,7 @@ public final class ArchiveWriter {
             try self.sink($0)
         }
         do {
-            try output.write(FileHeader().encoded())
+            if startsArchive { try output.write(FileHeader().encoded()) }
         } catch {
             discard()
             throw error
@@ -304,6 +312,30 @@ public final class ArchiveWriter {
             // Only now is it known which features the frames used: the header says so too.
             try sink.commit(header: FileHeader(requiredFeatures: requiredFeatures).encoded())
             finished = true
+        }
+    }
+
+    /// What `SegmentJoin` needs to place a segment: its length, its index
+    /// (rows relative to the segment's start) and the features its frames use.
+    package struct Segment: Sendable {
+        package var length: UInt64
+        package var index: [UInt8]
+        package var requiredFeatures: UInt32
+
+        package init(length: UInt64, index: [UInt8], requiredFeatures: UInt32) {
+            (self.length, self.index, self.requiredFeatures) = (length, index, requiredFeatures)
+        }
+    }
+
+    /// Ends a segment (see `init(sink:options:startsArchive:)`): every record
+    /// is in the sink, which is left open for the caller.
+    package func finishSegment() throws -> Segment {
+        try guarded {
+            guard open == nil else { throw CheckpackError(.invalidArgument, "entry \"\(open?.name ?? "")\" is still open") }
+            try pipeline.finish()
+            try output.flush()
+            finished = true
+            return Segment(length: output.offset, index: index.encoded(), requiredFeatures: requiredFeatures)
         }
     }
 

@@ -4,6 +4,11 @@
 // (NUL-terminated, truncated to fit) into the caller's `message` buffer.
 import Checkpack
 import CheckpackRemote
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 
 /// What the C side holds for an open archive.
 final class ReaderHandle {
@@ -149,7 +154,9 @@ public func ckpk_reader_frames_decoded(_ handle: UnsafeMutableRawPointer) -> UIn
 /// What the C side holds for an archive being written.
 final class WriterHandle {
     let writer: ArchiveWriter
-    init(_ writer: ArchiveWriter) { self.writer = writer }
+    /// For a rank's segment of a shared upload: the sink `finish_segment` finishes.
+    let segment: S3SegmentSink?
+    init(_ writer: ArchiveWriter, segment: S3SegmentSink? = nil) { (self.writer, self.segment) = (writer, segment) }
 }
 
 private func writer(_ handle: UnsafeMutableRawPointer) -> ArchiveWriter {
@@ -273,4 +280,122 @@ public func ckpk_writer_finish(_ handle: UnsafeMutableRawPointer, _ message: Uns
 public func ckpk_writer_cancel(_ handle: UnsafeMutableRawPointer) {
     writer(handle).cancel()
     Unmanaged<WriterHandle>.fromOpaque(handle).release()
+}
+
+// MARK: One object from many ranks (spec/CHECKPOINT.md)
+
+/// Frees memory the library returned (an upload id, a segment record).
+@_cdecl("ckpk_free")
+public func ckpk_free(_ pointer: UnsafeMutableRawPointer?) {
+    free(pointer)
+}
+
+private func options(codec: UnsafePointer<CChar>, level: Int32, frameSize: Int64, threads: Int32) throws -> WriterOptions {
+    guard let codec = Codec(name: String(cString: codec)) else {
+        throw CheckpackError(.invalidArgument, "unknown codec \"\(String(cString: codec))\" (zstd, zlib or none)")
+    }
+    var options = WriterOptions(codec: codec, level: level < -100 ? nil : level, overwrite: true)
+    if frameSize > 0 { options.frameSize = Int(frameSize) }
+    if threads > 0 { options.threads = Int(threads) }
+    return options
+}
+
+/// Creates the multipart upload of the s3:// URL `url` that several ranks
+/// fill; returns its id (free with `ckpk_free`), or NULL.
+@_cdecl("ckpk_upload_create")
+public func ckpk_upload_create(_ url: UnsafePointer<CChar>, _ message: UnsafeMutablePointer<CChar>?,
+                               _ capacity: Int) -> UnsafeMutablePointer<CChar>? {
+    do {
+        return strdup(try SharedUpload.create(ArchiveLocation(String(cString: url)).s3Object()))
+    } catch {
+        report(error, into: message, capacity: capacity)
+        return nil
+    }
+}
+
+/// Aborts upload `uploadID` of `url` (any rank may), so that no part stays stored.
+@_cdecl("ckpk_upload_abort")
+public func ckpk_upload_abort(_ url: UnsafePointer<CChar>, _ uploadID: UnsafePointer<CChar>) {
+    if let object = try? ArchiveLocation(String(cString: url)).s3Object() {
+        SharedUpload.abort(object, uploadID: String(cString: uploadID))
+    }
+}
+
+/// Starts this rank's segment of upload `uploadID`: entries are written with
+/// the usual calls (begin_file, write, mark_item, end_file) and go up as parts
+/// `firstPart`...`lastPart` of `partSize` bytes; `holdsFirst` for the
+/// coordinator, whose segment begins the archive. NULL on failure.
+@_cdecl("ckpk_writer_open_segment")
+public func ckpk_writer_open_segment(_ url: UnsafePointer<CChar>, _ uploadID: UnsafePointer<CChar>, _ firstPart: Int32, _ lastPart: Int32,
+                                     _ partSize: Int64, _ holdsFirst: Int32, _ codec: UnsafePointer<CChar>, _ level: Int32,
+                                     _ frameSize: Int64, _ threads: Int32,
+                                     _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> UnsafeMutableRawPointer? {
+    do {
+        let options = try options(codec: codec, level: level, frameSize: frameSize, threads: threads)
+        guard firstPart >= 1, lastPart >= firstPart, partSize > 0 else {
+            throw CheckpackError(.invalidArgument, "part numbers \(firstPart)...\(lastPart) of \(partSize) bytes")
+        }
+        let sink = try S3SegmentSink(object: ArchiveLocation(String(cString: url)).s3Object(), uploadID: String(cString: uploadID),
+                                     parts: Int(firstPart)...Int(lastPart), partSize: Int(partSize), holdsFirst: holdsFirst != 0)
+        let opened = try ArchiveWriter(sink: sink, options: options, startsArchive: holdsFirst != 0)
+        return Unmanaged.passRetained(WriterHandle(opened, segment: sink)).toOpaque()
+    } catch {
+        report(error, into: message, capacity: capacity)
+        return nil
+    }
+}
+
+/// Ends this rank's segment and releases the handle: the parts it can send
+/// are sent, and `*record` (free with `ckpk_free`) receives the `*length`
+/// bytes the coordinator passes to `ckpk_upload_complete`. On failure the
+/// upload is aborted.
+@_cdecl("ckpk_writer_finish_segment")
+public func ckpk_writer_finish_segment(_ handle: UnsafeMutableRawPointer, _ record: UnsafeMutablePointer<UnsafeMutableRawPointer?>,
+                                       _ length: UnsafeMutablePointer<UInt64>,
+                                       _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
+    let handled = Unmanaged<WriterHandle>.fromOpaque(handle)
+    defer { handled.release() }
+    return status(message, capacity) {
+        let owner = handled.takeUnretainedValue()
+        guard let sink = owner.segment else { throw CheckpackError(.invalidArgument, "not a segment writer") }
+        let bytes: [UInt8]
+        do {
+            bytes = try sink.finish(owner.writer.finishSegment()).encoded()
+        } catch {
+            sink.abort()
+            throw error
+        }
+        guard let out = malloc(max(1, bytes.count)) else { throw CheckpackError(.io(ENOMEM), "cannot allocate the segment record") }
+        bytes.withUnsafeBytes { out.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        record.pointee = out
+        length.pointee = UInt64(bytes.count)
+    }
+}
+
+/// The coordinator's last step: joins the `count` segment records (rank
+/// order, the coordinator's first) and file `name` of `dataLength` bytes
+/// into the object, and completes the upload (aborted on failure).
+@_cdecl("ckpk_upload_complete")
+public func ckpk_upload_complete(_ url: UnsafePointer<CChar>, _ uploadID: UnsafePointer<CChar>, _ count: Int,
+                                 _ records: UnsafePointer<UnsafeRawPointer?>, _ lengths: UnsafePointer<UInt64>,
+                                 _ name: UnsafePointer<CChar>, _ data: UnsafeRawPointer?, _ dataLength: UInt64,
+                                 _ codec: UnsafePointer<CChar>, _ level: Int32,
+                                 _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
+    status(message, capacity) {
+        let object = try ArchiveLocation(String(cString: url)).s3Object()
+        let id = String(cString: uploadID)
+        do {
+            let options = try options(codec: codec, level: level, frameSize: 0, threads: 0)
+            var segments: [SharedUpload.Segment] = []
+            for i in 0..<count {
+                let bytes = records[i].map { Array(UnsafeRawBufferPointer(start: $0, count: Int(lengths[i]))) } ?? []
+                segments.append(try SharedUpload.Segment(decoding: bytes))
+            }
+            let file = data.map { Array(UnsafeRawBufferPointer(start: $0, count: Int(dataLength))) } ?? []
+            try SharedUpload.complete(object, uploadID: id, segments: segments, files: [(String(cString: name), file)], options: options)
+        } catch {
+            SharedUpload.abort(object, uploadID: id)
+            throw error
+        }
+    }
 }

@@ -46,6 +46,15 @@ public enum ArchiveLocation: Sendable, Equatable {
         }
     }
 
+    /// The S3 object this location names (S3 settings from `environment`,
+    /// else this process's); an error for a path or an HTTP URL.
+    public func s3Object(options: RemoteOptions = RemoteOptions(), environment: [String: String]? = nil) throws -> S3Object {
+        guard case .s3(let bucket, let key) = self else {
+            throw CheckpackError(.invalidArgument, "not an s3://bucket/key URL")
+        }
+        return try S3Object(bucket: bucket, key: key, configuration: .fromEnvironment(environment ?? Environment.current), options: options)
+    }
+
     /// A sink that writes an archive here: a temporary file renamed into
     /// place, or an S3 multipart upload. HTTP URLs are read-only.
     public func openSink(overwrite: Bool, partSize: Int = S3MultipartSink.defaultPartSize, options: RemoteOptions = RemoteOptions(),

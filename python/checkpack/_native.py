@@ -179,6 +179,59 @@ for _name, _args in [("begin_file", [ctypes.c_char_p]), ("write", [ctypes.c_void
     _function.restype = ctypes.c_int32
     _function.argtypes = [ctypes.c_void_p] + _args + [ctypes.c_char_p, ctypes.c_size_t]
 _lib.ckpk_writer_cancel.argtypes = [ctypes.c_void_p]
+_lib.ckpk_free.argtypes = [ctypes.c_void_p]
+_lib.ckpk_upload_create.restype = ctypes.c_void_p
+_lib.ckpk_upload_create.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
+_lib.ckpk_upload_abort.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+_lib.ckpk_writer_open_segment.restype = ctypes.c_void_p
+_lib.ckpk_writer_open_segment.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int64,
+                                          ctypes.c_int32, ctypes.c_char_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_int32,
+                                          ctypes.c_char_p, ctypes.c_size_t]
+_lib.ckpk_writer_finish_segment.restype = ctypes.c_int32
+_lib.ckpk_writer_finish_segment.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_uint64),
+                                            ctypes.c_char_p, ctypes.c_size_t]
+_lib.ckpk_upload_complete.restype = ctypes.c_int32
+_lib.ckpk_upload_complete.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ssize_t, ctypes.POINTER(ctypes.c_void_p),
+                                      ctypes.POINTER(ctypes.c_uint64), ctypes.c_char_p, ctypes.c_void_p, ctypes.c_uint64,
+                                      ctypes.c_char_p, ctypes.c_int32, ctypes.c_char_p, ctypes.c_size_t]
+
+
+class SharedUpload:
+    """One S3 object that several processes save into, as one multipart upload
+    (spec/CHECKPOINT.md): the coordinator `create`s it, each rank writes a
+    segment (`ArchiveBuilder.segment`) into its own range of part numbers and
+    hands the record `finish_segment` returns to the coordinator, which
+    `complete`s the upload with them. Any rank may `abort` it."""
+
+    @staticmethod
+    def create(url):
+        """Creates the upload; returns its id."""
+        message = ctypes.create_string_buffer(_ERROR_CAPACITY)
+        pointer = _lib.ckpk_upload_create(os.fsencode(url), message, _ERROR_CAPACITY)
+        if not pointer:
+            raise _error(message.value.decode("utf-8", "replace"))
+        try:
+            return ctypes.string_at(pointer).decode()
+        finally:
+            _lib.ckpk_free(pointer)
+
+    @staticmethod
+    def abort(url, upload_id):
+        _lib.ckpk_upload_abort(os.fsencode(url), upload_id.encode())
+
+    @staticmethod
+    def complete(url, upload_id, records, name, data, codec="zstd", level=None):
+        """Joins the segment records (rank order, the coordinator's first) and file `name`
+        holding `data` into the object, and completes the upload; aborts it on failure."""
+        n = len(records)
+        buffers = [ctypes.create_string_buffer(bytes(r), len(r)) for r in records]
+        pointers = (ctypes.c_void_p * n)(*[ctypes.addressof(b) for b in buffers])
+        lengths = (ctypes.c_uint64 * n)(*[len(r) for r in records])
+        message = ctypes.create_string_buffer(_ERROR_CAPACITY)
+        with _Bytes(data) as (address, length):
+            if _lib.ckpk_upload_complete(os.fsencode(url), upload_id.encode(), n, pointers, lengths, name.encode(), address, length,
+                                         codec.encode(), -1000 if level is None else level, message, _ERROR_CAPACITY) != 0:
+                raise _error(message.value.decode("utf-8", "replace"))
 
 
 class _PyBuffer(ctypes.Structure):
@@ -228,6 +281,35 @@ class ArchiveBuilder:
         if not self._handle:
             raise _error(message.value.decode("utf-8", "replace"))
         self._message = message   # reused by every call: a builder is used by one thread at a time
+
+    @classmethod
+    def segment(cls, url, upload_id, first_part, last_part, part_size, holds_first, codec="zstd", level=None,
+                frame_size=0, threads=0):
+        """A builder for this rank's segment of a `SharedUpload`: parts `first_part`...`last_part`
+        of `part_size` bytes; `holds_first` for the coordinator. End it with `finish_segment()`."""
+        builder = cls.__new__(cls)
+        builder.path = os.fspath(url)
+        message = ctypes.create_string_buffer(_ERROR_CAPACITY)
+        builder._handle = _lib.ckpk_writer_open_segment(os.fsencode(builder.path), upload_id.encode(), first_part, last_part, part_size,
+                                                        1 if holds_first else 0, codec.encode(), -1000 if level is None else level,
+                                                        frame_size, threads, message, _ERROR_CAPACITY)
+        if not builder._handle:
+            raise _error(message.value.decode("utf-8", "replace"))
+        builder._message = message
+        return builder
+
+    def finish_segment(self):
+        """Ends a segment: sends the parts it can; returns the record for `SharedUpload.complete`."""
+        if not self._handle:
+            raise CheckpackError(f"{self.path}: the segment is already finished or cancelled")
+        handle, self._handle = self._handle, None
+        record, length = ctypes.c_void_p(), ctypes.c_uint64()
+        if _lib.ckpk_writer_finish_segment(handle, ctypes.byref(record), ctypes.byref(length), self._message, _ERROR_CAPACITY) != 0:
+            raise _error(self._message.value.decode("utf-8", "replace"))
+        try:
+            return ctypes.string_at(record, length.value)
+        finally:
+            _lib.ckpk_free(record)
 
     def _call(self, name, *args):
         if not self._handle:

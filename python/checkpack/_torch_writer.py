@@ -1,6 +1,7 @@
 """checkpack.torch.ArchiveWriter: saves a torch.distributed.checkpoint checkpoint
 straight into one archive, from one process or many (or into s3://bucket/key
 from one process)."""
+import dataclasses
 import functools
 import io
 import math
@@ -8,9 +9,12 @@ import os
 import signal
 import threading
 
-from torch.distributed.checkpoint.filesystem import FileSystemBase, FileSystemWriter
+from torch.distributed.checkpoint.filesystem import FileSystemBase, FileSystemWriter, _StoragePrefix
+from torch.distributed.checkpoint.metadata import MetadataIndex
+from torch.distributed.checkpoint.storage import WriteResult
+from torch.futures import Future
 
-from ._native import Archive, ArchiveBuilder, ArchiveNotFoundError, CheckpackError, remove_temporaries
+from ._native import Archive, ArchiveBuilder, ArchiveNotFoundError, CheckpackError, SharedUpload, remove_temporaries
 from ._torch_reader import _is_url
 from ._torch_records import _PartStream
 
@@ -57,9 +61,11 @@ class _ArchiveWriteFileSystem(FileSystemBase):
     one-process save with one data file thus writes the archive once, with no
     part and no copy.
 
-    An s3:// archive is one multipart upload that the process streams all its
-    data files into, one after another (ArchiveWriter writes them with one
-    thread), then the metadata; finishing completes the upload."""
+    An s3:// archive is one multipart upload that every rank fills
+    (`SharedUpload`): each rank streams its data files, one after another
+    (ArchiveWriter writes them with one thread), into its own range of part
+    numbers; the coordinator's rename adds the metadata and completes the
+    upload."""
 
     def __init__(self, archive_path, codec, level, frame_size):
         self.remote = _is_url(archive_path)
@@ -69,8 +75,10 @@ class _ArchiveWriteFileSystem(FileSystemBase):
         # The data files this save wrote (set by ArchiveWriter.finish): only their parts are joined.
         self.saved_files = None
         self.is_coordinator = False
-        # Bytes this save plans to write (set by ArchiveWriter): they size an upload's parts.
-        self.planned_bytes = 0
+        # This rank's share of an S3 upload (a _SegmentPlan, set by ArchiveWriter.write_data),
+        # and on the coordinator every rank's segment record (set by ArchiveWriter.finish).
+        self.segment = None
+        self.segment_records = None
         self._lock = threading.Lock()
         self._direct = None   # (names of the data files, builder) written straight into the archive
 
@@ -86,8 +94,14 @@ class _ArchiveWriteFileSystem(FileSystemBase):
         return [self.part_path(name) for name in self.saved_files if name not in direct]
 
     def _builder(self, path, sync):
-        return ArchiveBuilder(path, codec=self.codec, level=self.level, frame_size=self.frame_size, sync=sync,
-                              size_hint=self.planned_bytes)
+        if self.remote:
+            plan = self.segment
+            if plan is None:
+                raise CheckpackError(f"{self.archive_path}: no part numbers were planned for this rank")
+            return ArchiveBuilder.segment(path, plan.upload_id, plan.first_part, plan.last_part, plan.part_size,
+                                          holds_first=self.is_coordinator, codec=self.codec, level=self.level,
+                                          frame_size=self.frame_size)
+        return ArchiveBuilder(path, codec=self.codec, level=self.level, frame_size=self.frame_size, sync=sync)
 
     def create_stream(self, path, mode):
         name = os.fspath(path)
@@ -103,7 +117,7 @@ class _ArchiveWriteFileSystem(FileSystemBase):
             return _MetadataBuffer()
         _SaveSignals.install()
         with self._lock:
-            if self.is_coordinator and (self._direct is None or self.remote):
+            if self.remote or (self.is_coordinator and self._direct is None):
                 if self._direct is None:
                     self._direct = ([], self._builder(self.archive_path, sync=True))
                 self._direct[0].append(name)
@@ -112,12 +126,23 @@ class _ArchiveWriteFileSystem(FileSystemBase):
         # A staging part is joined into the archive and removed: only the archive is fsynced.
         return _PartStream(self._builder(self.part_path(name), sync=False), name, finish=True)
 
+    def finish_segment(self):
+        """Ends this rank's segment of an S3 upload; returns its record for the coordinator."""
+        with self._lock:
+            direct, self._direct = self._direct, None
+        if direct is None:   # no data file (torch always makes one; be safe)
+            direct = ([], self._builder(self.archive_path, sync=True))
+        return direct[1].finish_segment()
+
     def cancel(self):
-        """Drops the archive a failed save left unfinished."""
+        """Drops the archive a failed save left unfinished (an upload: aborted, for every rank)."""
         with self._lock:
             direct, self._direct = self._direct, None
         if direct:
             direct[1].cancel()
+        if self.segment is not None:
+            SharedUpload.abort(self.archive_path, self.segment.upload_id)
+            self.segment = None
 
     def concat_path(self, path, suffix):
         return suffix
@@ -148,6 +173,11 @@ class _ArchiveWriteFileSystem(FileSystemBase):
     def rename(self, path, new_path):
         """The coordinator's final step: its own data file, the other parts and the metadata → the archive."""
         metadata = self._metadata.pop(os.fspath(path))
+        if self.remote:
+            plan, self.segment = self.segment, None
+            SharedUpload.complete(self.archive_path, plan.upload_id, self.segment_records, os.fspath(new_path), metadata,
+                                  codec=self.codec, level=self.level)
+            return
         parts = self.parts()
         with self._lock:
             direct, self._direct = self._direct, None
@@ -171,6 +201,38 @@ class _ArchiveWriteFileSystem(FileSystemBase):
         return os.fspath(checkpoint_id).endswith(".ckpk")
 
 
+# The write result that carries a rank's segment record (never in the metadata).
+_SEGMENT_RECORD = "__checkpack_segment__"
+
+
+@dataclasses.dataclass
+class _SegmentPlan(_StoragePrefix):
+    """A rank's share of an S3 upload: the upload, its part numbers and their size."""
+    upload_id: str = ""
+    first_part: int = 0
+    last_part: int = 0
+    part_size: int = 0
+
+
+def _part_ranges(budgets, coordinator, part_size=None):
+    """Part numbers for each rank's bytes (the coordinator's from 1, then the ranks in
+    order; 10000 stays for the coordinator's final part) and the part size: 16 MiB,
+    or more when the checkpoint needs it to fit S3's 10,000 parts."""
+    size = part_size or 16 << 20
+    while True:
+        counts = [-(-budget // size) + 1 for budget in budgets]
+        if sum(counts) < 10_000 or part_size or size >= 2 << 30:
+            break
+        size *= 2
+    if sum(counts) >= 10_000:
+        raise CheckpackError(f"the checkpoint needs more than S3's 10,000 parts of {size} bytes: choose a larger part_size")
+    ranges, start = [None] * len(budgets), 1
+    for rank in [coordinator] + [r for r in range(len(budgets)) if r != coordinator]:
+        ranges[rank] = (start, start + counts[rank] - 1)
+        start += counts[rank]
+    return size, ranges
+
+
 def _item_bytes(item):
     """About how many bytes a write item takes in a data file."""
     data = item.tensor_data
@@ -192,20 +254,23 @@ class ArchiveWriter(FileSystemWriter):
     is created. `codec`, `level` and `frame_size` choose the compression.
 
     `path` may be s3://bucket/key (S3 settings from the AWS_* environment
-    variables): one process then streams the checkpoint as one multipart
-    upload, and nothing appears under the key before the save succeeds; a
-    failure or a signal aborts the upload. Saving from several ranks into one
-    object is not supported yet: save to a local path and `checkpack cp` it."""
+    variables): every rank then streams its data straight into one multipart
+    upload, in its own range of part numbers, and the coordinator completes
+    it; nothing appears under the key before the save succeeds, and a failure
+    on any rank (or a signal) aborts the upload. `part_size` sets the upload's
+    part size (default: 16 MiB, more when the checkpoint needs it to fit S3's
+    10,000 parts)."""
 
     def __init__(self, path, single_file_per_rank=True, sync_files=True, thread_count=1,
                  per_thread_copy_ahead=10_000_000, cache_staged_state_dict=False, overwrite=True,
-                 _extensions=None, serialization_format=None, *, codec="zstd", level=None, frame_size=0):
+                 _extensions=None, serialization_format=None, *, codec="zstd", level=None, frame_size=0, part_size=None):
         extra = {} if serialization_format is None else {"serialization_format": serialization_format}
         super().__init__(path, single_file_per_rank=single_file_per_rank, sync_files=sync_files,
                          thread_count=thread_count, per_thread_copy_ahead=per_thread_copy_ahead,
                          cache_staged_state_dict=cache_staged_state_dict, overwrite=overwrite,
                          _extensions=_extensions, **extra)
         self._settings = (codec, level, frame_size)
+        self.part_size = part_size
         # The archive is synced as a whole when it is finished; torch's own fsync of
         # each stream would only warn that an archive's streams have no descriptor.
         self.sync_files = False
@@ -229,24 +294,48 @@ class ArchiveWriter(FileSystemWriter):
         self.fs.is_coordinator = is_coordinator
 
     def prepare_global_plan(self, plans):
-        if self.fs.remote and len(plans) > 1:
-            raise CheckpackError(f"{self.archive_path}: saving from {len(plans)} ranks into one S3 object is not "
-                                 "supported yet; save to a local path and `checkpack cp` it to S3")
-        return super().prepare_global_plan(plans)
+        plans = super().prepare_global_plan(plans)
+        if not self.fs.remote:
+            return plans
+        # One upload for every rank: each gets a range of part numbers for its planned bytes.
+        coordinator = self.rank if self.rank is not None else 0
+        budgets = [sum(_item_bytes(item) for item in plan.items) * 11 // 10 + (64 << 20) for plan in plans]
+        part_size, ranges = _part_ranges(budgets, coordinator, self.part_size)
+        upload_id = SharedUpload.create(self.archive_path)
+        return [dataclasses.replace(plan, storage_data=_SegmentPlan(plan.storage_data.prefix, upload_id, first, last, part_size))
+                for plan, (first, last) in zip(plans, ranges)]
 
     def write_data(self, plan, planner):
-        # Tensor bytes plus room for torch.save's records around each item.
-        self.fs.planned_bytes = sum(_item_bytes(item) for item in plan.items)
+        if isinstance(plan.storage_data, _SegmentPlan):
+            self.fs.segment = plan.storage_data
         try:
-            return super().write_data(plan, planner)
+            written = super().write_data(plan, planner)
+            if not self.fs.remote:
+                return written
+            # This rank's segment record travels to the coordinator with its write results.
+            record = WriteResult(index=MetadataIndex(_SEGMENT_RECORD), size_in_bytes=0, storage_data=self.fs.finish_segment())
+            future = Future()
+            future.set_result(written.wait() + [record])
+            return future
         except BaseException:
-            self.fs.cancel()   # the archive this rank was writing: its temporary file, or its upload
+            self.fs.cancel()   # the archive this rank was writing: its temporary file, or the shared upload
             raise
 
     def finish(self, metadata, results):
+        if self.fs.remote:
+            # The segment records, coordinator's first, then the ranks in order (as their part numbers go).
+            records = [[wr.storage_data for wr in rank if wr.index.fqn == _SEGMENT_RECORD] for rank in results]
+            coordinator = self.rank if self.rank is not None else 0
+            order = [coordinator] + [r for r in range(len(results)) if r != coordinator]
+            self.fs.segment_records = [record for r in order for record in records[r]]
+            results = [[wr for wr in rank if wr.index.fqn != _SEGMENT_RECORD] for rank in results]
         # The results name every data file of this save, on every rank.
         self.fs.saved_files = sorted({wr.storage_data.relative_path for rank in results for wr in rank})
-        super().finish(metadata, results)
+        try:
+            super().finish(metadata, results)
+        except BaseException:
+            self.fs.cancel()
+            raise
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id):

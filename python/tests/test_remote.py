@@ -140,23 +140,67 @@ def test_a_failed_save_into_s3_aborts_its_upload(tmp_path, aws):
     assert pending_uploads(aws) == []
 
 
-def test_saving_from_two_ranks_into_s3_is_refused_before_anything_is_sent(tmp_path, aws):
+def _randn(n, seed):
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed))
+
+
+RANK_STATES = {
+    # Both ranks send parts of their own: 12 MiB each, in 5 MiB parts.
+    "big": lambda rank: {f"w{rank}.{i}": _randn(1 << 20, 10 * rank + i) for i in range(3)},
+    # Both below S3's 5 MiB part minimum: the coordinator sends the object as one part.
+    "small": lambda rank: {f"w{rank}": _randn(1000, rank), "step": torch.tensor(7)},
+    # The coordinator's 4 KB cannot be a part of its own before rank 1's 12 MiB: padding makes it up.
+    "mixed": lambda rank: {"w0": _randn(1000, 0)} if rank == 0 else {f"w1.{i}": _randn(1 << 20, i) for i in range(3)},
+}
+
+
+@pytest.mark.parametrize("case", ["big", "small", "mixed"])
+def test_two_gloo_ranks_save_one_s3_object_in_one_upload(tmp_path, aws, case):
+    """Each rank streams its data into its own part numbers of one multipart upload; the
+    coordinator completes it: one object that every reader opens, nothing pending."""
+    import json
     import torch.multiprocessing as mp
     url = f"s3://{SERVERS['S3_BUCKET']}/python/{uuid.uuid4()}.ckpk"
-    mp.spawn(_save_two_ranks_into_s3, args=(2, url, 29641, str(tmp_path)), nprocs=2, join=True)
-    assert (tmp_path / "refused-0").read_text().find("not supported yet") >= 0
-    assert subprocess.run([CLI, "ls", url], env=aws, capture_output=True).returncode == 1
+    mp.spawn(_save_on_two_ranks, args=(2, url, 29640 + len(case), str(tmp_path), case, None), nprocs=2, join=True)
+    assert not list(tmp_path.glob("failed-*")), [f.read_text() for f in tmp_path.glob("failed-*")]
+    subprocess.run([CLI, "verify", url], check=True, env=aws, capture_output=True)
+    names = [e["name"] for e in json.loads(subprocess.run([CLI, "ls", "--json", url], check=True, env=aws,
+                                                            capture_output=True).stdout)]
+    assert sorted(n for n in names if n.endswith(".distcp")) == ["__0_0.distcp", "__1_0.distcp"] and ".metadata" in names
+    assert (".checkpack-padding" in names) == (case == "mixed")
+    expected = {**RANK_STATES[case](0), **RANK_STATES[case](1)}
+    loaded = zeros_like(expected)
+    dcp.load(loaded, storage_reader=ArchiveReader(url), no_dist=True)
+    assert_same(loaded, expected)
     assert pending_uploads(aws) == []
 
 
-def _save_two_ranks_into_s3(rank, world, url, port, out):
+def test_a_rank_that_fails_aborts_the_shared_upload(tmp_path, aws):
+    import torch.multiprocessing as mp
+    url = f"s3://{SERVERS['S3_BUCKET']}/python/{uuid.uuid4()}.ckpk"
+    mp.spawn(_save_on_two_ranks, args=(2, url, 29651, str(tmp_path), "big", 1), nprocs=2, join=True)
+    assert sorted(f.name for f in tmp_path.glob("failed-*")) == ["failed-0", "failed-1"]   # torch fails the save on every rank
+    assert "the disk is on fire" in (tmp_path / "failed-1").read_text()
+    assert subprocess.run([CLI, "ls", url], env=aws, capture_output=True).returncode == 1   # no object
+    assert pending_uploads(aws) == []
+
+
+def _save_on_two_ranks(rank, world, url, port, out, case, failing_rank):
     import torch.distributed as dist
+    from torch.distributed.checkpoint import DefaultSavePlanner
     from checkpack.torch import ArchiveWriter
+
+    class Planner(DefaultSavePlanner):
+        def resolve_data(self, write_item):
+            if rank == failing_rank and write_item.index.fqn.endswith(".2"):   # after two tensors were sent
+                raise RuntimeError("the disk is on fire")
+            return super().resolve_data(write_item)
+
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        dcp.save({f"t{rank}": torch.ones(4)}, storage_writer=ArchiveWriter(url))
+        dcp.save(RANK_STATES[case](rank), storage_writer=ArchiveWriter(url, part_size=5 << 20), planner=Planner())
     except BaseException as error:   # torch raises it on every rank
-        with open(os.path.join(out, f"refused-{rank}"), "w") as f:
+        with open(os.path.join(out, f"failed-{rank}"), "w") as f:
             f.write(str(error))
     dist.destroy_process_group()

@@ -1,0 +1,51 @@
+/// Joins segments — runs of entry records written apart, by different
+/// processes (`ArchiveWriter.finishSegment()`) — into one archive: the index
+/// and trailer that close it, and the file header that opens it. Records
+/// hold no archive offsets (spec section 11.3), so a segment's bytes go into
+/// the archive unchanged; only its index rows are rebased.
+package enum SegmentJoin {
+    /// `segments` in archive order; the first starts with the file header.
+    /// Returns the header to put over the first 16 bytes (its features are
+    /// every segment's), and the bytes that end the archive: the index,
+    /// checked as any reader checks it, and the trailer.
+    package static func close(_ segments: [ArchiveWriter.Segment]) throws -> (header: [UInt8], end: [UInt8]) {
+        var index = IndexBuilder()
+        var base: UInt64 = 0, features: UInt32 = 0
+        for segment in segments {
+            let count = try ArchiveIndex.decodeHeader(segment.index[...])
+            var reader = ByteReader(segment.index[Format.indexHeaderSize...])
+            for _ in 0..<count {
+                var row = try IndexRow.decode(&reader)
+                row.recordOffset = try row.recordOffset.adding(base, "a rebased record offset")
+                row.endOffset = try row.endOffset.adding(base, "a rebased end offset")
+                index.add(row)
+            }
+            guard reader.remaining == 0 else { throw CheckpackError(.corrupt, "a segment's index has bytes after its rows") }
+            base = try base.adding(segment.length, "the archive's length")
+            features |= segment.requiredFeatures
+        }
+        guard features & ~Format.knownRequiredFeatures == 0 else {
+            throw CheckpackError(.unsupported, "a segment uses required features 0x\(String(features, radix: 16)) this writer does not know")
+        }
+        guard index.encodedLength <= Format.maxIndexLength, index.entryCount <= Format.maxEntries else {
+            throw CheckpackError(.limitExceeded, "the index would exceed \(Format.maxIndexLength) bytes or \(Format.maxEntries) entries")
+        }
+        let indexBytes = index.encoded()
+        _ = try ArchiveIndex.parse(indexBytes, indexOffset: base, features: features)   // tiling, names: the whole index
+        let trailer = Trailer(indexOffset: base, indexLength: UInt64(indexBytes.count), indexCRC: CRC32C.checksum(indexBytes),
+                              requiredFeatures: features).encoded()
+        return (FileHeader(requiredFeatures: features).encoded(), indexBytes + trailer)
+    }
+}
+
+/// An archive sink that keeps the bytes in memory (for a small segment).
+package final class MemorySink: ArchiveSink {
+    package private(set) var bytes: [UInt8] = []
+    package let name: String
+    package init(name: String) { self.name = name }
+    package func write(_ bytes: UnsafeRawBufferPointer) throws { self.bytes.append(contentsOf: bytes) }
+    package func commit(header: [UInt8]) throws {
+        bytes.replaceSubrange(0..<min(header.count, bytes.count), with: header.prefix(bytes.count))
+    }
+    package func abort() { bytes = [] }
+}

@@ -1,0 +1,274 @@
+import Checkpack
+
+/// One archive saved by several processes into one S3 object, as one
+/// multipart upload (spec/CHECKPOINT.md, "Saving from many ranks into one
+/// object"). The coordinator creates the upload; each rank writes its
+/// entries as a *segment* into its own range of part numbers
+/// (`S3SegmentSink`) and hands back a `SharedUpload.Segment`; the coordinator
+/// sends what remains — the first part with the file header, small
+/// segments, its own entries, the index and the trailer — and completes it.
+public enum SharedUpload {
+    /// The last part number: the coordinator's final part, after every rank's range.
+    public static let finalPart = S3MultipartSink.maximumParts
+
+    /// Creates the upload; returns its id.
+    public static func create(_ object: S3Object) throws -> String {
+        let upload = S3Upload(object: object)
+        let id = try upload.id()
+        upload.unregister()   // each rank's sink aborts it on a signal from now on
+        return id
+    }
+
+    /// Aborts the upload (from any rank), so that no part stays stored.
+    public static func abort(_ object: S3Object, uploadID: String) {
+        S3Upload.abort(object, uploadID)
+    }
+
+    /// What one rank's segment left for the coordinator: the parts it sent,
+    /// the bytes it did not send, and how to place it. Crosses processes as
+    /// `encoded()` bytes, checked by `init(decoding:)`.
+    public struct Segment: Sendable {
+        var parts: [S3Upload.Part]
+        /// The coordinator's first part (header included), held to be sent last.
+        var first: [UInt8]?
+        /// Bytes that no part carries: a whole segment below S3's 5 MiB part
+        /// minimum, or the tail of the coordinator's first part.
+        var held: [UInt8]
+        var segment: ArchiveWriter.Segment
+
+        static let magic = Array("CKSEG1\r\n".utf8)
+
+        /// The segment as bytes.
+        public func encoded() -> [UInt8] {
+            var out = Segment.magic
+            func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
+            func blob(_ b: [UInt8]) { u64(UInt64(b.count)); out += b }
+            u64(segment.length)
+            u64(UInt64(segment.requiredFeatures))
+            blob(segment.index)
+            u64(UInt64(parts.count))
+            for part in parts {
+                u64(UInt64(part.number))
+                blob(Array(part.etag.utf8))
+                blob(Array(part.checksum.utf8))
+            }
+            u64(first == nil ? 0 : 1)
+            blob(first ?? [])
+            blob(held)
+            return out
+        }
+
+        /// Decodes `encoded()` bytes, checking every length against what is there.
+        public init(decoding bytes: [UInt8]) throws {
+            var at = 0
+            func take(_ n: UInt64) throws -> ArraySlice<UInt8> {
+                guard n <= UInt64(bytes.count - at) else { throw CheckpackError(.corrupt, "a rank's segment record is cut short") }
+                defer { at += Int(n) }
+                return bytes[at..<at + Int(n)]
+            }
+            func u64() throws -> UInt64 { try take(8).reversed().reduce(0) { $0 << 8 | UInt64($1) } }
+            func blob() throws -> [UInt8] { Array(try take(u64())) }
+            func text() throws -> String {
+                guard let text = String(validating: try blob(), as: UTF8.self) else { throw CheckpackError(.corrupt, "a part's ETag is not UTF-8") }
+                return text
+            }
+            guard Array(try take(UInt64(Segment.magic.count))) == Segment.magic else {
+                throw CheckpackError(.corrupt, "not a rank's segment record")
+            }
+            let length = try u64(), features = try u64()
+            guard features <= UInt64(UInt32.max) else { throw CheckpackError(.corrupt, "a segment's features do not fit 32 bits") }
+            segment = ArchiveWriter.Segment(length: length, index: try blob(), requiredFeatures: UInt32(features))
+            let count = try u64()
+            guard count <= UInt64(S3MultipartSink.maximumParts) else { throw CheckpackError(.corrupt, "a segment claims \(count) parts") }
+            parts = []
+            for _ in 0..<count {
+                let number = try u64()
+                guard (1...UInt64(S3MultipartSink.maximumParts)).contains(number) else { throw CheckpackError(.corrupt, "part number \(number)") }
+                parts.append(S3Upload.Part(number: Int(number), etag: try text(), checksum: try text()))
+            }
+            let hasFirst = try u64()
+            let firstBytes = try blob()
+            first = hasFirst == 1 ? firstBytes : nil
+            held = try blob()
+            guard at == bytes.count else { throw CheckpackError(.corrupt, "a rank's segment record has bytes after its end") }
+        }
+
+        init(parts: [S3Upload.Part], first: [UInt8]?, held: [UInt8], segment: ArchiveWriter.Segment) {
+            (self.parts, self.first, self.held, self.segment) = (parts, first, held, segment)
+        }
+    }
+
+    /// The coordinator's last step: `segments` in rank order (the first is the
+    /// coordinator's, which holds the first part), then `files` (name, bytes)
+    /// written here, are joined into the object, which appears when the upload
+    /// completes. On failure the upload is aborted.
+    public static func complete(_ object: S3Object, uploadID: String, segments: [Segment], files: [(name: String, bytes: [UInt8])],
+                                options: WriterOptions) throws {
+        let upload = S3Upload(object: object, uploadID: uploadID)
+        do {
+            guard let coordinator = segments.first, coordinator.first != nil || coordinator.parts.isEmpty else {
+                throw CheckpackError(.invalidArgument, "the first segment must be the coordinator's, which holds the first part")
+            }
+            // Part 1: the coordinator's first part and what it held; then, in order, every part the ranks sent.
+            var first = (coordinator.first ?? []) + coordinator.held
+            let senders = segments.dropFirst().filter { !$0.parts.isEmpty }
+            var small = segments.dropFirst().filter { $0.parts.isEmpty }
+            var placed = [coordinator.segment]
+            var tail: [UInt8] = []
+            if first.count < S3MultipartSink.minimumPartSize && !senders.isEmpty {
+                // Part 1 is not the last part, so it must reach S3's minimum: the small segments
+                // join it, and a stored padding entry makes up the rest (spec/CHECKPOINT.md).
+                for segment in small {
+                    first += segment.held
+                    placed.append(segment.segment)
+                }
+                small = []
+                if first.count < S3MultipartSink.minimumPartSize {
+                    let padding = try fileSegment([(paddingName, [UInt8](repeating: 0, count: S3MultipartSink.minimumPartSize - first.count))],
+                                                  options: WriterOptions(codec: .stored))
+                    first += padding.bytes
+                    placed.append(padding.segment)
+                }
+            }
+            placed += senders.map(\.segment)
+            for segment in small {
+                tail += segment.held
+                placed.append(segment.segment)
+            }
+            let written = try fileSegment(files, options: options)
+            tail += written.bytes
+            placed.append(written.segment)
+            let (header, end) = try SegmentJoin.close(placed)
+            tail += end
+            guard first.count >= header.count else { throw CheckpackError(.corrupt, "the coordinator's segment lacks the file header") }
+            first.replaceSubrange(0..<header.count, with: header)
+            var parts = segments.flatMap(\.parts)
+            if senders.isEmpty && coordinator.parts.isEmpty {
+                try upload.send(first + tail, number: 1)   // one part: no minimum
+            } else {
+                try upload.send(first, number: 1)
+                try upload.send(tail, number: finalPart)
+            }
+            parts += try upload.waitForParts()
+            try upload.complete(parts)
+        } catch {
+            upload.abort()
+            throw error.checkpackContext(path: object.name)
+        }
+    }
+
+    /// The entry that makes up part 1 to S3's minimum when the coordinator's own
+    /// entries are fewer (it unpacks as an empty-content file of zeros).
+    public static let paddingName = ".checkpack-padding"
+
+    /// Entries written here, in memory, as a segment.
+    private static func fileSegment(_ files: [(name: String, bytes: [UInt8])], options: WriterOptions) throws
+        -> (bytes: [UInt8], segment: ArchiveWriter.Segment) {
+        let sink = MemorySink(name: "the coordinator's entries")
+        let writer = try ArchiveWriter(sink: sink, options: options, startsArchive: false)
+        for file in files { try writer.addFile(file.name, contents: file.bytes) }
+        let segment = try writer.finishSegment()
+        return (sink.bytes, segment)
+    }
+}
+
+/// One rank's share of a `SharedUpload`: its segment goes up as parts numbered
+/// within `parts`, each at least `partSize` bytes (so S3's 5 MiB minimum holds
+/// for all but the last part of the object): the most recent full part is
+/// held back and joined with what follows it. The coordinator's sink
+/// (`holdsFirst`) also keeps its first part, which gets the file header at
+/// the end. A segment below S3's minimum sends nothing and is handed back
+/// whole. On failure or abort, the whole upload is aborted: a failing rank
+/// fails the save on every rank.
+public final class S3SegmentSink: ArchiveSink, @unchecked Sendable {
+    /// The object the upload makes.
+    public let object: S3Object
+    /// `s3://bucket/key`, for messages.
+    public var name: String { object.name }
+    private let upload: S3Upload
+    private let parts: ClosedRange<Int>
+    private let partSize: Int
+    private let holdsFirst: Bool
+    private var first: [UInt8]? = nil
+    private var last: [UInt8]? = nil
+    private var current: [UInt8] = []
+    private var next: Int
+    private var done = false
+
+    /// A share of upload `uploadID` of `object`: part numbers `parts`, parts of `partSize` bytes.
+    public init(object: S3Object, uploadID: String, parts: ClosedRange<Int>, partSize: Int, holdsFirst: Bool) throws {
+        guard (S3MultipartSink.minimumPartSize...S3MultipartSink.maximumPartSize / 2).contains(partSize) else {
+            throw CheckpackError(.invalidArgument, "part size \(partSize) is outside 5 MiB ... 2.5 GiB (two parts may join)")
+        }
+        guard parts.lowerBound >= 1, parts.upperBound < SharedUpload.finalPart else {
+            throw CheckpackError(.invalidArgument, "part numbers \(parts) are outside 1...\(SharedUpload.finalPart - 1)")
+        }
+        self.object = object
+        self.parts = parts
+        self.partSize = partSize
+        self.holdsFirst = holdsFirst
+        next = holdsFirst ? parts.lowerBound + 1 : parts.lowerBound   // the coordinator's first part is part 1
+        upload = S3Upload(object: object, uploadID: uploadID)
+    }
+
+    deinit { abort() }
+
+    /// Appends `bytes`; a part is sent when the one after it fills.
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        try upload.checkFailure()
+        var rest = bytes[...]
+        while !rest.isEmpty {
+            let n = min(rest.count, partSize - current.count)
+            current.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest.prefix(n)))
+            rest = rest.dropFirst(n)
+            if current.count == partSize {
+                if holdsFirst && first == nil {
+                    first = current
+                } else {
+                    if let last { try send(last) }
+                    last = current
+                }
+                current = []
+            }
+        }
+    }
+
+    /// Sends what can go now and returns what the coordinator needs.
+    package func finish(_ segment: ArchiveWriter.Segment) throws -> SharedUpload.Segment {
+        do {
+            var held = (last ?? []) + current
+            if last != nil || (!holdsFirst && held.count >= S3MultipartSink.minimumPartSize) {
+                try send(held)
+                held = []
+            }
+            (last, current) = (nil, [])
+            let sent = try upload.waitForParts()
+            done = true
+            upload.unregister()   // the coordinator owns the upload now
+            return SharedUpload.Segment(parts: sent, first: first, held: held, segment: segment)
+        } catch {
+            abort()
+            throw error.checkpackContext(path: name)
+        }
+    }
+
+    /// A segment is finished with `finish(_:)`, not committed.
+    public func commit(header: [UInt8]) throws {
+        throw CheckpackError(.invalidArgument, "a rank's segment is finished by SharedUpload, not committed", path: name)
+    }
+
+    /// Aborts the whole upload: the save fails on every rank.
+    public func abort() {
+        guard !done else { return }
+        done = true
+        upload.abort()
+    }
+
+    private func send(_ part: [UInt8]) throws {
+        guard next <= parts.upperBound else {
+            throw CheckpackError(.limitExceeded, "this rank's records need more than the \(parts.count) parts of \(partSize) bytes planned for it")
+        }
+        try upload.send(part, number: next)
+        next += 1
+    }
+}
