@@ -286,3 +286,43 @@ func FileSystemHasLeftovers(_ path: String) -> Bool {
         #expect(try streamContents(SystemFile.openForReading(dir.sub("joined.ckpk")))["last"] == [4])
     }
 }
+
+@Suite struct SegmentTests {
+    /// A segment of `files`, written as a rank writes its share of an upload.
+    static func segment(_ files: [(String, [UInt8])], startsArchive: Bool) throws -> (bytes: [UInt8], segment: ArchiveWriter.Segment) {
+        let sink = MemorySink(name: "segment")
+        let writer = try ArchiveWriter(sink: sink, options: WriterOptions(frameSize: 4096), startsArchive: startsArchive)
+        for (name, bytes) in files { try writer.addFile(name, contents: bytes) }
+        let segment = try writer.finishSegment()
+        #expect(segment.length == UInt64(sink.bytes.count))
+        return (sink.bytes, segment)
+    }
+
+    @Test func segmentsWrittenApartJoinIntoOneArchive() throws {
+        let a = try Self.segment([("__0_0.distcp", sampleBytes(10_000, seed: 1))], startsArchive: true)
+        let b = try Self.segment([("__1_0.distcp", sampleBytes(20_000, seed: 2)), ("extra", [1, 2, 3])], startsArchive: false)
+        let c = try Self.segment([(".metadata", Array("{}".utf8))], startsArchive: false)
+        let (header, end) = try SegmentJoin.close([a.segment, b.segment, c.segment])
+        var bytes = a.bytes + b.bytes + c.bytes + end
+        bytes.replaceSubrange(0..<header.count, with: header)
+        let reader = try ArchiveReader(source: MemorySource(bytes))
+        #expect(reader.entries.map(\.name) == ["__0_0.distcp", "__1_0.distcp", "extra", ".metadata"])
+        #expect(try reader.read(try #require(reader.entry(named: "__1_0.distcp"))) == sampleBytes(20_000, seed: 2))
+        #expect(try reader.verify().isEmpty)
+        #expect(try streamContents(MemoryStream(bytes))["extra"] == [1, 2, 3])
+    }
+
+    @Test func segmentsThatDoNotTileOrRepeatANameAreRefused() throws {
+        let a = try Self.segment([("a", [1])], startsArchive: true)
+        let b = try Self.segment([("b", [2])], startsArchive: false)
+        // Out of order: the first segment must be the one with the file header.
+        #expect(thrownError { try SegmentJoin.close([b.segment, a.segment]) }?.isDataError == true)
+        // A length that does not match the rows: a gap.
+        var longer = a.segment
+        longer.length += 1
+        #expect(thrownError { try SegmentJoin.close([longer, b.segment]) }?.isDataError == true)
+        // The same name from two ranks.
+        let again = try Self.segment([("a", [3])], startsArchive: false)
+        #expect(errorKind { try SegmentJoin.close([a.segment, again.segment]) } == .corrupt)
+    }
+}
