@@ -10,6 +10,9 @@ contenders in each round:
 - save to S3: `checkpack pack CKPT_DIR s3://…` (one object, one multipart
   upload) against s3torchconnector's S3StorageWriter (dcp.save of the same
   state dict) — requests by type, bytes sent, objects created, wall time;
+- dcp.save from 2 gloo ranks (each saving half the items):
+  checkpack.torch.ArchiveWriter("s3://…") (one object, one upload that both
+  ranks fill) against S3StorageWriter (an object per rank, and .metadata);
 - full load from S3: checkpack.torch.ArchiveReader("s3://…") against
   S3StorageReader — bytes received, requests, wall time (moto reads the whole
   object for every ranged GET, so times there are moto's);
@@ -68,8 +71,9 @@ def main():
     parser.add_argument("checkpoint")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--layer", default="model.encoder.layer.0.")
-    parser.add_argument("--cases", default="save,full,partial,http",
-                        help="which cases to run: save, full, partial (from S3), http (full load from nginx)")
+    parser.add_argument("--cases", default="save,ranks,full,partial,http",
+                        help="which cases to run: save, ranks (dcp.save from 2 ranks), full, partial (from S3), "
+                             "http (full load from nginx)")
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="checkpack-remote-bench-")
@@ -131,6 +135,11 @@ def run(args, env, work):
             else:
                 s, st, _ = counted(s3proxy, lambda: dcp.save(state, storage_writer=S3StorageWriter(region, s3t_prefix, s3client_config=config), no_dist=True))
                 record("save to S3", "s3torchconnector", s, st)
+        for who in order if "ranks" in cases else []:
+            name = "checkpack" if who == 0 else "s3torchconnector"
+            target = f"s3://{bucket}/bench/{tag}-ranks.ckpk" if who == 0 else f"s3://{bucket}/bench/{tag}-ranks-s3torch/"
+            _, st, inner = counted(s3proxy, lambda: save_from_ranks(args.checkpoint, name, target, region, 29700 + round_number * 2 + who))
+            record("dcp.save to S3, 2 ranks", name, inner, st)   # dcp.save alone, between barriers (not the processes' start)
         for who in order if "full" in cases else []:
             if who == 0:
                 s, st, _ = counted(s3proxy, lambda: dcp.load(blank(state), storage_reader=ArchiveReader(ckpk_url), no_dist=True))
@@ -158,8 +167,10 @@ def run(args, env, work):
     import boto3
     s3 = boto3.client("s3", endpoint_url=env["CHECKPACK_TEST_S3_ENDPOINT"], region_name=region)
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="bench/") for o in page.get("Contents", [])]
-    objects["checkpack"] = sum(k.endswith(".ckpk") for k in keys) / args.rounds
+    objects["checkpack"] = sum(k.endswith(".ckpk") and "-ranks" not in k for k in keys) / args.rounds
     objects["s3torchconnector"] = sum("-s3torch/" in k for k in keys) / args.rounds
+    objects[("ranks", "checkpack")] = sum(k.endswith("-ranks.ckpk") for k in keys) / args.rounds
+    objects[("ranks", "s3torchconnector")] = sum("-ranks-s3torch/" in k for k in keys) / args.rounds
     pending = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
 
     print(f"\narchive {archive_size / 1e6:.1f} MB ({archive_size / size:.2f} of the files); medians of {args.rounds} rounds, alternating")
@@ -171,12 +182,12 @@ def run(args, env, work):
         if stats:
             requests = ", ".join(f"{n} {m}" for m, n in sorted(stats["requests"].items()))
             sent, received = stats["request_bytes"] / 1e6, stats["response_bytes"] / 1e6
-            obj = objects.get(who, "") if case == "save to S3" else ""
+            obj = objects.get(who, "") if case == "save to S3" else objects.get(("ranks", who), "") if "ranks" in case else ""
             print(f"| {case} | {who} | {seconds:.2f} | {requests} | {sent:.1f} | {received:.2f} | {obj} |")
         else:
             print(f"| {case} | {who} | {seconds:.2f} | | | | |")
     print(f"\npending multipart uploads after the run: {len(pending)}")
-    for case in ["save to S3", "full load from S3", "partial load from S3", "full load over HTTP"]:
+    for case in ["save to S3", "dcp.save to S3, 2 ranks", "full load from S3", "partial load from S3", "full load over HTTP"]:
         peers = [(who, runs) for (c, who), runs in results.items() if c == case]
         if len(peers) == 2:
             (a, ra), (b, rb) = sorted(peers, key=lambda p: p[0] != "checkpack")
@@ -186,7 +197,43 @@ def run(args, env, work):
                 line += (f"; bytes received {ra[-1][1]['response_bytes'] / max(1, rb[-1][1]['response_bytes']):.2f}"
                          f"; bytes sent {ra[-1][1]['request_bytes'] / max(1, rb[-1][1]['request_bytes']):.2f}")
             print(line)
-    print(f"partial load target: bytes received <= 1.2 x the layer's stored frames + the tail read")
+    print("partial load target: bytes received <= 1.2 x the layer's stored frames + the tail read")
+
+
+def save_from_ranks(checkpoint, who, target, region, port):
+    """dcp.save from 2 gloo ranks, each saving every other item of the checkpoint's state;
+    returns the seconds dcp.save took, between barriers."""
+    import torch.multiprocessing as mp
+    out = tempfile.mkdtemp()
+    mp.spawn(_rank_save, args=(2, checkpoint, who, target, region, port, out), nprocs=2, join=True)
+    seconds = float(open(os.path.join(out, "seconds")).read())
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds
+
+
+def _rank_save(rank, world, checkpoint, who, target, region, port, out):
+    import warnings
+    import torch.distributed as dist
+    warnings.filterwarnings("ignore")
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    state = full_state(checkpoint)
+    mine = {k: v for i, (k, v) in enumerate(sorted(state.items())) if i % world == rank}
+    if who == "checkpack":
+        from checkpack.torch import ArchiveWriter
+        writer = ArchiveWriter(target)
+    else:
+        from s3torchconnector import S3ClientConfig
+        from s3torchconnector.dcp import S3StorageWriter
+        writer = S3StorageWriter(region, target, s3client_config=S3ClientConfig(force_path_style=True))
+    dist.barrier()
+    start = time.perf_counter()
+    dcp.save(mine, storage_writer=writer)
+    dist.barrier()
+    if rank == 0:
+        with open(os.path.join(out, "seconds"), "w") as f:
+            f.write(str(time.perf_counter() - start))
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
