@@ -248,7 +248,7 @@ _get_buffer.restype = ctypes.c_int
 _release_buffer = ctypes.pythonapi.PyBuffer_Release
 _release_buffer.argtypes = [ctypes.POINTER(_PyBuffer)]
 _release_buffer.restype = None
-_PYBUF_C_CONTIGUOUS = 0x0020 | 0x0008   # PyBUF_C_CONTIGUOUS: contiguous, with strides
+_PYBUF_SIMPLE = 0   # the bytes as one contiguous block (a buffer that is not one is an error)
 
 
 class _Bytes:
@@ -258,7 +258,7 @@ class _Bytes:
 
     def __init__(self, data):
         self._view = _PyBuffer()
-        _get_buffer(data, ctypes.byref(self._view), _PYBUF_C_CONTIGUOUS)   # raises BufferError if it cannot
+        _get_buffer(data, ctypes.byref(self._view), _PYBUF_SIMPLE)
 
     def __enter__(self):
         return self._view.buf, self._view.len
