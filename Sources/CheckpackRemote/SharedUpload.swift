@@ -200,8 +200,9 @@ public final class S3SegmentSink: ArchiveSink, @unchecked Sendable {
         guard (S3MultipartSink.minimumPartSize...S3MultipartSink.maximumPartSize / 2).contains(partSize) else {
             throw CheckpackError(.invalidArgument, "part size \(partSize) is outside 5 MiB ... 2.5 GiB (two parts may join)")
         }
-        guard parts.lowerBound >= 1, parts.upperBound < SharedUpload.finalPart else {
-            throw CheckpackError(.invalidArgument, "part numbers \(parts) are outside 1...\(SharedUpload.finalPart - 1)")
+        guard parts.lowerBound >= 1, parts.upperBound < SharedUpload.finalPart, !holdsFirst || parts.lowerBound == 1 else {
+            throw CheckpackError(.invalidArgument, "part numbers \(parts) are outside 1...\(SharedUpload.finalPart - 1), "
+                                 + "or the coordinator's do not start at 1")
         }
         self.object = object
         self.parts = parts
