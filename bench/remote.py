@@ -8,21 +8,22 @@ nginx, a counting proxy in front of each) and measures, alternating the
 contenders in each round:
 
 - save to S3: `checkpack pack CKPT_DIR s3://…` (one object, one multipart
-  upload) against s3torchconnector's S3StorageWriter (dcp.save of the same
-  state dict) — requests by type, bytes sent, objects created, wall time;
+  upload) against s3torchconnector's S3StorageWriter and torch's FsspecWriter
+  over s3fs (dcp.save of the same state dict) — requests by type, bytes sent,
+  objects created, wall time;
 - dcp.save from 2 gloo ranks (each saving half the items):
   checkpack.torch.ArchiveWriter("s3://…") (one object, one upload that both
   ranks fill) against S3StorageWriter (an object per rank, and .metadata);
 - full load from S3: checkpack.torch.ArchiveReader("s3://…") against
-  S3StorageReader — bytes received, requests, wall time (moto reads the whole
-  object for every ranged GET, so times there are moto's);
+  S3StorageReader and FsspecReader over s3fs — bytes received, requests, wall
+  time (moto reads the whole object for every ranged GET, so times there are moto's);
 - partial load from S3 (the tensors whose names start with --layer): bytes
   received and requests;
 - full load over HTTP from nginx (no proxy): ArchiveReader("http://…")
   against torch's FsspecReader over fsspec's HTTP filesystem — wall time.
 
 Needs (in the Python running it): torch, checkpack (pip install ./python),
-moto[server], s3torchconnector[dcp], fsspec, aiohttp; nginx; the release CLI.
+moto[server], s3torchconnector[dcp], s3fs, fsspec, aiohttp; nginx; the release CLI.
 """
 import argparse
 import json
@@ -95,7 +96,7 @@ def main():
 def run(args, env, work):
     from s3torchconnector import S3ClientConfig
     from s3torchconnector.dcp import S3StorageReader, S3StorageWriter
-    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+    from torch.distributed.checkpoint.fsspec_filesystem import FsspecReader, FsspecWriter
     from checkpack.torch import ArchiveReader
 
     bucket, region, s3proxy = env["CHECKPACK_TEST_S3_BUCKET"], env["CHECKPACK_TEST_S3_REGION"], env["CHECKPACK_TEST_S3_PROXY"]
@@ -127,33 +128,44 @@ def run(args, env, work):
         ckpk_url = f"s3://{bucket}/bench/{tag}.ckpk"
         s3t_prefix = f"s3://{bucket}/bench/{tag}-s3torch/"
         order = [0, 1] if round_number % 2 == 0 else [1, 0]
+        order3 = [0, 1, 2][round_number % 3:] + [0, 1, 2][:round_number % 3]   # three contenders take turns first
+        fsspec_prefix = f"s3://{bucket}/bench/{tag}-fsspec/"
         cases = set(args.cases.split(","))
-        for who in order if cases & {"save", "full", "partial"} else []:
+        for who in order3 if cases & {"save", "full", "partial"} else []:
             if who == 0:
                 s, st, _ = counted(s3proxy, lambda: subprocess.run([CLI, "pack", args.checkpoint, ckpk_url, "--quiet"], check=True))
                 record("save to S3", "checkpack", s, st)
-            else:
+            elif who == 1:
                 s, st, _ = counted(s3proxy, lambda: dcp.save(state, storage_writer=S3StorageWriter(region, s3t_prefix, s3client_config=config), no_dist=True))
                 record("save to S3", "s3torchconnector", s, st)
+            else:
+                s, st, _ = counted(s3proxy, lambda: dcp.save(state, storage_writer=FsspecWriter(fsspec_prefix), no_dist=True))
+                record("save to S3", "FsspecWriter (s3fs)", s, st)
         for who in order if "ranks" in cases else []:
             name = "checkpack" if who == 0 else "s3torchconnector"
             target = f"s3://{bucket}/bench/{tag}-ranks.ckpk" if who == 0 else f"s3://{bucket}/bench/{tag}-ranks-s3torch/"
             _, st, inner = counted(s3proxy, lambda: save_from_ranks(args.checkpoint, name, target, region, 29700 + round_number * 2 + who))
             record("dcp.save to S3, 2 ranks", name, inner, st)   # dcp.save alone, between barriers (not the processes' start)
-        for who in order if "full" in cases else []:
+        for who in order3 if "full" in cases else []:
             if who == 0:
                 s, st, _ = counted(s3proxy, lambda: dcp.load(blank(state), storage_reader=ArchiveReader(ckpk_url), no_dist=True))
                 record("full load from S3", "checkpack", s, st)
-            else:
+            elif who == 1:
                 s, st, _ = counted(s3proxy, lambda: dcp.load(blank(state), storage_reader=S3StorageReader(region, s3t_prefix, s3client_config=config), no_dist=True))
                 record("full load from S3", "s3torchconnector", s, st)
-        for who in order if "partial" in cases else []:
+            else:
+                s, st, _ = counted(s3proxy, lambda: dcp.load(blank(state), storage_reader=FsspecReader(fsspec_prefix), no_dist=True))
+                record("full load from S3", "FsspecReader (s3fs)", s, st)
+        for who in order3 if "partial" in cases else []:
             if who == 0:
                 s, st, _ = counted(s3proxy, lambda: dcp.load(blank(state, args.layer), storage_reader=ArchiveReader(ckpk_url), no_dist=True))
                 record("partial load from S3", "checkpack", s, st)
-            else:
+            elif who == 1:
                 s, st, _ = counted(s3proxy, lambda: dcp.load(blank(state, args.layer), storage_reader=S3StorageReader(region, s3t_prefix, s3client_config=config), no_dist=True))
                 record("partial load from S3", "s3torchconnector", s, st)
+            else:
+                s, st, _ = counted(s3proxy, lambda: dcp.load(blank(state, args.layer), storage_reader=FsspecReader(fsspec_prefix), no_dist=True))
+                record("partial load from S3", "FsspecReader (s3fs)", s, st)
         for who in order if "http" in cases else []:
             start = time.perf_counter()
             if who == 0:
@@ -169,6 +181,7 @@ def run(args, env, work):
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="bench/") for o in page.get("Contents", [])]
     objects["checkpack"] = sum(k.endswith(".ckpk") and "-ranks" not in k for k in keys) / args.rounds
     objects["s3torchconnector"] = sum("-s3torch/" in k for k in keys) / args.rounds
+    objects["FsspecWriter (s3fs)"] = sum("-fsspec/" in k for k in keys) / args.rounds
     objects[("ranks", "checkpack")] = sum(k.endswith("-ranks.ckpk") for k in keys) / args.rounds
     objects[("ranks", "s3torchconnector")] = sum("-ranks-s3torch/" in k for k in keys) / args.rounds
     pending = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
@@ -188,9 +201,9 @@ def run(args, env, work):
             print(f"| {case} | {who} | {seconds:.2f} | | | | |")
     print(f"\npending multipart uploads after the run: {len(pending)}")
     for case in ["save to S3", "dcp.save to S3, 2 ranks", "full load from S3", "partial load from S3", "full load over HTTP"]:
-        peers = [(who, runs) for (c, who), runs in results.items() if c == case]
-        if len(peers) == 2:
-            (a, ra), (b, rb) = sorted(peers, key=lambda p: p[0] != "checkpack")
+        peers = dict((who, runs) for (c, who), runs in results.items() if c == case)
+        ra = peers.pop("checkpack", None)
+        for b, rb in peers.items():
             ta, tb = statistics.median(r[0] for r in ra), statistics.median(r[0] for r in rb)
             line = f"{case}: time checkpack/{b} = {ta / tb:.2f}"
             if ra[-1][1] and rb[-1][1]:
