@@ -313,6 +313,26 @@ public func ckpk_upload_create(_ url: UnsafePointer<CChar>, _ message: UnsafeMut
     }
 }
 
+/// Plans a shared upload for `count` ranks that plan to write `plannedBytes[i]`
+/// each (`SharedUpload.plan`): fills `firstParts`, `lastParts` and
+/// `*partSize` (`requestedPartSize` 0: chosen for the sizes).
+@_cdecl("ckpk_upload_plan")
+public func ckpk_upload_plan(_ count: Int, _ plannedBytes: UnsafePointer<UInt64>, _ coordinator: Int, _ requestedPartSize: Int64,
+                             _ firstParts: UnsafeMutablePointer<Int32>, _ lastParts: UnsafeMutablePointer<Int32>,
+                             _ partSize: UnsafeMutablePointer<Int64>,
+                             _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
+    status(message, capacity) {
+        let planned = SharedUpload.plan(plannedBytes:coordinator:partSize:)
+        let (size, ranges) = try planned(Array(UnsafeBufferPointer(start: plannedBytes, count: count)), coordinator,
+                                         requestedPartSize > 0 ? Int(requestedPartSize) : nil)
+        for (i, range) in ranges.enumerated() {
+            firstParts[i] = Int32(range.lowerBound)
+            lastParts[i] = Int32(range.upperBound)
+        }
+        partSize.pointee = Int64(size)
+    }
+}
+
 /// Aborts upload `uploadID` of `url` (any rank may), so that no part stays stored.
 @_cdecl("ckpk_upload_abort")
 public func ckpk_upload_abort(_ url: UnsafePointer<CChar>, _ uploadID: UnsafePointer<CChar>) {

@@ -11,6 +11,37 @@ public enum SharedUpload {
     /// The last part number: the coordinator's final part, after every rank's range.
     public static let finalPart = S3MultipartSink.maximumParts
 
+    /// The part size and each rank's part numbers for ranks that plan to
+    /// write `plannedBytes` each: parts of `partSize` (default 16 MiB, doubled
+    /// until the ranges fit S3's 10,000 parts, up to 2 GiB), room for each
+    /// rank's bytes × 1.1 + 64 MiB (torch.save's records, objects that are not
+    /// tensors), the coordinator's range from 1, the others after it in rank
+    /// order, and 10000 left for the coordinator's final part.
+    public static func plan(plannedBytes: [UInt64], coordinator: Int, partSize: Int? = nil) throws
+        -> (partSize: Int, ranges: [ClosedRange<Int>]) {
+        guard plannedBytes.indices.contains(coordinator) else {
+            throw CheckpackError(.invalidArgument, "coordinator \(coordinator) is not one of \(plannedBytes.count) ranks")
+        }
+        let budgets = plannedBytes.map { $0 / 10 * 11 + (64 << 20) }
+        var size = UInt64(partSize ?? 16 << 20)
+        var counts: [Int]
+        while true {
+            counts = budgets.map { Int(clamping: ($0 + size - 1) / size + 1) }
+            if counts.reduce(0, { $0 &+ $1 }) < finalPart || partSize != nil || size >= 2 << 30 { break }
+            size *= 2
+        }
+        guard counts.reduce(0, { $0 &+ $1 }) < finalPart else {
+            throw CheckpackError(.limitExceeded, "the checkpoint needs more than S3's \(finalPart) parts of \(size) bytes: choose a larger part size")
+        }
+        var ranges = Array(repeating: 1...1, count: budgets.count)
+        var start = 1
+        for rank in [coordinator] + budgets.indices.filter({ $0 != coordinator }) {
+            ranges[rank] = start...(start + counts[rank] - 1)
+            start += counts[rank]
+        }
+        return (Int(size), ranges)
+    }
+
     /// Creates the upload; returns its id.
     public static func create(_ object: S3Object) throws -> String {
         let upload = S3Upload(object: object)

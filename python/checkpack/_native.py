@@ -183,6 +183,10 @@ _lib.ckpk_free.argtypes = [ctypes.c_void_p]
 _lib.ckpk_upload_create.restype = ctypes.c_void_p
 _lib.ckpk_upload_create.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
 _lib.ckpk_upload_abort.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+_lib.ckpk_upload_plan.restype = ctypes.c_int32
+_lib.ckpk_upload_plan.argtypes = [ctypes.c_ssize_t, ctypes.POINTER(ctypes.c_uint64), ctypes.c_ssize_t, ctypes.c_int64,
+                                  ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64),
+                                  ctypes.c_char_p, ctypes.c_size_t]
 _lib.ckpk_writer_open_segment.restype = ctypes.c_void_p
 _lib.ckpk_writer_open_segment.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int64,
                                           ctypes.c_int32, ctypes.c_char_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_int32,
@@ -214,6 +218,18 @@ class SharedUpload:
             return ctypes.string_at(pointer).decode()
         finally:
             _lib.ckpk_free(pointer)
+
+    @staticmethod
+    def plan(planned_bytes, coordinator, part_size=None):
+        """The part size and each rank's (first, last) part numbers, for ranks that plan to
+        write `planned_bytes[rank]` bytes each (the library's rule)."""
+        n = len(planned_bytes)
+        first, last, size = (ctypes.c_int32 * n)(), (ctypes.c_int32 * n)(), ctypes.c_int64()
+        message = ctypes.create_string_buffer(_ERROR_CAPACITY)
+        if _lib.ckpk_upload_plan(n, (ctypes.c_uint64 * n)(*planned_bytes), coordinator, part_size or 0, first, last,
+                                 ctypes.byref(size), message, _ERROR_CAPACITY) != 0:
+            raise _error(message.value.decode("utf-8", "replace"))
+        return size.value, list(zip(first, last))
 
     @staticmethod
     def abort(url, upload_id):

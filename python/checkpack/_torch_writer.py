@@ -214,27 +214,8 @@ class _SegmentPlan(_StoragePrefix):
     part_size: int = 0
 
 
-def _part_ranges(budgets, coordinator, part_size=None):
-    """Part numbers for each rank's bytes (the coordinator's from 1, then the ranks in
-    order; 10000 stays for the coordinator's final part) and the part size: 16 MiB,
-    or more when the checkpoint needs it to fit S3's 10,000 parts."""
-    size = part_size or 16 << 20
-    while True:
-        counts = [-(-budget // size) + 1 for budget in budgets]
-        if sum(counts) < 10_000 or part_size or size >= 2 << 30:
-            break
-        size *= 2
-    if sum(counts) >= 10_000:
-        raise CheckpackError(f"the checkpoint needs more than S3's 10,000 parts of {size} bytes: choose a larger part_size")
-    ranges, start = [None] * len(budgets), 1
-    for rank in [coordinator] + [r for r in range(len(budgets)) if r != coordinator]:
-        ranges[rank] = (start, start + counts[rank] - 1)
-        start += counts[rank]
-    return size, ranges
-
-
 def _item_bytes(item):
-    """About how many bytes a write item takes in a data file."""
+    """About how many bytes a write item takes in a data file (the library adds room for the rest)."""
     data = item.tensor_data
     if data is None:
         return 64 << 10
@@ -299,8 +280,8 @@ class ArchiveWriter(FileSystemWriter):
             return plans
         # One upload for every rank: each gets a range of part numbers for its planned bytes.
         coordinator = self.rank if self.rank is not None else 0
-        budgets = [sum(_item_bytes(item) for item in plan.items) * 11 // 10 + (64 << 20) for plan in plans]
-        part_size, ranges = _part_ranges(budgets, coordinator, self.part_size)
+        planned = [sum(_item_bytes(item) for item in plan.items) for plan in plans]
+        part_size, ranges = SharedUpload.plan(planned, coordinator, self.part_size)
         upload_id = SharedUpload.create(self.archive_path)
         return [dataclasses.replace(plan, storage_data=_SegmentPlan(plan.storage_data.prefix, upload_id, first, last, part_size))
                 for plan, (first, last) in zip(plans, ranges)]
