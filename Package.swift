@@ -36,7 +36,7 @@ let package = Package(
         .target(name: "CCurlShims", dependencies: ["CCurl"]),
         .target(name: "Checkpack", dependencies: ["CCRC32C", "CBytePlanes", "CSystemShims", "CZstd", "CZlib"]),
         // The distributed-checkpoint protocols and their directory and archive backends.
-        .target(name: "CheckpackStorage", dependencies: ["Checkpack"]),
+        .target(name: "CheckpackStorage", dependencies: ["Checkpack", "CheckpackRemote"]),
         // Archives on HTTP(S) servers and S3, through libcurl: ranged reads and multipart uploads.
         .target(name: "CheckpackRemote", dependencies: ["Checkpack", "CCurl", "CCurlShims"]),
         .target(name: "CheckpackC", dependencies: ["Checkpack", "CheckpackRemote"]),

@@ -1,4 +1,5 @@
 import Checkpack
+import CheckpackRemote
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -10,22 +11,40 @@ import Glibc
 /// `finalizeCheckpoint` joins the parts by copying their records (no
 /// recompression), adds `.metadata`, writes the index last, fsyncs and renames.
 /// Staging parts are removed on success and on failure.
+///
+/// With an `s3://bucket/key` checkpoint id (S3 settings from the AWS_*
+/// environment), the archive is one S3 object made by one multipart upload
+/// that every rank fills (spec/CHECKPOINT.md section 5): the coordinator
+/// creates it and plans each rank's part numbers, each rank uploads its
+/// records as a segment, and the coordinator completes it; a failure on any
+/// rank aborts it.
 public final class ArchiveStorageWriter: StorageWriter {
     public let options: WriterOptions
     private var path = ""
     private var rank = 0
     private var worldSize = 1
     private var coordinator = false
+    /// For an s3:// archive: the object, and this rank's share of the upload once planned.
+    private var object: S3Object?
+    private var share: UploadShare?
+
+    private let environment: [String: String]?
 
     /// `options` apply to every rank's part (codec, level, frame size, threads);
     /// the destination is replaced if it exists, as a directory checkpoint would be.
-    public init(options: WriterOptions = WriterOptions()) {
+    /// S3 settings come from `environment` (nil: this process's).
+    public init(options: WriterOptions = WriterOptions(), environment: [String: String]? = nil) {
         var options = options
         options.overwrite = true
         self.options = options
+        self.environment = environment
     }
 
-    public func initializeWriter(checkpointID: String) throws { path = checkpointID }
+    public func initializeWriter(checkpointID: String) throws {
+        path = checkpointID
+        let location = try ArchiveLocation(checkpointID)
+        object = location.isRemote ? try location.s3Object(environment: environment) : nil
+    }
 
     public func configureWriter(isCoordinator: Bool, rank: Int, worldSize: Int) throws {
         self.rank = rank
@@ -34,7 +53,16 @@ public final class ArchiveStorageWriter: StorageWriter {
     }
 
     public func optimizeGlobalPlan(_ plans: [SavePlan]) throws -> [SavePlan] {
-        CheckpointFiles.assignPrefixes(plans)
+        let plans = CheckpointFiles.assignPrefixes(plans)
+        guard let object else { return plans }
+        let planned = plans.map { $0.items.reduce(UInt64(0)) { $0 + $1.plannedBytes } }
+        let (partSize, ranges) = try SharedUpload.plan(plannedBytes: planned, coordinator: rank)
+        let id = try SharedUpload.create(object)
+        return zip(plans, ranges).map { plan, range in
+            var plan = plan
+            plan.storageData = UploadShare(prefix: plan.storageData ?? "", uploadID: id, parts: range, partSize: partSize).encoded
+            return plan
+        }
     }
 
     func partPath(_ rank: Int) -> String {
@@ -45,10 +73,31 @@ public final class ArchiveStorageWriter: StorageWriter {
     }
 
     public func executeWrite(plan: SavePlan, planner: SavePlanner) throws -> [WriteResult] {
-        let name = CheckpointFiles.dataFile(prefix: plan.storageData ?? CheckpointFiles.prefix(rank: rank))
+        if let object {
+            guard let share = plan.storageData.flatMap(UploadShare.init(encoded:)) else {
+                throw CheckpackError(.invalidArgument, "no part numbers were planned for rank \(rank)", path: path)
+            }
+            self.share = share
+            let sink = try S3SegmentSink(object: object, uploadID: share.uploadID, parts: share.parts, partSize: share.partSize,
+                                         holdsFirst: coordinator)
+            let writer = try ArchiveWriter(sink: sink, options: options, startsArchive: coordinator)
+            var results = try write(plan, planner: planner, prefix: share.prefix, into: writer)
+            let record = try sink.finish(writer.finishSegment()).encoded()
+            results.append(WriteResult(index: MetadataIndex(fqn: UploadShare.recordName), sizeInBytes: 0,
+                                       storageData: StorageInfo(relativePath: "", offset: 0, length: 0), writerRecord: record))
+            return results
+        }
         var partOptions = options
         partOptions.sync = false   // a staging part: joined into the archive (which is synced) and removed
         let part = try ArchiveWriter(path: partPath(rank), options: partOptions)
+        let results = try write(plan, planner: planner, prefix: plan.storageData ?? CheckpointFiles.prefix(rank: rank), into: part)
+        try part.finish()
+        return results
+    }
+
+    /// Writes the plan's items as the rank's data file, every item starting a frame.
+    private func write(_ plan: SavePlan, planner: SavePlanner, prefix: String, into part: ArchiveWriter) throws -> [WriteResult] {
+        let name = CheckpointFiles.dataFile(prefix: prefix)
         // Each item's dtype, so tensor items are split into byte planes.
         let dtypes = plan.items.map { $0.tensorData?.properties.dtype.rawValue ?? "-" }
         try part.beginFile(name, attributes: plan.items.isEmpty ? [:] : [Format.itemDTypesKey: dtypes.joined(separator: ",")],
@@ -64,13 +113,23 @@ public final class ArchiveStorageWriter: StorageWriter {
             offset += UInt64(bytes.count)
         }
         try part.endFile()
-        try part.finish()
         return results
     }
 
     public func finalizeCheckpoint(metadata: Metadata, results: [[WriteResult]]) throws {
         var metadata = metadata
         metadata.storageData = storageData(results)
+        if let object, let share {
+            // The ranks' segment records: the coordinator's first, then the others in rank order.
+            let order = [rank] + results.indices.filter { $0 != rank }
+            let segments = try order.flatMap { r in
+                try results[r].compactMap(\.writerRecord).map { try SharedUpload.Segment(decoding: $0) }
+            }
+            try SharedUpload.complete(object, uploadID: share.uploadID, segments: segments,
+                                      files: [(CheckpointFiles.metadataName, try MetadataCoding.encode(metadata))], options: options)
+            self.share = nil
+            return
+        }
         let archive = try ArchiveWriter(path: path, options: options)
         do {
             // The parts were written by this save: copied without a second pass over their frames.
@@ -85,10 +144,46 @@ public final class ArchiveStorageWriter: StorageWriter {
     }
 
     public func abort() {
+        if let object {
+            if let share { SharedUpload.abort(object, uploadID: share.uploadID) }
+            share = nil
+            return
+        }
         unlink(partPath(rank))
         // Every rank has finished writing when an abort is decided, so the
         // coordinator can also sweep parts of ranks that died.
         if coordinator { for rank in 0..<worldSize { unlink(partPath(rank)) } }
+    }
+}
+
+/// A rank's share of an S3 upload, as it travels in its plan's `storageData`.
+struct UploadShare {
+    var prefix: String
+    var uploadID: String
+    var parts: ClosedRange<Int>
+    var partSize: Int
+
+    /// The write result that carries a rank's segment record (never in the metadata).
+    static let recordName = "__checkpack_segment__"
+
+    var encoded: String { [prefix, uploadID, String(parts.lowerBound), String(parts.upperBound), String(partSize)].joined(separator: "\u{1F}") }
+
+    init(prefix: String, uploadID: String, parts: ClosedRange<Int>, partSize: Int) {
+        (self.prefix, self.uploadID, self.parts, self.partSize) = (prefix, uploadID, parts, partSize)
+    }
+
+    init?(encoded: String) {
+        let fields = encoded.split(separator: "\u{1F}", omittingEmptySubsequences: false).map(String.init)
+        guard fields.count == 5, let first = Int(fields[2]), let last = Int(fields[3]), first <= last, let size = Int(fields[4]) else { return nil }
+        self.init(prefix: fields[0], uploadID: fields[1], parts: first...last, partSize: size)
+    }
+}
+
+extension WriteItem {
+    /// About how many bytes the item takes in a data file (for sizing an upload's parts).
+    var plannedBytes: UInt64 {
+        guard let data = tensorData else { return 64 << 10 }
+        return UInt64(data.chunk.sizes.reduce(1, *) * data.properties.dtype.elementSize)
     }
 }
 

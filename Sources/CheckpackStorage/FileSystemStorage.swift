@@ -65,7 +65,7 @@ public final class FileSystemStorageWriter: StorageWriter {
 /// Every result's storage, keyed by its item's index.
 func storageData(_ results: [[WriteResult]]) -> [MetadataIndex: StorageInfo] {
     var storage: [MetadataIndex: StorageInfo] = [:]
-    for result in results.joined() { storage[result.index] = result.storageData }
+    for result in results.joined() where result.writerRecord == nil { storage[result.index] = result.storageData }
     return storage
 }
 

@@ -255,10 +255,14 @@ public struct WriteResult: Sendable, Hashable {
     public var index: MetadataIndex
     public var sizeInBytes: UInt64
     public var storageData: StorageInfo
+    /// Bytes a storage writer passes from a rank to its coordinator's
+    /// `finalizeCheckpoint` with the rank's results; never in the metadata.
+    public var writerRecord: [UInt8]?
 
-    public init(index: MetadataIndex, sizeInBytes: UInt64, storageData: StorageInfo) {
+    public init(index: MetadataIndex, sizeInBytes: UInt64, storageData: StorageInfo, writerRecord: [UInt8]? = nil) {
         self.index = index
         self.sizeInBytes = sizeInBytes
         self.storageData = storageData
+        self.writerRecord = writerRecord
     }
 }

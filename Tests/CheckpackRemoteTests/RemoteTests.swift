@@ -378,4 +378,52 @@ let serversNeeded = Testing.ConditionTrait.enabled(if: TestServers.available || 
         #expect(loaded["b"] == .tensor(bias))
         try servers.object(key).delete()
     }
+
+    /// Three ranks save one object through one upload: rank 0's data is small, rank 1's spans
+    /// several 5 MiB parts, rank 2 has none; the object loads whole, and nothing is left pending.
+    @Test(arguments: [false, true]) func threeRanksSaveOneS3ObjectInOneUpload(failing: Bool) throws {
+        let servers = try TestServers.shared()
+        let key = uniqueKey("ranks")
+        let url = "s3://\(servers.bucket)/\(key)"
+        let environment = servers.awsEnvironment()
+        let tensors = [try Tensor(dtype: .float32, shape: [100], bytes: sampleBytes(400, seed: 1, compressible: false)),
+                       try Tensor(dtype: .float32, shape: [3, 1 << 20], bytes: sampleBytes(12 << 20, seed: 2, compressible: false))]
+        let outcomes = try InProcessGroup.run(worldSize: 3) { group -> String? in
+            var options = WriterOptions()
+            options.threads = 1
+            let writer = ArchiveStorageWriter(options: options, environment: environment)
+            let state: StateDict = group.rank < 2 ? ["t\(group.rank)": .tensor(tensors[group.rank])] : [:]
+            do {
+                try save(state, checkpointID: url, writer: writer, planner: failing && group.rank == 1 ? FailingSavePlanner() : DefaultSavePlanner(),
+                         collectives: group)
+                return nil
+            } catch {
+                return "\(error)"
+            }
+        }
+        let object = try servers.object(key)
+        #expect(try object.pendingUploads().isEmpty)
+        if failing {
+            #expect(outcomes.allSatisfy { $0?.contains("rank 1") == true }, "\(outcomes)")
+            #expect(try !object.exists())
+            return
+        }
+        #expect(outcomes.allSatisfy { $0 == nil }, "\(outcomes)")
+        let reader = ArchiveStorageReader(open: { try ArchiveLocation($0).openSource(environment: environment) })
+        let loaded = try load(["t0": .tensor(.zeros(.float32, [100])), "t1": .tensor(.zeros(.float32, [3, 1 << 20]))],
+                              checkpointID: url, reader: reader)
+        #expect(loaded["t0"] == .tensor(tensors[0]) && loaded["t1"] == .tensor(tensors[1]))
+        #expect(try ArchiveReader(source: ArchiveLocation(url).openSource(environment: environment)).verify().isEmpty)
+        try object.delete()
+    }
+}
+
+/// Fails rank 1's save once its data is being written.
+final class FailingSavePlanner: SavePlanner, @unchecked Sendable {
+    let inner = DefaultSavePlanner()
+    func setUp(stateDict: StateDict, isCoordinator: Bool) { inner.setUp(stateDict: stateDict, isCoordinator: isCoordinator) }
+    func createLocalPlan() throws -> SavePlan { try inner.createLocalPlan() }
+    func createGlobalPlan(_ plans: [SavePlan]) throws -> (plans: [SavePlan], metadata: Metadata) { try inner.createGlobalPlan(plans) }
+    func finishPlan(_ plan: SavePlan) throws -> SavePlan { plan }
+    func resolveData(_ item: WriteItem) throws -> [UInt8] { throw CheckpackError(.io(EIO), "the disk is on fire") }
 }
