@@ -19,6 +19,7 @@ import Glibc
 /// records as a segment, and the coordinator completes it; a failure on any
 /// rank aborts it.
 public final class ArchiveStorageWriter: StorageWriter {
+    /// The compression every rank's data uses.
     public let options: WriterOptions
     private var path = ""
     private var rank = 0
@@ -195,10 +196,12 @@ extension WriteItem {
 /// `ArchiveStorageReader(open: { try ArchiveLocation($0).openSource() })`
 /// loads from `s3://` and `http(s)://` URLs, each rank fetching only its frames.
 public final class ArchiveStorageReader: StorageReader, StorageByteSource {
+    /// The archive once a load opened it.
     public private(set) var archive: ArchiveReader?
     private var metadata = Metadata(stateDictMetadata: [:])
     private let open: (String) throws -> any ArchiveSource
 
+    /// `open` turns the checkpoint id into a source (default: a local file).
     public init(open: @escaping (String) throws -> any ArchiveSource = { try FileSource(path: $0) }) {
         self.open = open
     }

@@ -5,6 +5,7 @@ import Glibc
 /// A failure on some rank during a collective step: every rank throws it,
 /// with every failing rank's error (its kind kept).
 public struct RankFailures: Error, CustomStringConvertible, Sendable {
+    /// Every failing rank and its error, by rank.
     public var failures: [(rank: Int, error: CheckpackError)]
     /// The kind of the lowest failing rank's error: what a caller acts on.
     public var kind: CheckpackError.Kind { failures.first?.error.kind ?? .io(ECANCELED) }

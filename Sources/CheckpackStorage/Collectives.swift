@@ -7,7 +7,9 @@ import Glibc
 /// The communication a save or load needs between ranks. Every rank calls the
 /// same operations in the same order.
 public protocol Collectives: Sendable {
+    /// This rank's number, from 0.
     var rank: Int { get }
+    /// How many ranks take part.
     var worldSize: Int { get }
     /// `root` receives every rank's value, in rank order; the others receive nil.
     func gather<T: Sendable>(_ value: T, root: Int) throws -> [T]?
@@ -15,11 +17,13 @@ public protocol Collectives: Sendable {
     func scatter<T: Sendable>(_ values: [T]?, root: Int) throws -> T
     /// Every rank receives `root`'s value.
     func broadcast<T: Sendable>(_ value: T?, root: Int) throws -> T
+    /// Returns once every rank has called it.
     func barrier() throws
 }
 
 /// A single process: rank 0 of 1.
 public struct SingleProcess: Collectives {
+    /// The only rank.
     public init() {}
     public var rank: Int { 0 }
     public var worldSize: Int { 1 }
@@ -37,6 +41,7 @@ public struct SingleProcess: Collectives {
 
 /// N ranks as threads of one process, exchanging values in memory.
 public final class InProcessGroup: Sendable {
+    /// How many ranks the group has.
     public let worldSize: Int
     private let state = Locked<Round?>(nil)
 
@@ -48,6 +53,7 @@ public final class InProcessGroup: Sendable {
         init(_ n: Int) { values = Array(repeating: nil, count: n) }
     }
 
+    /// A group of `worldSize` ranks.
     public init(worldSize: Int) {
         self.worldSize = worldSize
     }
@@ -69,6 +75,7 @@ public final class InProcessGroup: Sendable {
         return round.values
     }
 
+    /// Rank `rank`'s end of the group, for its thread.
     public func collectives(rank: Int) -> InProcessCollectives {
         InProcessCollectives(group: self, rank: rank)
     }
@@ -96,6 +103,7 @@ public final class InProcessGroup: Sendable {
     }
 }
 
+/// One rank's end of an `InProcessGroup`.
 public struct InProcessCollectives: Collectives {
     let group: InProcessGroup
     public let rank: Int

@@ -14,6 +14,7 @@ public final class FileSystemStorageWriter: StorageWriter {
     /// The data file being written, until it is in place.
     private var pending: FileSink?
 
+    /// A backend; the checkpoint id names the directory.
     public init() {}
 
     public func initializeWriter(checkpointID: String) throws { directory = checkpointID }
@@ -76,6 +77,7 @@ public final class FileSystemStorageReader: StorageReader, StorageByteSource {
     private var metadata = Metadata(stateDictMetadata: [:])
     private var files: [String: SystemFile] = [:]
 
+    /// A backend; the checkpoint id names the directory.
     public init() {}
 
     public func initializeReader(checkpointID: String) throws { directory = checkpointID }

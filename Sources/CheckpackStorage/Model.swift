@@ -4,11 +4,17 @@ import Checkpack
 
 /// Element types, named as torch names them.
 public enum DType: String, Sendable, Codable, CaseIterable {
+    /// IEEE floats of 64, 32 and 16 bits, and bfloat16 (8 exponent bits, 7 mantissa bits).
     case float64, float32, float16, bfloat16
+    /// The 8-bit floats torch names (4 or 5 exponent bits; `fnuz`: no negative zero).
     case float8_e4m3fn, float8_e5m2, float8_e4m3fnuz, float8_e5m2fnuz
+    /// Signed integers of 8 to 64 bits.
     case int8, int16, int32, int64
+    /// Unsigned integers of 8 to 64 bits.
     case uint8, uint16, uint32, uint64
+    /// One byte per value, 0 or 1.
     case bool
+    /// Complex numbers: two float32s, or two float64s.
     case complex64, complex128
 
     /// How the byte-plane transform sees an element: a complex number as its
@@ -25,6 +31,7 @@ public enum DType: String, Sendable, Codable, CaseIterable {
         }
     }
 
+    /// Bytes per element.
     public var elementSize: Int {
         switch self {
         case .float8_e4m3fn, .float8_e5m2, .float8_e4m3fnuz, .float8_e5m2fnuz, .int8, .uint8, .bool: return 1
@@ -75,25 +82,36 @@ public enum ShapeMath {
 
 /// A box inside a tensor: where it starts and how large it is, per dimension.
 public struct ChunkStorageMetadata: Sendable, Codable, Hashable {
+    /// Where the chunk starts, per dimension of the tensor.
     public var offsets: [Int]
+    /// The chunk's shape.
     public var sizes: [Int]
+    /// A chunk at `offsets` of shape `sizes`.
     public init(offsets: [Int], sizes: [Int]) {
         self.offsets = offsets
         self.sizes = sizes
     }
+    /// Elements in the chunk.
     public var elementCount: Int { sizes.reduce(1, *) }
 }
 
+/// What a tensor's elements are.
 public struct TensorProperties: Sendable, Codable, Hashable {
+    /// The element type.
     public var dtype: DType
+    /// Properties of a `dtype` tensor.
     public init(dtype: DType) { self.dtype = dtype }
 }
 
 /// A saved tensor: its global size and the chunks it was saved as.
 public struct TensorStorageMetadata: Sendable, Codable, Hashable {
+    /// The tensor's element type.
     public var properties: TensorProperties
+    /// The tensor's global shape.
     public var size: [Int]
+    /// The saved chunks, which together cover the tensor.
     public var chunks: [ChunkStorageMetadata]
+    /// A saved tensor of `size`, in `chunks`.
     public init(properties: TensorProperties, size: [Int], chunks: [ChunkStorageMetadata]) {
         self.properties = properties
         self.size = size
@@ -101,13 +119,17 @@ public struct TensorStorageMetadata: Sendable, Codable, Hashable {
     }
 }
 
+/// A saved blob of bytes (it has no properties).
 public struct BytesStorageMetadata: Sendable, Codable, Hashable {
+    /// A blob's metadata.
     public init() {}
 }
 
 /// What the checkpoint holds under one name.
 public enum StorageMetadata: Sendable, Codable, Hashable {
+    /// A tensor, saved in chunks.
     case tensor(TensorStorageMetadata)
+    /// A blob of bytes.
     case bytes(BytesStorageMetadata)
 }
 
@@ -115,10 +137,14 @@ public enum StorageMetadata: Sendable, Codable, Hashable {
 /// (fqn only). `index` is a lookup hint — the chunk's position in the
 /// tensor's chunk list — and takes no part in equality or hashing.
 public struct MetadataIndex: Sendable, Codable, Hashable, CustomStringConvertible {
+    /// The item's fully qualified name in the state dict.
     public var fqn: String
+    /// For a tensor chunk, where it starts in the tensor; nil for a blob.
     public var offset: [Int]?
+    /// A lookup hint: the chunk's position in its tensor's chunk list.
     public var index: Int?
 
+    /// The item `fqn` (a chunk at `offset`).
     public init(fqn: String, offset: [Int]? = nil, index: Int? = nil) {
         self.fqn = fqn
         self.offset = offset
@@ -139,9 +165,13 @@ public struct MetadataIndex: Sendable, Codable, Hashable, CustomStringConvertibl
 /// Where an item's bytes are: a file (logical file, in an archive) and a
 /// byte range inside it.
 public struct StorageInfo: Sendable, Codable, Hashable {
+    /// The data file, relative to the checkpoint (an archive entry's name).
     public var relativePath: String
+    /// Where the item's bytes start in the file.
     public var offset: UInt64
+    /// How many bytes the item takes.
     public var length: UInt64
+    /// Bytes `offset`..<`offset + length` of `relativePath`.
     public init(relativePath: String, offset: UInt64, length: UInt64) {
         self.relativePath = relativePath
         self.offset = offset
@@ -151,13 +181,19 @@ public struct StorageInfo: Sendable, Codable, Hashable {
 
 /// Everything a load needs to know about a checkpoint.
 public struct Metadata: Sendable, Hashable {
+    /// Every saved name: a tensor (dtype, shape, chunks) or a blob.
     public var stateDictMetadata: [String: StorageMetadata]
+    /// Where each item's bytes are.
     public var storageData: [MetadataIndex: StorageInfo]
+    /// What the save planner kept for the load planner.
     public var plannerData: [String: String]
+    /// The layout version (`currentVersion` for what this library writes).
     public var version: String
 
+    /// The version this library writes.
     public static let currentVersion = "checkpack-1"
 
+    /// Metadata from its parts.
     public init(stateDictMetadata: [String: StorageMetadata], storageData: [MetadataIndex: StorageInfo] = [:],
                 plannerData: [String: String] = [:], version: String = Metadata.currentVersion) {
         self.stateDictMetadata = stateDictMetadata
@@ -167,19 +203,25 @@ public struct Metadata: Sendable, Hashable {
     }
 }
 
+/// What a write item carries.
 public enum WriteItemType: String, Sendable, Codable {
     /// A whole tensor, replicated or not.
     case tensor
     /// One rank's chunk of a sharded tensor.
     case shard
+    /// A blob of bytes.
     case bytes
 }
 
+/// The tensor side of a write item: which chunk, of what.
 public struct TensorWriteData: Sendable, Hashable {
+    /// The chunk this item saves.
     public var chunk: ChunkStorageMetadata
+    /// The tensor's element type.
     public var properties: TensorProperties
     /// The tensor's global size.
     public var size: [Int]
+    /// The chunk `chunk` of a tensor of `size`.
     public init(chunk: ChunkStorageMetadata, properties: TensorProperties, size: [Int]) {
         self.chunk = chunk
         self.properties = properties
@@ -187,11 +229,16 @@ public struct TensorWriteData: Sendable, Hashable {
     }
 }
 
+/// One item a rank saves: a tensor chunk or a blob.
 public struct WriteItem: Sendable, Hashable {
+    /// The item's name and, for a chunk, its offset.
     public var index: MetadataIndex
+    /// A tensor, a shard (a chunk) or bytes.
     public var type: WriteItemType
+    /// For a tensor item, its chunk and properties.
     public var tensorData: TensorWriteData?
 
+    /// An item from its parts.
     public init(index: MetadataIndex, type: WriteItemType, tensorData: TensorWriteData? = nil) {
         self.index = index
         self.type = type
@@ -204,21 +251,31 @@ public struct WriteItem: Sendable, Hashable {
     }
 }
 
+/// What a read item loads.
 public enum LoadItemType: String, Sendable, Codable {
+    /// A box of a tensor.
     case tensor
+    /// A blob of bytes.
     case bytes
 }
 
 /// One copy of a load: the box `lengths` at `storageOffsets` inside the saved
 /// chunk `storageIndex` goes to `destOffsets` inside the destination chunk `destIndex`.
 public struct ReadItem: Sendable, Hashable {
+    /// A tensor box or a blob.
     public var type: LoadItemType
+    /// The destination chunk in the state dict being loaded.
     public var destIndex: MetadataIndex
+    /// Where the box goes inside the destination chunk.
     public var destOffsets: [Int]
+    /// The saved chunk the box comes from.
     public var storageIndex: MetadataIndex
+    /// Where the box starts inside the saved chunk.
     public var storageOffsets: [Int]
+    /// The box's shape.
     public var lengths: [Int]
 
+    /// A read item from its parts.
     public init(type: LoadItemType, destIndex: MetadataIndex, destOffsets: [Int], storageIndex: MetadataIndex,
                 storageOffsets: [Int], lengths: [Int]) {
         self.type = type
@@ -230,11 +287,15 @@ public struct ReadItem: Sendable, Hashable {
     }
 }
 
+/// What one rank saves: its items, and what the storage writer and planner add.
 public struct SavePlan: Sendable, Hashable {
+    /// The items, in the order they are written.
     public var items: [WriteItem]
     /// Set by the storage writer's global plan (for example a per-rank file prefix).
     public var storageData: String?
+    /// Set by the save planner.
     public var plannerData: [String: String]
+    /// A plan from its parts.
     public init(items: [WriteItem], storageData: String? = nil, plannerData: [String: String] = [:]) {
         self.items = items
         self.storageData = storageData
@@ -242,23 +303,32 @@ public struct SavePlan: Sendable, Hashable {
     }
 }
 
+/// What one rank loads: its read items.
 public struct LoadPlan: Sendable, Hashable {
+    /// The items, each a copy of a box.
     public var items: [ReadItem]
+    /// Set by the storage reader's global plan.
     public var storageData: String?
+    /// A plan from its parts.
     public init(items: [ReadItem], storageData: String? = nil) {
         self.items = items
         self.storageData = storageData
     }
 }
 
+/// Where one saved item went.
 public struct WriteResult: Sendable, Hashable {
+    /// The item this result is for.
     public var index: MetadataIndex
+    /// The item's bytes.
     public var sizeInBytes: UInt64
+    /// The data file and byte range that hold it.
     public var storageData: StorageInfo
     /// Bytes a storage writer passes from a rank to its coordinator's
     /// `finalizeCheckpoint` with the rank's results; never in the metadata.
     public var writerRecord: [UInt8]?
 
+    /// A result from its parts.
     public init(index: MetadataIndex, sizeInBytes: UInt64, storageData: StorageInfo, writerRecord: [UInt8]? = nil) {
         self.index = index
         self.sizeInBytes = sizeInBytes

@@ -2,10 +2,13 @@ import Checkpack
 /// Turns a state dict into write items and the checkpoint's metadata, and
 /// hands out each item's bytes when the storage writer asks.
 public protocol SavePlanner: AnyObject {
+    /// The state dict this rank saves.
     func setUp(stateDict: StateDict, isCoordinator: Bool)
+    /// One write item per tensor chunk or blob of this rank.
     func createLocalPlan() throws -> SavePlan
     /// Coordinator only: all ranks' local plans in, final plans and metadata out.
     func createGlobalPlan(_ plans: [SavePlan]) throws -> (plans: [SavePlan], metadata: Metadata)
+    /// This rank's final plan, as the coordinator sent it.
     func finishPlan(_ plan: SavePlan) throws -> SavePlan
     /// The bytes of one item: a chunk's contiguous row-major elements, or a blob.
     func resolveData(_ item: WriteItem) throws -> [UInt8]
@@ -14,9 +17,13 @@ public protocol SavePlanner: AnyObject {
 /// Turns a state dict to load into and the checkpoint's metadata into read
 /// items, and receives the bytes the storage reader fetches.
 public protocol LoadPlanner: AnyObject {
+    /// The state dict to load into, and the checkpoint's metadata.
     func setUp(stateDict: StateDict, metadata: Metadata, isCoordinator: Bool)
+    /// One read item per overlap of a destination chunk with a saved chunk.
     func createLocalPlan() throws -> LoadPlan
+    /// Coordinator only: every rank's final read plan.
     func createGlobalPlan(_ plans: [LoadPlan]) throws -> [LoadPlan]
+    /// This rank's final read plan.
     func finishPlan(_ plan: LoadPlan) throws -> LoadPlan
     /// A byte item's content.
     func loadBytes(_ item: ReadItem, _ bytes: [UInt8]) throws
@@ -31,6 +38,7 @@ public protocol LoadPlanner: AnyObject {
 /// (the one with the least planned so far, as torch does).
 public final class DefaultSavePlanner: SavePlanner {
     private var stateDict: StateDict = [:]
+    /// A planner.
     public init() {}
 
     public func setUp(stateDict: StateDict, isCoordinator: Bool) {
@@ -137,6 +145,7 @@ public final class DefaultSavePlanner: SavePlanner {
 public final class DefaultLoadPlanner: LoadPlanner {
     public private(set) var stateDict: StateDict = [:]
     private var metadata = Metadata(stateDictMetadata: [:])
+    /// A planner.
     public init() {}
 
     public func setUp(stateDict: StateDict, metadata: Metadata, isCoordinator: Bool) {

@@ -2,10 +2,14 @@ import Checkpack
 /// A dense tensor: element type, shape, and its elements as contiguous
 /// row-major little-endian bytes.
 public struct Tensor: Sendable, Equatable {
+    /// The element type.
     public let dtype: DType
+    /// The shape, row-major.
     public let shape: [Int]
+    /// The elements, little-endian, row-major.
     public var bytes: [UInt8]
 
+    /// A tensor of `shape` from its bytes; their count must be the shape's.
     public init(dtype: DType, shape: [Int], bytes: [UInt8]) throws {
         guard shape.allSatisfy({ $0 >= 0 }) else { throw CheckpackError(.invalidArgument, "negative dimension in shape \(shape)") }
         let expected = shape.reduce(1, *) * dtype.elementSize
@@ -32,20 +36,27 @@ public struct Tensor: Sendable, Equatable {
 
 /// This rank's pieces of a tensor that is split across ranks.
 public struct ShardedTensor: Sendable, Equatable {
+    /// One rank's piece of the tensor.
     public struct Chunk: Sendable, Equatable {
         /// Where the chunk starts in the global tensor.
         public var offsets: [Int]
+        /// The piece's elements.
         public var tensor: Tensor
+        /// The piece `tensor`, at `offsets` in the global tensor.
         public init(offsets: [Int], tensor: Tensor) {
             self.offsets = offsets
             self.tensor = tensor
         }
     }
 
+    /// The element type.
     public let dtype: DType
+    /// The whole tensor's shape.
     public let globalShape: [Int]
+    /// The pieces this rank holds.
     public var chunks: [Chunk]
 
+    /// A sharded tensor; each chunk must fit `globalShape`.
     public init(dtype: DType, globalShape: [Int], chunks: [Chunk]) throws {
         for chunk in chunks {
             guard chunk.tensor.dtype == dtype, chunk.offsets.count == globalShape.count,
@@ -93,11 +104,15 @@ public struct ShardedTensor: Sendable, Equatable {
 
 /// One value of a state dict.
 public enum StateValue: Sendable, Equatable {
+    /// A whole tensor (replicated: every rank holds the same).
     case tensor(Tensor)
+    /// This rank's chunks of a sharded tensor.
     case sharded(ShardedTensor)
+    /// A blob of bytes.
     case bytes([UInt8])
 }
 
+/// What a save writes or a load fills: values by fully qualified name.
 public typealias StateDict = [String: StateValue]
 
 /// Copies between a tensor's bytes and a box inside it, run by contiguous run.

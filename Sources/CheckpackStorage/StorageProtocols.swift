@@ -4,11 +4,17 @@ import Checkpack
 /// optimizeGlobalPlan, executeWrite, (coordinator) finalizeCheckpoint. After an
 /// error on any rank, `abort()` is called on every rank instead of finalizing.
 public protocol StorageWriter: AnyObject {
+    /// Where the checkpoint goes: a path, or a URL the backend understands.
     func initializeWriter(checkpointID: String) throws
+    /// This rank's place in the save.
     func configureWriter(isCoordinator: Bool, rank: Int, worldSize: Int) throws
+    /// May reshape this rank's plan before the coordinator sees it.
     func optimizeLocalPlan(_ plan: SavePlan) throws -> SavePlan
+    /// Coordinator only: may reshape every rank's final plan (file prefixes, upload shares).
     func optimizeGlobalPlan(_ plans: [SavePlan]) throws -> [SavePlan]
+    /// Writes this rank's items; returns where each one went.
     func executeWrite(plan: SavePlan, planner: SavePlanner) throws -> [WriteResult]
+    /// Coordinator only: every rank's results in rank order; writes the metadata and makes the checkpoint whole.
     func finalizeCheckpoint(metadata: Metadata, results: [[WriteResult]]) throws
     /// Removes whatever this rank left behind. Must not throw.
     func abort()
@@ -17,21 +23,30 @@ public protocol StorageWriter: AnyObject {
 /// Where a load finds its bytes. Calls: initialize, loadMetadata, configure,
 /// optimizeLocalPlan, (coordinator) optimizeGlobalPlan, executeRead.
 public protocol StorageReader: AnyObject {
+    /// Where the checkpoint is: a path, or a URL the backend understands.
     func initializeReader(checkpointID: String) throws
+    /// The checkpoint's metadata (read on the coordinator, then shared).
     func loadMetadata() throws -> Metadata
+    /// This rank's place in the load, with the metadata.
     func configureReader(metadata: Metadata, isCoordinator: Bool, rank: Int, worldSize: Int) throws
+    /// May reshape this rank's read plan.
     func optimizeLocalPlan(_ plan: LoadPlan) throws -> LoadPlan
+    /// Coordinator only: may reshape every rank's read plan.
     func optimizeGlobalPlan(_ plans: [LoadPlan]) throws -> [LoadPlan]
+    /// Reads this rank's items and hands each to the planner.
     func executeRead(plan: LoadPlan, planner: LoadPlanner) throws
 }
 
 /// Backends that do not reshape plans need not write these.
 extension StorageWriter {
+    /// The plan unchanged.
     public func optimizeLocalPlan(_ plan: SavePlan) throws -> SavePlan { plan }
 }
 
 extension StorageReader {
+    /// The plan unchanged.
     public func optimizeLocalPlan(_ plan: LoadPlan) throws -> LoadPlan { plan }
+    /// The plans unchanged.
     public func optimizeGlobalPlan(_ plans: [LoadPlan]) throws -> [LoadPlan] { plans }
 }
 
