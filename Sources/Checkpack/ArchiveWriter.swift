@@ -45,28 +45,7 @@ public final class ArchiveWriter {
         var record: EntryRecord
         var codec: Codec
         var level: Int32
-        var size: UInt64 = 0
-        /// Items started so far after the first (item k starts at the k-th boundary).
-        var boundaryCount = 0
-        /// The next frame starts an item.
-        var itemStartPending = false
-        var buffer: [UInt8] = []
-        /// The element type of each item, by item number, where known
-        /// (given with the entry, or at each boundary).
-        var itemTypes: [ElementType?] = []
-        /// Follow from the item being written: its element type when it goes
-        /// into byte planes, and its frame size.
-        var element: ElementType? = nil
-        var frameSize: Int
-
-        /// Item 0 starts at offset 0, item k at the k-th boundary.
-        var itemNumber: Int { boundaryCount }
-
-        mutating func startItem(options: WriterOptions) {
-            let type = itemNumber < itemTypes.count ? itemTypes[itemNumber] : nil
-            element = options.bytePlanes && codec != .stored ? type : nil
-            frameSize = element == nil ? options.frameSize : options.planeFrameSize
-        }
+        var framer: EntryFramer
     }
 
     /// State the sink keeps while records reach the file: the open entry's
@@ -165,7 +144,7 @@ public final class ArchiveWriter {
                  codec: Codec? = nil, level: Int32? = nil) throws {
         if let mode, let expectedSize, itemBoundaries.isEmpty {
             let entry = try prepareEntry(name, kind: .file, mode: mode, attributes: attributes, itemTypes: itemTypes, codec: codec, level: level)
-            if expectedSize <= UInt64(entry.frameSize) {
+            if expectedSize <= UInt64(entry.framer.frameSize) {
                 return try guarded {
                     try startEntry(entry)
                     if expectedSize > 0 { try submitFileFrame(path: sourcePath, size: Int(expectedSize), identity: identity) }
@@ -200,7 +179,7 @@ public final class ArchiveWriter {
                 boundaries = boundaries.dropFirst()
             }
             // Up to a frame, and never across the next item boundary.
-            let want = Int(min(UInt64(open?.frameSize ?? options.frameSize), (boundaries.first ?? .max) - position))
+            let want = Int(min(UInt64(open?.framer.frameSize ?? options.frameSize), (boundaries.first ?? .max) - position))
             var chunk = try [UInt8](unsafeUninitializedCapacity: want) { buffer, count in
                 count = try source.readSome(into: UnsafeMutableRawBufferPointer(buffer))
             }
@@ -391,9 +370,9 @@ public final class ArchiveWriter {
         }
         try asArgumentError { try tree.add(name, kind: kind) }   // last: it records the name only when it succeeds
         let record = EntryRecord(kind: kind, mode: mode, name: name, attributes: pairs, tableExponent: options.tableExponent)
-        var entry = OpenEntry(name: name, record: record, codec: codec, level: level, frameSize: options.frameSize)
-        entry.itemTypes = itemTypes
-        entry.startItem(options: options)
+        let framer = EntryFramer(itemTypes: itemTypes, planes: options.bytePlanes && codec != .stored,
+                                 frameSize: options.frameSize, planeFrameSize: options.planeFrameSize)
+        let entry = OpenEntry(name: name, record: record, codec: codec, level: level, framer: framer)
         return entry
     }
 
@@ -410,62 +389,34 @@ public final class ArchiveWriter {
         try pipeline.submitReady(.entryStart(entry.record, entry.record.encoded()))
     }
 
-    private func append(_ bytes: UnsafeRawBufferPointer) throws {
+    /// Runs `body` on the open entry's framer, each frame it emits going to the pipeline.
+    private func framing(_ body: (inout EntryFramer, (EntryFramer.Frame) throws -> Void) throws -> Void) throws {
         guard var entry = open else { throw CheckpackError(.invalidArgument, "no file entry is open") }
-        open = nil   // keep `entry.buffer` uniquely referenced while it grows
+        open = nil   // keep the framer's buffer uniquely referenced while it grows
         defer { open = entry }
-        var rest = bytes
-        while !rest.isEmpty {
-            if entry.buffer.capacity < entry.frameSize { entry.buffer.reserveCapacity(entry.frameSize) }
-            let take = min(rest.count, entry.frameSize - entry.buffer.count)
-            entry.buffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest[..<take]))
-            rest = UnsafeRawBufferPointer(rebasing: rest[take...])
-            if entry.buffer.count == entry.frameSize { try submitFrame(&entry) }
-        }
+        let codec = entry.codec, level = entry.level
+        try body(&entry.framer) { frame in try self.submit(frame, codec: codec, level: level) }
+    }
+
+    private func append(_ bytes: UnsafeRawBufferPointer) throws {
+        try framing { framer, emit in try framer.append(bytes, emit: emit) }
     }
 
     /// Appends a whole buffer the caller gives up, without copying it when
     /// nothing is buffered.
     private func appendOwned(_ chunk: inout [UInt8]) throws {
-        guard var entry = open else { throw CheckpackError(.invalidArgument, "no file entry is open") }
-        if entry.buffer.isEmpty && chunk.count <= entry.frameSize {
-            open = nil
-            defer { open = entry }
-            swap(&entry.buffer, &chunk)
-            if entry.buffer.count == entry.frameSize { try submitFrame(&entry) }
-        } else {
-            try chunk.withUnsafeBytes { try append($0) }
-        }
+        try framing { framer, emit in try framer.appendOwned(&chunk, emit: emit) }
     }
 
     /// Ends the current item; `elementType`, when given, is the next item's.
     private func cutItem(elementType: ElementType?? = nil) throws {
-        guard var entry = open else { throw CheckpackError(.invalidArgument, "no file entry is open") }
-        open = nil
-        defer { open = entry }
-        if !entry.buffer.isEmpty { try submitFrame(&entry) }
-        if entry.size > 0, !entry.itemStartPending {
-            entry.boundaryCount += 1
-            entry.itemStartPending = true
-        }
-        if let elementType {
-            let number = entry.itemNumber
-            if entry.itemTypes.count <= number { entry.itemTypes += Array(repeating: nil, count: number + 1 - entry.itemTypes.count) }
-            entry.itemTypes[number] = elementType
-        }
-        entry.startItem(options: options)
+        try framing { framer, emit in try framer.cutItem(elementType: elementType, emit: emit) }
     }
 
-    private func submitFrame(_ entry: inout OpenEntry) throws {
-        let data = entry.buffer
-        entry.buffer = []
-        let entryOffset = entry.size
-        entry.size += UInt64(data.count)
-        let startsItem = entry.itemStartPending
-        entry.itemStartPending = false
-        let codec = entry.codec, level = entry.level, element = entry.element
-        try pipeline.submit(cost: data.count) {
-            try ArchiveWriter.encodeFrame(data, entryOffset: entryOffset, startsItem: startsItem, codec: codec, level: level, element: element)
+    private func submit(_ frame: EntryFramer.Frame, codec: Codec, level: Int32) throws {
+        try pipeline.submit(cost: frame.data.count) {
+            try ArchiveWriter.encodeFrame(frame.data, entryOffset: frame.entryOffset, startsItem: frame.startsItem,
+                                          codec: codec, level: level, element: frame.element)
         }
     }
 
@@ -475,11 +426,9 @@ public final class ArchiveWriter {
         guard var entry = open else { throw CheckpackError(.invalidArgument, "no file entry is open") }
         open = nil
         defer { open = entry }
-        let entryOffset = entry.size
-        entry.size += UInt64(size)
-        let startsItem = entry.itemStartPending
-        entry.itemStartPending = false
-        let codec = entry.codec, level = entry.level, element = entry.element
+        let frame = entry.framer.reserveFrame(count: size)
+        let entryOffset = frame.entryOffset, startsItem = frame.startsItem, element = frame.element
+        let codec = entry.codec, level = entry.level
         try pipeline.submit(cost: size) {
             let file = try SystemFile.openRegularFile(path, identity: identity)
             // One byte more than expected: a file that grew is caught too.
@@ -518,9 +467,9 @@ public final class ArchiveWriter {
     }
 
     private func closeEntry() throws {
-        guard var entry = open else { throw CheckpackError(.invalidArgument, "no entry is open") }
+        guard open != nil else { throw CheckpackError(.invalidArgument, "no entry is open") }
+        try framing { framer, emit in try framer.close(emit: emit) }
         open = nil
-        if !entry.buffer.isEmpty { try submitFrame(&entry) }
         try pipeline.submitReady(.entryEnd)
     }
 

@@ -196,3 +196,45 @@ func tensorLikeBytes(_ dtype: String, count: Int, seed: UInt64) -> [UInt8] {
         try expectRefused(forge.finish(), "required feature bit 1", kind: .unsupported)
     }
 }
+
+@Suite struct EntryFramerTests {
+    /// Every frame the framer emits, for a sequence of writes and item cuts.
+    static func frames(itemTypes: [ElementType?] = [], planes: Bool = true,
+                       _ steps: (inout EntryFramer, (EntryFramer.Frame) -> Void) -> Void) -> [EntryFramer.Frame] {
+        var framer = EntryFramer(itemTypes: itemTypes, planes: planes, frameSize: 10, planeFrameSize: 4)
+        var out: [EntryFramer.Frame] = []
+        steps(&framer) { out.append($0) }
+        framer.close { out.append($0) }
+        return out
+    }
+
+    @Test func framesAreCutAtTheFrameSizeAndAtEveryItem() {
+        let out = Self.frames { framer, emit in
+            [UInt8](repeating: 1, count: 25).withUnsafeBytes { framer.append($0, emit: emit) }
+            framer.cutItem(emit: emit)
+            framer.cutItem(emit: emit)   // a second cut at the same place starts no empty item
+            [UInt8](repeating: 2, count: 3).withUnsafeBytes { framer.append($0, emit: emit) }
+        }
+        #expect(out.map(\.data.count) == [10, 10, 5, 3])
+        #expect(out.map(\.entryOffset) == [0, 10, 20, 25])
+        #expect(out.map(\.startsItem) == [false, false, false, true])
+    }
+
+    @Test func typedItemsGetPlaneFramesAndTheirTypeOnly() {
+        let bf16 = element("bfloat16"), f32 = element("float32")
+        let out = Self.frames(itemTypes: [nil, bf16]) { framer, emit in
+            [UInt8](repeating: 0, count: 3).withUnsafeBytes { framer.append($0, emit: emit) }
+            framer.cutItem(emit: emit)                       // item 1: bfloat16, from the list
+            [UInt8](repeating: 0, count: 6).withUnsafeBytes { framer.append($0, emit: emit) }
+            framer.cutItem(elementType: .some(f32), emit: emit)   // item 2: float32, given at its boundary
+            [UInt8](repeating: 0, count: 4).withUnsafeBytes { framer.append($0, emit: emit) }
+            framer.cutItem(emit: emit)                       // item 3: untyped again
+            [UInt8](repeating: 0, count: 12).withUnsafeBytes { framer.append($0, emit: emit) }
+        }
+        #expect(out.map(\.data.count) == [3, 4, 2, 4, 10, 2])
+        #expect(out.map(\.element) == [nil, bf16, bf16, f32, nil, nil])
+        #expect(Self.frames(itemTypes: [bf16], planes: false) { framer, emit in
+            [UInt8](repeating: 0, count: 6).withUnsafeBytes { framer.append($0, emit: emit) }
+        }.map(\.element) == [nil])
+    }
+}
