@@ -415,8 +415,9 @@ public final class ArchiveWriter {
 
     private func submit(_ frame: EntryFramer.Frame, codec: Codec, level: Int32) throws {
         try pipeline.submit(cost: frame.data.count) {
-            try ArchiveWriter.encodeFrame(frame.data, entryOffset: frame.entryOffset, startsItem: frame.startsItem,
-                                          codec: codec, level: level, element: frame.element)
+            let (header, payload) = try FrameEncoder.encode(frame.data, entryOffset: frame.entryOffset, startsItem: frame.startsItem,
+                                                            codec: codec, level: level, element: frame.element)
+            return Record.frame(header, payload: payload[...])
         }
     }
 
@@ -441,29 +442,10 @@ public final class ArchiveWriter {
                 }
             }
             guard data.count == size else { throw ArchiveWriter.changedWhileRead(path, expected: UInt64(size), found: UInt64(data.count)) }
-            return try ArchiveWriter.encodeFrame(data, entryOffset: entryOffset, startsItem: startsItem, codec: codec, level: level, element: element)
+            let (header, payload) = try FrameEncoder.encode(data, entryOffset: entryOffset, startsItem: startsItem,
+                                                            codec: codec, level: level, element: element)
+            return Record.frame(header, payload: payload[...])
         }
-    }
-
-    /// Byte planes when the element type is known and they win; else the codec; else stored.
-    private static func encodeFrame(_ data: [UInt8], entryOffset: UInt64, startsItem: Bool, codec: Codec, level: Int32,
-                                    element: ElementType?) throws -> Record {
-        let decodedCRC = CRC32C.checksum(data)
-        var transform: UInt8 = 0, parameter: UInt16 = 0
-        var compressed: [UInt8]? = nil
-        if let element {
-            compressed = try data.withUnsafeBytes { try BytePlanes.encode($0, element: element, codec: codec, level: level) }
-            if compressed != nil { (transform, parameter) = (BytePlanes.transformID, element.parameter) }
-        }
-        if compressed == nil {
-            compressed = try data.withUnsafeBytes { try FrameCodec.compress($0, codec: codec, level: level) }
-        }
-        let payload = compressed ?? data
-        let header = FrameHeader(codec: compressed == nil ? .stored : codec, transform: transform, transformParameter: parameter,
-                                 entryOffset: entryOffset, storedLength: UInt32(payload.count), decodedLength: UInt32(data.count),
-                                 storedCRC: compressed == nil ? decodedCRC : CRC32C.checksum(payload), decodedCRC: decodedCRC,
-                                 startsItem: startsItem)
-        return .frame(header, payload: payload[...])
     }
 
     private func closeEntry() throws {
