@@ -41,7 +41,7 @@ public final class S3MultipartSink: ArchiveSink, @unchecked Sendable {
     }
 
     private var first: [UInt8]? = nil
-    private var current: [UInt8] = []
+    private var cutter: PartCutter
     private var nextPart = 2
     private let upload: S3Upload
     private var done = false
@@ -54,7 +54,7 @@ public final class S3MultipartSink: ArchiveSink, @unchecked Sendable {
         self.object = object
         self.partSize = partSize
         upload = S3Upload(object: object)
-        current.reserveCapacity(partSize)
+        cutter = PartCutter(size: partSize)
     }
 
     deinit { abort() }
@@ -62,21 +62,12 @@ public final class S3MultipartSink: ArchiveSink, @unchecked Sendable {
     /// Appends `bytes`; each part that fills is sent on a thread of its own (a few at once).
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         try upload.checkFailure()
-        var rest = bytes[...]
-        while !rest.isEmpty {
-            let n = min(rest.count, partSize - current.count)
-            current.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest.prefix(n)))
-            rest = rest.dropFirst(n)
-            if current.count == partSize {
-                let part = current
-                current = []
-                current.reserveCapacity(partSize)
-                if first == nil {
-                    first = part   // sent last: its header is rewritten on commit
-                } else {
-                    try send(part, number: nextPart)
-                    nextPart += 1
-                }
+        try cutter.append(bytes) { part in
+            if first == nil {
+                first = part   // sent last: its header is rewritten on commit
+            } else {
+                try send(part, number: nextPart)
+                nextPart += 1
             }
         }
     }
@@ -88,11 +79,13 @@ public final class S3MultipartSink: ArchiveSink, @unchecked Sendable {
             if var first {
                 first.replaceSubrange(0..<header.count, with: header)
                 try send(first, number: 1)
-                if !current.isEmpty { try send(current, number: nextPart) }
+                let rest = cutter.takeRest()
+                if !rest.isEmpty { try send(rest, number: nextPart) }
                 try upload.complete(upload.waitForParts())
             } else {
-                current.replaceSubrange(0..<min(header.count, current.count), with: header.prefix(current.count))
-                try putWhole(current)
+                var whole = cutter.takeRest()
+                whole.replaceSubrange(0..<min(header.count, whole.count), with: header.prefix(whole.count))
+                try putWhole(whole)
             }
             done = true
         } catch {

@@ -6,6 +6,39 @@ import Glibc
 import Musl
 #endif
 
+/// Cuts a byte stream into parts of `size` bytes: each part that fills is
+/// handed on; the bytes after the last full part wait in `rest`.
+struct PartCutter {
+    let size: Int
+    private(set) var rest: [UInt8] = []
+
+    init(size: Int) {
+        self.size = size
+        rest.reserveCapacity(size)
+    }
+
+    mutating func append(_ bytes: UnsafeRawBufferPointer, full: ([UInt8]) throws -> Void) rethrows {
+        var bytes = bytes[...]
+        while !bytes.isEmpty {
+            let n = min(bytes.count, size - rest.count)
+            rest.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes.prefix(n)))
+            bytes = bytes.dropFirst(n)
+            if rest.count == size {
+                let part = rest
+                rest = []
+                rest.reserveCapacity(size)
+                try full(part)
+            }
+        }
+    }
+
+    /// The bytes after the last full part, which no longer wait here.
+    mutating func takeRest() -> [UInt8] {
+        defer { rest = [] }
+        return rest
+    }
+}
+
 /// One S3 multipart upload: created once, parts sent on threads of their
 /// own (a few at once), then completed or aborted. Every part carries its
 /// CRC32C (`x-amz-checksum-crc32c`), which S3 checks. Shared by the sinks

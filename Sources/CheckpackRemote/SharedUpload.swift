@@ -222,7 +222,7 @@ public final class S3SegmentSink: ArchiveSink, @unchecked Sendable {
     private let holdsFirst: Bool
     private var first: [UInt8]? = nil
     private var last: [UInt8]? = nil
-    private var current: [UInt8] = []
+    private var cutter: PartCutter
     private var next: Int
     private var done = false
 
@@ -241,6 +241,7 @@ public final class S3SegmentSink: ArchiveSink, @unchecked Sendable {
         self.holdsFirst = holdsFirst
         next = holdsFirst ? parts.lowerBound + 1 : parts.lowerBound   // the coordinator's first part is part 1
         upload = S3Upload(object: object, uploadID: uploadID)
+        cutter = PartCutter(size: partSize)
     }
 
     deinit { abort() }
@@ -248,19 +249,12 @@ public final class S3SegmentSink: ArchiveSink, @unchecked Sendable {
     /// Appends `bytes`; a part is sent when the one after it fills.
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         try upload.checkFailure()
-        var rest = bytes[...]
-        while !rest.isEmpty {
-            let n = min(rest.count, partSize - current.count)
-            current.append(contentsOf: UnsafeRawBufferPointer(rebasing: rest.prefix(n)))
-            rest = rest.dropFirst(n)
-            if current.count == partSize {
-                if holdsFirst && first == nil {
-                    first = current
-                } else {
-                    if let last { try send(last) }
-                    last = current
-                }
-                current = []
+        try cutter.append(bytes) { part in
+            if holdsFirst && first == nil {
+                first = part
+            } else {
+                if let last { try send(last) }
+                last = part
             }
         }
     }
@@ -268,12 +262,12 @@ public final class S3SegmentSink: ArchiveSink, @unchecked Sendable {
     /// Sends what can go now and returns what the coordinator needs.
     package func finish(_ segment: ArchiveWriter.Segment) throws -> SharedUpload.Segment {
         do {
-            var held = (last ?? []) + current
+            var held = (last ?? []) + cutter.takeRest()
             if last != nil || (!holdsFirst && held.count >= S3MultipartSink.minimumPartSize) {
                 try send(held)
                 held = []
             }
-            (last, current) = (nil, [])
+            last = nil
             let sent = try upload.waitForParts()
             done = true
             upload.unregister()   // the coordinator owns the upload now
