@@ -134,7 +134,10 @@ def fresh(out, side, rank, world):
     """Removes what the previous save of `side` left, so each save writes new files."""
     if rank == 0:
         target = paths(out)[side]
-        shutil.rmtree(target, ignore_errors=True) if os.path.isdir(target) else os.path.exists(target) and os.unlink(target)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        elif os.path.exists(target):
+            os.unlink(target)
     barrier(world)
 
 
