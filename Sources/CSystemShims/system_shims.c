@@ -6,6 +6,9 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <unistd.h>
+#if defined(__linux__)
+#include <linux/falloc.h>
+#endif
 
 ssize_t ckpk_copy_file_range(int in, int64_t in_offset, int out, size_t length) {
 #if defined(__linux__)
@@ -23,6 +26,16 @@ int ckpk_start_writeback(int fd, int64_t offset, int64_t length) {
 #else
     (void)fd; (void)offset; (void)length;
     return 0;
+#endif
+}
+
+int ckpk_collapse_range(int fd, int64_t offset, int64_t length) {
+#if defined(__linux__) && defined(FALLOC_FL_COLLAPSE_RANGE)
+    return fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, (off_t)offset, (off_t)length);
+#else
+    (void)fd; (void)offset; (void)length;
+    errno = EOPNOTSUPP;
+    return -1;
 #endif
 }
 

@@ -38,18 +38,35 @@ public final class FileSink: ArchiveSink {
     /// Refuses an existing destination unless `overwrite`, and a directory always.
     /// Without `sync`, nothing is fsynced (for temporary archives only).
     public init(path: String, overwrite: Bool, sync: Bool = true) throws {
+        self.path = path
+        self.overwrite = overwrite
+        self.sync = sync
+        self.file = try FileSink.temporaryFile(for: path, overwrite: overwrite)
+    }
+
+    /// Takes over `temporary`, a file `temporaryFile(for:overwrite:)` made
+    /// beside `path` (perhaps in another process), to finish and commit it.
+    package init(adopting temporary: String, path: String, overwrite: Bool, sync: Bool = true) throws {
+        self.path = path
+        self.overwrite = overwrite
+        self.sync = sync
+        let file = try SystemFile.openForWriting(temporary)
+        Interruption.track(file.path)
+        self.file = file
+    }
+
+    /// Checks the destination, then creates the temporary file beside it
+    /// (removed on a signal until committed or aborted).
+    static func temporaryFile(for path: String, overwrite: Bool) throws -> SystemFile {
         if FileSystem.exists(path) {
             guard overwrite else { throw CheckpackError(.alreadyExists, "already exists", path: path) }
             // Known now, not after compressing everything: a directory is never replaced by an archive.
             if FileSystem.isDirectory(path) { throw CheckpackError(.io(EISDIR), "is a directory", path: path) }
         }
-        self.path = path
-        self.overwrite = overwrite
-        self.sync = sync
         let file = try FileSystem.temporaryFile(beside: path, suffix: "ckpk-tmp")
         Interruption.track(file.path)
         _ = fchmod(file.descriptor, 0o666 & ~FileSystem.umaskBits)   // mkstemp makes it 0600
-        self.file = file
+        return file
     }
 
     deinit { abort() }
@@ -57,18 +74,10 @@ public final class FileSink: ArchiveSink {
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         guard let file else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
         try file.write(bytes)
-        written += UInt64(bytes.count)
-        // Write back as we go, so the fsync at commit waits for the last few MiB,
-        // not for everything: the disk works while later frames are compressed.
-        if sync && written - writebackStart >= FileSink.writebackStep {
-            _ = ckpk_start_writeback(file.descriptor, Int64(writebackStart), Int64(written - writebackStart))
-            writebackStart = written
-        }
+        if sync { writeback.wrote(bytes.count, to: file) }
     }
 
-    private var written: UInt64 = 0
-    private var writebackStart: UInt64 = 0
-    static let writebackStep: UInt64 = 8 << 20
+    private var writeback = Writeback(start: 0)
 
     public func commit(header: [UInt8]) throws {
         guard let file else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
@@ -94,5 +103,26 @@ public final class FileSink: ArchiveSink {
         _ = unlink(file.path)
         Interruption.untrack(file.path)
         self.file = nil
+    }
+}
+
+/// Writes a file back as it grows, so the fsync at the end waits for the
+/// last few MiB, not for everything: the disk works while later frames are
+/// compressed.
+struct Writeback {
+    private var start: UInt64
+    private var end: UInt64
+    static let step: UInt64 = 8 << 20
+
+    /// Tracks bytes written from `start` on.
+    init(start: UInt64) { (self.start, self.end) = (start, start) }
+
+    /// `count` more bytes were written after the previous ones.
+    mutating func wrote(_ count: Int, to file: SystemFile) {
+        end += UInt64(count)
+        if end - start >= Writeback.step {
+            _ = ckpk_start_writeback(file.descriptor, Int64(clamping: start), Int64(clamping: end - start))
+            start = end
+        }
     }
 }

@@ -7,7 +7,9 @@ package enum Interruption {
     private static let paths = Locked<Set<String>>([])
     private static let undos = Locked<(next: Int, actions: [Int: @Sendable () -> Void])>((0, [:]))
 
-    static func track(_ path: String) { paths.withLock { _ = $0.insert(path) } }
+    /// True when `path` was not tracked yet.
+    @discardableResult
+    static func track(_ path: String) -> Bool { paths.withLock { $0.insert(path).inserted } }
     static func untrack(_ path: String) { paths.withLock { _ = $0.remove(path) } }
 
     /// Registers what undoes work in progress (aborting an upload); returns

@@ -38,6 +38,40 @@ package enum SegmentJoin {
     }
 }
 
+extension SegmentJoin {
+    /// Entries (name, bytes) written in memory as a segment: the files the
+    /// coordinator adds last (`.metadata`), or a padding entry.
+    package static func entries(_ files: [(name: String, bytes: [UInt8])], options: WriterOptions) throws
+        -> (bytes: [UInt8], segment: ArchiveWriter.Segment) {
+        let sink = MemorySink(name: "the coordinator's entries")
+        let writer = try ArchiveWriter(sink: sink, options: options, startsArchive: false)
+        for file in files { try writer.addFile(file.name, contents: file.bytes) }
+        let segment = try writer.finishSegment()
+        return (sink.bytes, segment)
+    }
+
+    /// A stored entry of zeros named `name` whose record is exactly `length`
+    /// bytes long (at most a frame: 4 MiB), for filling a gap between
+    /// segments; nil when `length` is below the smallest such record
+    /// (`paddingMinimum(_:)`).
+    package static func padding(_ name: String, length: UInt64) throws -> (bytes: [UInt8], segment: ArchiveWriter.Segment)? {
+        let overhead = try paddingMinimum(name) - 1
+        guard length > overhead, length - overhead <= UInt64(Int32.max) else { return nil }
+        let content = Int(length - overhead)
+        // One frame up to the frame size (4 MiB), so the overhead is the minimum's.
+        let padding = try entries([(name, [UInt8](repeating: 0, count: content))], options: WriterOptions(codec: .stored))
+        guard padding.bytes.count == Int(length) else {
+            throw CheckpackError(.invalidArgument, "a padding entry came out \(padding.bytes.count) bytes long, not \(length)")
+        }
+        return padding
+    }
+
+    /// The length of the smallest padding record named `name` (one byte of content).
+    package static func paddingMinimum(_ name: String) throws -> UInt64 {
+        UInt64(try entries([(name, [0])], options: WriterOptions(codec: .stored)).bytes.count)
+    }
+}
+
 /// An archive sink that keeps the bytes in memory (for a small segment).
 package final class MemorySink: ArchiveSink {
     package private(set) var bytes: [UInt8] = []

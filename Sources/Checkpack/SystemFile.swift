@@ -136,6 +136,33 @@ package final class SystemFile: @unchecked Sendable {
         }
     }
 
+    /// Opens an existing file for writing in place (no create, no truncate):
+    /// a temporary archive that another process made.
+    static func openForWriting(_ path: String) throws -> SystemFile {
+        let fd = retrying { open(path, O_RDWR | O_CLOEXEC) }
+        guard fd >= 0 else { throw CheckpackError.system("cannot open for writing", path: path) }
+        return SystemFile(descriptor: fd, path: path)
+    }
+
+    /// Cuts or extends the file to `length` bytes.
+    func truncate(to length: UInt64) throws {
+        guard length <= UInt64(off_t.max), retrying({ ftruncate(descriptor, off_t(length)) }) == 0 else {
+            throw CheckpackError.system("cannot set the length to \(length)", path: path)
+        }
+    }
+
+    /// The filesystem's block size for this file (what a collapse aligns to).
+    var blockSize: UInt64 {
+        get throws { UInt64(clamping: try status().st_blksize) }
+    }
+
+    /// Removes `length` bytes at `offset`, moving the rest of the file down
+    /// without copying it. False where the filesystem cannot (then nothing changed).
+    func collapse(_ length: UInt64, at offset: UInt64) -> Bool {
+        guard offset <= UInt64(Int64.max), length <= UInt64(Int64.max) else { return false }
+        return retrying { ckpk_collapse_range(descriptor, Int64(offset), Int64(length)) } == 0
+    }
+
     /// Flushes the file to stable storage. A failure is final: after a failed
     /// fsync the kernel may have dropped the dirty pages, so retrying proves nothing.
     public func sync() throws {

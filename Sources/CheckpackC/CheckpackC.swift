@@ -154,9 +154,23 @@ public func ckpk_reader_frames_decoded(_ handle: UnsafeMutableRawPointer) -> UIn
 /// What the C side holds for an archive being written.
 final class WriterHandle {
     let writer: ArchiveWriter
-    /// For a rank's segment of a shared upload: the sink `finish_segment` finishes.
-    let segment: S3SegmentSink?
-    init(_ writer: ArchiveWriter, segment: S3SegmentSink? = nil) { (self.writer, self.segment) = (writer, segment) }
+    /// For a rank's segment of a shared archive: the sink `finish_segment` finishes.
+    let segment: (any SegmentSink)?
+    init(_ writer: ArchiveWriter, segment: (any SegmentSink)? = nil) { (self.writer, self.segment) = (writer, segment) }
+}
+
+/// A rank's share of an archive that several processes write: an S3 upload's parts or a local file's region.
+protocol SegmentSink: ArchiveSink {
+    /// Ends the share; returns the record the coordinator completes the archive with.
+    func record(_ segment: ArchiveWriter.Segment) throws -> [UInt8]
+}
+
+extension S3SegmentSink: SegmentSink {
+    func record(_ segment: ArchiveWriter.Segment) throws -> [UInt8] { try finish(segment).encoded() }
+}
+
+extension FileRegionSink: SegmentSink {
+    func record(_ segment: ArchiveWriter.Segment) throws -> [UInt8] { try finish(segment).encoded() }
 }
 
 private func writer(_ handle: UnsafeMutableRawPointer) -> ArchiveWriter {
@@ -300,13 +314,18 @@ private func options(codec: UnsafePointer<CChar>, level: Int32, frameSize: Int64
     return options
 }
 
-/// Creates the multipart upload of the s3:// URL `url` that several ranks
-/// fill; returns its id (free with `ckpk_free`), or NULL.
+/// Starts an archive that several ranks fill, at `location`: for s3://
+/// URLs a multipart upload, whose id is returned; for a local path the
+/// temporary file beside it, whose path is returned (an existing archive is
+/// replaced on completion). Free the result with `ckpk_free`; NULL on failure.
 @_cdecl("ckpk_upload_create")
-public func ckpk_upload_create(_ url: UnsafePointer<CChar>, _ message: UnsafeMutablePointer<CChar>?,
+public func ckpk_upload_create(_ location: UnsafePointer<CChar>, _ message: UnsafeMutablePointer<CChar>?,
                                _ capacity: Int) -> UnsafeMutablePointer<CChar>? {
     do {
-        return strdup(try SharedUpload.create(ArchiveLocation(String(cString: url)).s3Object()))
+        switch try ArchiveLocation(String(cString: location)) {
+        case .file(let path): return strdup(try SharedFile.create(beside: path, overwrite: true))
+        case let remote: return strdup(try SharedUpload.create(remote.s3Object()))
+        }
     } catch {
         report(error, into: message, capacity: capacity)
         return nil
@@ -333,20 +352,25 @@ public func ckpk_upload_plan(_ count: Int, _ plannedBytes: UnsafePointer<UInt64>
     }
 }
 
-/// Aborts upload `uploadID` of `url` (any rank may), so that no part stays stored.
+/// Aborts what `ckpk_upload_create` started (any rank may), so that
+/// nothing of it stays: the upload, or the temporary file.
 @_cdecl("ckpk_upload_abort")
-public func ckpk_upload_abort(_ url: UnsafePointer<CChar>, _ uploadID: UnsafePointer<CChar>) {
-    if let object = try? ArchiveLocation(String(cString: url)).s3Object() {
-        SharedUpload.abort(object, uploadID: String(cString: uploadID))
+public func ckpk_upload_abort(_ location: UnsafePointer<CChar>, _ uploadID: UnsafePointer<CChar>) {
+    switch try? ArchiveLocation(String(cString: location)) {
+    case .file: SharedFile.abort(String(cString: uploadID))
+    case let remote?: if let object = try? remote.s3Object() { SharedUpload.abort(object, uploadID: String(cString: uploadID)) }
+    case nil: break
     }
 }
 
-/// Starts this rank's segment of upload `uploadID`: entries are written with
-/// the usual calls (begin_file, write, mark_item, end_file) and go up as parts
-/// `firstPart`...`lastPart` of `partSize` bytes; `holdsFirst` for the
-/// coordinator, whose segment begins the archive. NULL on failure.
+/// Starts this rank's segment of the shared archive `uploadID` (what
+/// `ckpk_upload_create` returned): entries are written with the usual calls
+/// (begin_file, write, mark_item, end_file) into parts `firstPart`...`lastPart`
+/// of `partSize` bytes — S3 parts, or that region of the local temporary
+/// file; `holdsFirst` for the coordinator, whose segment begins the archive.
+/// NULL on failure.
 @_cdecl("ckpk_writer_open_segment")
-public func ckpk_writer_open_segment(_ url: UnsafePointer<CChar>, _ uploadID: UnsafePointer<CChar>, _ firstPart: Int32, _ lastPart: Int32,
+public func ckpk_writer_open_segment(_ location: UnsafePointer<CChar>, _ uploadID: UnsafePointer<CChar>, _ firstPart: Int32, _ lastPart: Int32,
                                      _ partSize: Int64, _ holdsFirst: Int32, _ codec: UnsafePointer<CChar>, _ level: Int32,
                                      _ frameSize: Int64, _ threads: Int32,
                                      _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> UnsafeMutableRawPointer? {
@@ -355,8 +379,14 @@ public func ckpk_writer_open_segment(_ url: UnsafePointer<CChar>, _ uploadID: Un
         guard firstPart >= 1, lastPart >= firstPart, partSize > 0 else {
             throw CheckpackError(.invalidArgument, "part numbers \(firstPart)...\(lastPart) of \(partSize) bytes")
         }
-        let sink = try S3SegmentSink(object: ArchiveLocation(String(cString: url)).s3Object(), uploadID: String(cString: uploadID),
-                                     parts: Int(firstPart)...Int(lastPart), partSize: Int(partSize), holdsFirst: holdsFirst != 0)
+        let parts = Int(firstPart)...Int(lastPart), id = String(cString: uploadID)
+        let sink: any SegmentSink
+        switch try ArchiveLocation(String(cString: location)) {
+        case .file:
+            sink = try FileRegionSink(temporary: id, region: SharedFile.region(parts: parts, partSize: Int(partSize)))
+        case let remote:
+            sink = try S3SegmentSink(object: remote.s3Object(), uploadID: id, parts: parts, partSize: Int(partSize), holdsFirst: holdsFirst != 0)
+        }
         let opened = try ArchiveWriter(sink: sink, options: options, startsArchive: holdsFirst != 0)
         return Unmanaged.passRetained(WriterHandle(opened, segment: sink)).toOpaque()
     } catch {
@@ -366,9 +396,9 @@ public func ckpk_writer_open_segment(_ url: UnsafePointer<CChar>, _ uploadID: Un
 }
 
 /// Ends this rank's segment and releases the handle: the parts it can send
-/// are sent, and `*record` (free with `ckpk_free`) receives the `*length`
-/// bytes the coordinator passes to `ckpk_upload_complete`. On failure the
-/// upload is aborted.
+/// are sent (a region is synced), and `*record` (free with `ckpk_free`)
+/// receives the `*length` bytes the coordinator passes to
+/// `ckpk_upload_complete`. On failure the shared archive is aborted.
 @_cdecl("ckpk_writer_finish_segment")
 public func ckpk_writer_finish_segment(_ handle: UnsafeMutableRawPointer, _ record: UnsafeMutablePointer<UnsafeMutableRawPointer?>,
                                        _ length: UnsafeMutablePointer<UInt64>,
@@ -380,7 +410,7 @@ public func ckpk_writer_finish_segment(_ handle: UnsafeMutableRawPointer, _ reco
         guard let sink = owner.segment else { throw CheckpackError(.invalidArgument, "not a segment writer") }
         let bytes: [UInt8]
         do {
-            bytes = try sink.finish(owner.writer.finishSegment()).encoded()
+            bytes = try sink.record(owner.writer.finishSegment())
         } catch {
             sink.abort()
             throw error
@@ -394,27 +424,33 @@ public func ckpk_writer_finish_segment(_ handle: UnsafeMutableRawPointer, _ reco
 
 /// The coordinator's last step: joins the `count` segment records (rank
 /// order, the coordinator's first) and file `name` of `dataLength` bytes
-/// into the object, and completes the upload (aborted on failure).
+/// into the archive at `location`, and completes it (aborted on failure).
 @_cdecl("ckpk_upload_complete")
-public func ckpk_upload_complete(_ url: UnsafePointer<CChar>, _ uploadID: UnsafePointer<CChar>, _ count: Int,
+public func ckpk_upload_complete(_ location: UnsafePointer<CChar>, _ uploadID: UnsafePointer<CChar>, _ count: Int,
                                  _ records: UnsafePointer<UnsafeRawPointer?>, _ lengths: UnsafePointer<UInt64>,
                                  _ name: UnsafePointer<CChar>, _ data: UnsafeRawPointer?, _ dataLength: UInt64,
                                  _ codec: UnsafePointer<CChar>, _ level: Int32,
                                  _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
     status(message, capacity) {
-        let object = try ArchiveLocation(String(cString: url)).s3Object()
         let id = String(cString: uploadID)
         do {
             let options = try options(codec: codec, level: level, frameSize: 0, threads: 0)
-            var segments: [SharedUpload.Segment] = []
-            for i in 0..<count {
-                let bytes = records[i].map { Array(UnsafeRawBufferPointer(start: $0, count: Int(lengths[i]))) } ?? []
-                segments.append(try SharedUpload.Segment(decoding: bytes))
+            let recorded = try (0..<count).map { i in
+                guard lengths[i] <= UInt64(Int.max) else { throw CheckpackError(.invalidArgument, "bad buffer") }
+                return records[i].map { Array(UnsafeRawBufferPointer(start: $0, count: Int(lengths[i]))) } ?? []
             }
-            let file = data.map { Array(UnsafeRawBufferPointer(start: $0, count: Int(dataLength))) } ?? []
-            try SharedUpload.complete(object, uploadID: id, segments: segments, files: [(String(cString: name), file)], options: options)
+            guard dataLength <= UInt64(Int.max) else { throw CheckpackError(.invalidArgument, "bad buffer") }
+            let files = [(name: String(cString: name), bytes: data.map { Array(UnsafeRawBufferPointer(start: $0, count: Int(dataLength))) } ?? [])]
+            switch try ArchiveLocation(String(cString: location)) {
+            case .file(let path):
+                try SharedFile.complete(temporary: id, path: path, overwrite: true, segments: recorded.map(SharedFile.Segment.init(decoding:)),
+                                        files: files, options: options)
+            case let remote:
+                try SharedUpload.complete(remote.s3Object(), uploadID: id, segments: recorded.map(SharedUpload.Segment.init(decoding:)),
+                                          files: files, options: options)
+            }
         } catch {
-            SharedUpload.abort(object, uploadID: id)
+            ckpk_upload_abort(location, uploadID)
             throw error
         }
     }

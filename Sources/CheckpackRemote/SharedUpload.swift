@@ -155,7 +155,7 @@ public enum SharedUpload {
                 }
                 small = []
                 if first.count < S3MultipartSink.minimumPartSize {
-                    let padding = try fileSegment([(paddingName, [UInt8](repeating: 0, count: S3MultipartSink.minimumPartSize - first.count))],
+                    let padding = try SegmentJoin.entries([(paddingName, [UInt8](repeating: 0, count: S3MultipartSink.minimumPartSize - first.count))],
                                                   options: WriterOptions(codec: .stored))
                     first += padding.bytes
                     placed.append(padding.segment)
@@ -166,7 +166,7 @@ public enum SharedUpload {
                 tail += segment.held
                 placed.append(segment.segment)
             }
-            let written = try fileSegment(files, options: options)
+            let written = try SegmentJoin.entries(files, options: options)
             tail += written.bytes
             placed.append(written.segment)
             let (header, end) = try SegmentJoin.close(placed)
@@ -191,16 +191,6 @@ public enum SharedUpload {
     /// The entry that makes up part 1 to S3's minimum when the coordinator's own
     /// entries are fewer (it unpacks as an empty-content file of zeros).
     public static let paddingName = ".checkpack-padding"
-
-    /// Entries written here, in memory, as a segment.
-    private static func fileSegment(_ files: [(name: String, bytes: [UInt8])], options: WriterOptions) throws
-        -> (bytes: [UInt8], segment: ArchiveWriter.Segment) {
-        let sink = MemorySink(name: "the coordinator's entries")
-        let writer = try ArchiveWriter(sink: sink, options: options, startsArchive: false)
-        for file in files { try writer.addFile(file.name, contents: file.bytes) }
-        let segment = try writer.finishSegment()
-        return (sink.bytes, segment)
-    }
 }
 
 /// One rank's share of a `SharedUpload`: its segment goes up as parts numbered

@@ -4,34 +4,34 @@ import CheckpackRemote
 import Glibc
 #endif
 
-/// Saves a checkpoint straight into one archive. Each rank writes its items
-/// into a staging part beside the destination (`.NAME.ckpk-part-RANK`), one
-/// logical file `__{rank}_0.distcp` per rank with every item starting a new
-/// frame (tensor items in byte planes, by their dtype), without waiting for the others. The coordinator's
-/// `finalizeCheckpoint` joins the parts by copying their records (no
-/// recompression), adds `.metadata`, writes the index last, fsyncs and renames.
-/// Staging parts are removed on success and on failure.
+/// Saves a checkpoint straight into one archive, from every rank at once,
+/// with nothing staged or copied (spec/CHECKPOINT.md section 5). The
+/// coordinator starts the archive in `optimizeGlobalPlan` and gives each rank
+/// a range of part numbers; each rank writes its items into its share as a
+/// *segment*, one logical file `__{rank}_0.distcp` with every item starting a
+/// new frame (tensor items in byte planes, by their dtype), and returns a
+/// record; the coordinator's `finalizeCheckpoint` adds `.metadata` and
+/// completes the archive. A failure on any rank removes what was started.
 ///
-/// With an `s3://bucket/key` checkpoint id (S3 settings from the AWS_*
-/// environment), the archive is one S3 object made by one multipart upload
-/// that every rank fills (spec/CHECKPOINT.md section 5): the coordinator
-/// creates it and plans each rank's part numbers, each rank uploads its
-/// records as a segment, and the coordinator completes it; a failure on any
-/// rank aborts it.
+/// - A local path: the archive is a temporary file beside it in which each
+///   rank has its own region (`SharedFile`); the coordinator closes the gaps
+///   between the segments, fsyncs and renames it into place.
+/// - An `s3://bucket/key` id (S3 settings from the AWS_* environment): one
+///   multipart upload in which each rank has its own part numbers (`SharedUpload`).
 public final class ArchiveStorageWriter: StorageWriter {
     /// The compression every rank's data uses.
     public let options: WriterOptions
     private var path = ""
     private var rank = 0
-    private var worldSize = 1
     private var coordinator = false
-    /// For an s3:// archive: the object, and this rank's share of the upload once planned.
+    /// For an s3:// archive: the object.
     private var object: S3Object?
+    /// This rank's share of the archive, once planned.
     private var share: UploadShare?
 
     private let environment: [String: String]?
 
-    /// `options` apply to every rank's part (codec, level, frame size, threads);
+    /// `options` apply to every rank's data (codec, level, frame size, threads);
     /// the destination is replaced if it exists, as a directory checkpoint would be.
     /// S3 settings come from `environment` (nil: this process's).
     public init(options: WriterOptions = WriterOptions(), environment: [String: String]? = nil) {
@@ -49,16 +49,14 @@ public final class ArchiveStorageWriter: StorageWriter {
 
     public func configureWriter(isCoordinator: Bool, rank: Int, worldSize: Int) throws {
         self.rank = rank
-        self.worldSize = worldSize
         coordinator = isCoordinator
     }
 
     public func optimizeGlobalPlan(_ plans: [SavePlan]) throws -> [SavePlan] {
         let plans = CheckpointFiles.assignPrefixes(plans)
-        guard let object else { return plans }
         let planned = plans.map { $0.items.reduce(UInt64(0)) { $0 + $1.plannedBytes } }
         let (partSize, ranges) = try SharedUpload.plan(plannedBytes: planned, coordinator: rank)
-        let id = try SharedUpload.create(object)
+        let id = try object.map { try SharedUpload.create($0) } ?? SharedFile.create(beside: path, overwrite: true)
         return zip(plans, ranges).map { plan, range in
             var plan = plan
             plan.storageData = UploadShare(prefix: plan.storageData ?? "", uploadID: id, parts: range, partSize: partSize).encoded
@@ -66,33 +64,27 @@ public final class ArchiveStorageWriter: StorageWriter {
         }
     }
 
-    func partPath(_ rank: Int) -> String {
-        let slash = path.lastIndex(of: "/")
-        let directory = slash.map { String(path[..<$0]) } ?? "."
-        let base = slash.map { String(path[path.index(after: $0)...]) } ?? path
-        return "\(directory.isEmpty ? "/" : directory)/.\(base).ckpk-part-\(rank)"
-    }
-
     public func executeWrite(plan: SavePlan, planner: SavePlanner) throws -> [WriteResult] {
-        if let object {
-            guard let share = plan.storageData.flatMap(UploadShare.init(encoded:)) else {
-                throw CheckpackError(.invalidArgument, "no part numbers were planned for rank \(rank)", path: path)
-            }
-            self.share = share
-            let sink = try S3SegmentSink(object: object, uploadID: share.uploadID, parts: share.parts, partSize: share.partSize,
-                                         holdsFirst: coordinator)
-            let writer = try ArchiveWriter(sink: sink, options: options, startsArchive: coordinator)
-            var results = try write(plan, planner: planner, prefix: share.prefix, into: writer)
-            let record = try sink.finish(writer.finishSegment()).encoded()
-            results.append(WriteResult(index: MetadataIndex(fqn: UploadShare.recordName), sizeInBytes: 0,
-                                       storageData: StorageInfo(relativePath: "", offset: 0, length: 0), writerRecord: record))
-            return results
+        guard let share = plan.storageData.flatMap(UploadShare.init(encoded:)) else {
+            throw CheckpackError(.invalidArgument, "no part numbers were planned for rank \(rank)", path: path)
         }
-        var partOptions = options
-        partOptions.sync = false   // a staging part: joined into the archive (which is synced) and removed
-        let part = try ArchiveWriter(path: partPath(rank), options: partOptions)
-        let results = try write(plan, planner: planner, prefix: plan.storageData ?? CheckpointFiles.prefix(rank: rank), into: part)
-        try part.finish()
+        self.share = share
+        // A failure below releases the writer and its sink, which removes the shared archive.
+        let sink: any ArchiveSink, finish: (ArchiveWriter.Segment) throws -> [UInt8]
+        if let object {
+            let upload = try S3SegmentSink(object: object, uploadID: share.uploadID, parts: share.parts, partSize: share.partSize,
+                                           holdsFirst: coordinator)
+            (sink, finish) = (upload, { try upload.finish($0).encoded() })
+        } else {
+            let region = try FileRegionSink(temporary: share.uploadID, region: SharedFile.region(parts: share.parts, partSize: share.partSize))
+            (sink, finish) = (region, { try region.finish($0).encoded() })
+        }
+        let writer = try ArchiveWriter(sink: sink, options: options, startsArchive: coordinator)
+        var results = try write(plan, planner: planner, prefix: share.prefix, into: writer)
+        let record = try finish(writer.finishSegment())
+        results.append(WriteResult(index: MetadataIndex(fqn: UploadShare.recordName), sizeInBytes: 0,
+                                   storageData: StorageInfo(relativePath: "", offset: 0, length: 0), writerRecord: record))
+        if !coordinator { self.share = nil }   // the coordinator owns the archive now
         return results
     }
 
@@ -118,46 +110,36 @@ public final class ArchiveStorageWriter: StorageWriter {
     }
 
     public func finalizeCheckpoint(metadata: Metadata, results: [[WriteResult]]) throws {
-        var metadata = metadata
-        metadata.storageData = storageData(results)
-        if let object, let share {
+        guard let share else { throw CheckpackError(.invalidArgument, "the coordinator wrote no share of the archive", path: path) }
+        do {
+            var metadata = metadata
+            metadata.storageData = storageData(results)
             // The ranks' segment records: the coordinator's first, then the others in rank order.
             let order = [rank] + results.indices.filter { $0 != rank }
-            let segments = try order.flatMap { r in
-                try results[r].compactMap(\.writerRecord).map { try SharedUpload.Segment(decoding: $0) }
+            let records = order.flatMap { results[$0].compactMap(\.writerRecord) }
+            let files = [(name: CheckpointFiles.metadataName, bytes: try MetadataCoding.encode(metadata))]
+            if let object {
+                try SharedUpload.complete(object, uploadID: share.uploadID, segments: records.map(SharedUpload.Segment.init(decoding:)),
+                                          files: files, options: options)
+            } else {
+                try SharedFile.complete(temporary: share.uploadID, path: path, overwrite: true,
+                                        segments: records.map(SharedFile.Segment.init(decoding:)), files: files, options: options)
             }
-            try SharedUpload.complete(object, uploadID: share.uploadID, segments: segments,
-                                      files: [(CheckpointFiles.metadataName, try MetadataCoding.encode(metadata))], options: options)
-            self.share = nil
-            return
-        }
-        let archive = try ArchiveWriter(path: path, options: options)
-        do {
-            // The parts were written by this save: copied without a second pass over their frames.
-            for rank in 0..<worldSize { try archive.appendEntries(of: ArchiveReader(path: partPath(rank)), checkingFrames: false) }
-            try archive.addFile(CheckpointFiles.metadataName, contents: try MetadataCoding.encode(metadata))
-            try archive.finish()
         } catch {
-            archive.cancel()
+            abort()
             throw error
         }
-        for rank in 0..<worldSize { unlink(partPath(rank)) }
+        self.share = nil
     }
 
     public func abort() {
-        if let object {
-            if let share { SharedUpload.abort(object, uploadID: share.uploadID) }
-            share = nil
-            return
-        }
-        unlink(partPath(rank))
-        // Every rank has finished writing when an abort is decided, so the
-        // coordinator can also sweep parts of ranks that died.
-        if coordinator { for rank in 0..<worldSize { unlink(partPath(rank)) } }
+        guard let share else { return }
+        self.share = nil
+        if let object { SharedUpload.abort(object, uploadID: share.uploadID) } else { SharedFile.abort(share.uploadID) }
     }
 }
 
-/// A rank's share of an S3 upload, as it travels in its plan's `storageData`.
+/// A rank's share of the archive (upload id or temporary file, part numbers), as it travels in its plan's `storageData`.
 struct UploadShare {
     var prefix: String
     var uploadID: String

@@ -8,10 +8,11 @@ import Glibc
 public final class Scratch: @unchecked Sendable {
     public let path: String
 
-    public init(_ prefix: String = "checkpack-test") {
-        var template = Array("/tmp/\(prefix)-XXXXXX".utf8CString)
+    /// A new folder in `parent` (another filesystem than /tmp's, for tests that depend on one).
+    public init(_ prefix: String = "checkpack-test", in parent: String = "/tmp") {
+        var template = Array("\(parent)/\(prefix)-XXXXXX".utf8CString)
         let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        path = made == nil ? "/tmp/\(prefix)-unmade" : template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        path = made == nil ? "\(parent)/\(prefix)-unmade" : template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
     }
 
     deinit { removeTree(path) }

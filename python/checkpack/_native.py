@@ -201,21 +201,23 @@ _lib.ckpk_upload_complete.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c
 
 
 class SharedUpload:
-    """One S3 object that several processes save into, as one multipart upload
-    (spec/CHECKPOINT.md): the coordinator `create`s it, each rank writes a
-    segment (`ArchiveBuilder.segment`) into its own range of part numbers and
-    hands the record `finish_segment` returns to the coordinator, which
-    `complete`s the upload with them. Any rank may `abort` it."""
+    """One archive that several processes save into (spec/CHECKPOINT.md): one
+    S3 multipart upload, or one local temporary file renamed into place. The
+    coordinator `create`s it, each rank writes a segment
+    (`ArchiveBuilder.segment`) into its own range of part numbers (of the
+    upload, or of the file) and hands the record `finish_segment` returns to
+    the coordinator, which `complete`s the archive with them. Any rank may
+    `abort` it."""
 
     @staticmethod
     def create(url):
-        """Creates the upload; returns its id."""
+        """Creates the upload, or the temporary file; returns its id (the file's path)."""
         message = ctypes.create_string_buffer(_ERROR_CAPACITY)
         pointer = _lib.ckpk_upload_create(os.fsencode(url), message, _ERROR_CAPACITY)
         if not pointer:
             raise _error(message.value.decode("utf-8", "replace"))
         try:
-            return ctypes.string_at(pointer).decode()
+            return os.fsdecode(ctypes.string_at(pointer))
         finally:
             _lib.ckpk_free(pointer)
 
@@ -233,19 +235,19 @@ class SharedUpload:
 
     @staticmethod
     def abort(url, upload_id):
-        _lib.ckpk_upload_abort(os.fsencode(url), upload_id.encode())
+        _lib.ckpk_upload_abort(os.fsencode(url), os.fsencode(upload_id))
 
     @staticmethod
     def complete(url, upload_id, records, name, data, codec="zstd", level=None):
         """Joins the segment records (rank order, the coordinator's first) and file `name`
-        holding `data` into the object, and completes the upload; aborts it on failure."""
+        holding `data` into the archive, and completes it; aborts it on failure."""
         n = len(records)
         buffers = [ctypes.create_string_buffer(bytes(r), len(r)) for r in records]
         pointers = (ctypes.c_void_p * n)(*[ctypes.addressof(b) for b in buffers])
         lengths = (ctypes.c_uint64 * n)(*[len(r) for r in records])
         message = ctypes.create_string_buffer(_ERROR_CAPACITY)
         with _Bytes(data) as (address, length):
-            if _lib.ckpk_upload_complete(os.fsencode(url), upload_id.encode(), n, pointers, lengths, name.encode(), address, length,
+            if _lib.ckpk_upload_complete(os.fsencode(url), os.fsencode(upload_id), n, pointers, lengths, name.encode(), address, length,
                                          codec.encode(), -1000 if level is None else level, message, _ERROR_CAPACITY) != 0:
                 raise _error(message.value.decode("utf-8", "replace"))
 
@@ -306,7 +308,7 @@ class ArchiveBuilder:
         builder = cls.__new__(cls)
         builder.path = os.fspath(url)
         message = ctypes.create_string_buffer(_ERROR_CAPACITY)
-        builder._handle = _lib.ckpk_writer_open_segment(os.fsencode(builder.path), upload_id.encode(), first_part, last_part, part_size,
+        builder._handle = _lib.ckpk_writer_open_segment(os.fsencode(builder.path), os.fsencode(upload_id), first_part, last_part, part_size,
                                                         1 if holds_first else 0, codec.encode(), -1000 if level is None else level,
                                                         frame_size, threads, message, _ERROR_CAPACITY)
         if not builder._handle:

@@ -35,7 +35,7 @@ _ALIGNMENT_EXTRA_ID = b"FB"
 
 
 class _PartStream(io.RawIOBase):
-    """One data file of a save, written into the archive or into a staging part.
+    """One data file of a save, written into this rank's segment of the archive.
 
     torch's writer asks `tell()` at the start and the end of every item it
     writes; each such position becomes an item boundary, so every item starts
@@ -44,10 +44,10 @@ class _PartStream(io.RawIOBase):
     that data.pkl names, so the archive codes it in byte planes. Anything
     that does not look like torch.save's zip records is written as it is."""
 
-    def __init__(self, builder, name, finish):
-        """Writes file `name` into `builder`, which `close()` finishes when `finish` is true."""
+    def __init__(self, builder, name):
+        """Writes file `name` into `builder`."""
         super().__init__()
-        self._builder, self._finish = builder, finish
+        self._builder = builder
         self._builder.begin_file(name)
         self._pending = bytearray()
         self._position = 0
@@ -125,6 +125,4 @@ class _PartStream(io.RawIOBase):
             self._flush()
             builder, self._builder = self._builder, None
             builder.end_file()
-            if self._finish:
-                builder.finish()
         super().close()

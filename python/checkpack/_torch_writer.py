@@ -1,6 +1,5 @@
 """checkpack.torch.ArchiveWriter: saves a torch.distributed.checkpoint checkpoint
-straight into one archive, from one process or many (or into s3://bucket/key
-from one process)."""
+straight into one archive (a local file or s3://bucket/key), from one process or many."""
 import dataclasses
 import functools
 import io
@@ -21,11 +20,10 @@ from ._torch_records import _PartStream
 
 class _SaveSignals:
     """SIGTERM, SIGHUP and SIGINT during a save remove what this process was
-    building — staging parts not joined yet and the writers' temporary files —
-    then take their usual course (SIGINT raises KeyboardInterrupt; the others
-    end the process with that signal), as the CLI does. Installed on the first
-    save from the main thread, only over the default handlers."""
-    parts = set()
+    building (the archive's temporary file; an upload is aborted), then take
+    their usual course (SIGINT raises KeyboardInterrupt; the others end the
+    process with that signal), as the CLI does. Installed on the first save
+    from the main thread, only over the default handlers."""
     _installed = False
 
     @classmethod
@@ -41,12 +39,6 @@ class _SaveSignals:
     @classmethod
     def _handle(cls, previous, number, frame):
         remove_temporaries()
-        for part in list(cls.parts):
-            try:
-                os.unlink(part)
-            except OSError:
-                pass
-        cls.parts.clear()
         if previous is signal.default_int_handler:
             previous(number, frame)
         signal.signal(number, signal.SIG_DFL)
@@ -54,54 +46,27 @@ class _SaveSignals:
 
 
 class _ArchiveWriteFileSystem(FileSystemBase):
-    """The coordinator writes its first data file straight into the archive;
-    every other data file becomes a staging part `.NAME.ckpk-part-FILE`
-    beside it. Renaming `.metadata.tmp` into place (the coordinator's last
-    step) appends the parts and the metadata and finishes the archive. A
-    one-process save with one data file thus writes the archive once, with no
-    part and no copy.
-
-    An s3:// archive is one multipart upload that every rank fills
-    (`SharedUpload`): each rank streams its data files, one after another
-    (ArchiveWriter writes them with one thread), into its own range of part
-    numbers; the coordinator's rename adds the metadata and completes the
-    upload."""
+    """Every rank writes straight into the one archive (`SharedUpload`, spec/CHECKPOINT.md):
+    the coordinator starts it in `prepare_global_plan` — an S3 multipart
+    upload, or a temporary file beside a local archive — and gives each rank
+    its own range of part numbers (of the upload, or of the file). Each rank
+    streams its data files, one after another, as a *segment* into its range
+    and returns a record; renaming `.metadata.tmp` into place (the
+    coordinator's last step) closes the gaps between the segments, adds the
+    metadata, and completes the archive. No byte is staged or copied."""
 
     def __init__(self, archive_path, codec, level, frame_size):
         self.remote = _is_url(archive_path)
         self.archive_path = os.fspath(archive_path) if self.remote else os.path.abspath(os.fspath(archive_path))
         self.codec, self.level, self.frame_size = codec, level, frame_size
         self._metadata = {}
-        # The data files this save wrote (set by ArchiveWriter.finish): only their parts are joined.
-        self.saved_files = None
         self.is_coordinator = False
-        # This rank's share of an S3 upload (a _SegmentPlan, set by ArchiveWriter.write_data),
+        # This rank's share of the archive (a _SegmentPlan, set by ArchiveWriter.write_data),
         # and on the coordinator every rank's segment record (set by ArchiveWriter.finish).
         self.segment = None
         self.segment_records = None
         self._lock = threading.Lock()
-        self._direct = None   # (names of the data files, builder) written straight into the archive
-
-    def part_path(self, name):
-        directory, base = os.path.split(self.archive_path)
-        return os.path.join(directory, f".{base}.ckpk-part-{name}")
-
-    def parts(self):
-        """This save's parts: never one that a killed earlier save of the same archive left."""
-        if self.saved_files is None:
-            raise CheckpackError("the archive's parts are not known before the save finishes")
-        direct = self._direct[0] if self._direct else ()
-        return [self.part_path(name) for name in self.saved_files if name not in direct]
-
-    def _builder(self, path, sync):
-        if self.remote:
-            plan = self.segment
-            if plan is None:
-                raise CheckpackError(f"{self.archive_path}: no part numbers were planned for this rank")
-            return ArchiveBuilder.segment(path, plan.upload_id, plan.first_part, plan.last_part, plan.part_size,
-                                          holds_first=self.is_coordinator, codec=self.codec, level=self.level,
-                                          frame_size=self.frame_size)
-        return ArchiveBuilder(path, codec=self.codec, level=self.level, frame_size=self.frame_size, sync=sync)
+        self._builder = None   # this rank's segment, open while its data files are written
 
     def create_stream(self, path, mode):
         name = os.fspath(path)
@@ -117,29 +82,32 @@ class _ArchiveWriteFileSystem(FileSystemBase):
             return _MetadataBuffer()
         _SaveSignals.install()
         with self._lock:
-            if self.remote or (self.is_coordinator and self._direct is None):
-                if self._direct is None:
-                    self._direct = ([], self._builder(self.archive_path, sync=True))
-                self._direct[0].append(name)
-                return _PartStream(self._direct[1], name, finish=False)
-        _SaveSignals.parts.add(self.part_path(name))
-        # A staging part is joined into the archive and removed: only the archive is fsynced.
-        return _PartStream(self._builder(self.part_path(name), sync=False), name, finish=True)
+            if self._builder is None:
+                self._builder = self._open_segment()
+            return _PartStream(self._builder, name)
+
+    def _open_segment(self):
+        plan = self.segment
+        if plan is None:
+            raise CheckpackError(f"{self.archive_path}: no part numbers were planned for this rank")
+        return ArchiveBuilder.segment(self.archive_path, plan.upload_id, plan.first_part, plan.last_part, plan.part_size,
+                                      holds_first=self.is_coordinator, codec=self.codec, level=self.level,
+                                      frame_size=self.frame_size)
 
     def finish_segment(self):
-        """Ends this rank's segment of an S3 upload; returns its record for the coordinator."""
+        """Ends this rank's segment; returns its record for the coordinator."""
         with self._lock:
-            direct, self._direct = self._direct, None
-        if direct is None:   # no data file (torch always makes one; be safe)
-            direct = ([], self._builder(self.archive_path, sync=True))
-        return direct[1].finish_segment()
+            builder, self._builder = self._builder, None
+        if builder is None:   # no data file (torch always makes one; be safe)
+            builder = self._open_segment()
+        return builder.finish_segment()
 
     def cancel(self):
-        """Drops the archive a failed save left unfinished (an upload: aborted, for every rank)."""
+        """Drops the archive a failed save left unfinished, for every rank."""
         with self._lock:
-            direct, self._direct = self._direct, None
-        if direct:
-            direct[1].cancel()
+            builder, self._builder = self._builder, None
+        if builder:
+            builder.cancel()
         if self.segment is not None:
             SharedUpload.abort(self.archive_path, self.segment.upload_id)
             self.segment = None
@@ -171,30 +139,11 @@ class _ArchiveWriteFileSystem(FileSystemBase):
         pass
 
     def rename(self, path, new_path):
-        """The coordinator's final step: its own data file, the other parts and the metadata → the archive."""
+        """The coordinator's final step: every rank's segment and the metadata → the archive."""
         metadata = self._metadata.pop(os.fspath(path))
-        if self.remote:
-            plan, self.segment = self.segment, None
-            SharedUpload.complete(self.archive_path, plan.upload_id, self.segment_records, os.fspath(new_path), metadata,
-                                  codec=self.codec, level=self.level)
-            return
-        parts = self.parts()
-        with self._lock:
-            direct, self._direct = self._direct, None
-        builder = direct[1] if direct else self._builder(self.archive_path, sync=True)
-        try:
-            for part in parts:
-                # Written by this save a moment ago: copied without a second pass that checks every
-                # frame (its trailer and index are checked when it is opened; every read checks frames).
-                builder.append_archive(part, check_frames=False)
-            builder.add_file(os.fspath(new_path), metadata)
-            builder.finish()
-        except BaseException:
-            builder.cancel()
-            raise
-        for part in parts:
-            os.unlink(part)
-            _SaveSignals.parts.discard(part)
+        plan, self.segment = self.segment, None
+        SharedUpload.complete(self.archive_path, plan.upload_id, self.segment_records, os.fspath(new_path), metadata,
+                              codec=self.codec, level=self.level)
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id):
@@ -207,7 +156,7 @@ _SEGMENT_RECORD = "__checkpack_segment__"
 
 @dataclasses.dataclass
 class _SegmentPlan(_StoragePrefix):
-    """A rank's share of an S3 upload: the upload, its part numbers and their size."""
+    """A rank's share of the archive: the upload (or temporary file), its part numbers and their size."""
     upload_id: str = ""
     first_part: int = 0
     last_part: int = 0
@@ -226,21 +175,25 @@ class ArchiveWriter(FileSystemWriter):
     """Saves a torch.distributed.checkpoint checkpoint into one archive, from one or many processes.
 
     A drop-in for FileSystemWriter: it takes the same arguments with the same
-    meaning where they apply — `thread_count` files written (and compressed)
-    at once per rank, `single_file_per_rank`, `per_thread_copy_ahead`,
+    meaning where they apply — `single_file_per_rank`, `per_thread_copy_ahead`,
     `cache_staged_state_dict`, and `overwrite` (False refuses an existing
-    archive, as FileSystemWriter refuses an existing checkpoint). The archive
-    is always fsynced before it is renamed into place, whatever `sync_files`
-    says, since the rename is what makes it visible. A missing parent folder
-    is created. `codec`, `level` and `frame_size` choose the compression.
+    archive, as FileSystemWriter refuses an existing checkpoint). Each rank
+    writes its data files one after another into its share of the archive,
+    compressing with every core, so `thread_count` is accepted and has no
+    more to do. The archive is always fsynced before it is renamed into
+    place, whatever `sync_files` says, since the rename is what makes it
+    visible. A missing parent folder is created. `codec`, `level` and
+    `frame_size` choose the compression.
 
-    `path` may be s3://bucket/key (S3 settings from the AWS_* environment
-    variables): every rank then streams its data straight into one multipart
-    upload, in its own range of part numbers, and the coordinator completes
-    it; nothing appears under the key before the save succeeds, and a failure
-    on any rank (or a signal) aborts the upload. `part_size` sets the upload's
-    part size (default: 16 MiB, more when the checkpoint needs it to fit S3's
-    10,000 parts)."""
+    Every rank writes straight into the one archive: a local archive is a
+    temporary file beside it in which each rank has its own region, renamed
+    into place by the coordinator; `path` may also be s3://bucket/key (S3
+    settings from the AWS_* environment variables), one multipart upload in
+    which each rank has its own range of part numbers. Nothing appears at
+    `path` before the save succeeds, and a failure on any rank (or a signal)
+    removes the temporary file or aborts the upload. `part_size` sets the
+    upload's part size (default: 16 MiB, more when the checkpoint needs it
+    to fit S3's 10,000 parts)."""
 
     def __init__(self, path, single_file_per_rank=True, sync_files=True, thread_count=1,
                  per_thread_copy_ahead=10_000_000, cache_staged_state_dict=False, overwrite=True,
@@ -261,8 +214,7 @@ class ArchiveWriter(FileSystemWriter):
         self.archive_path = os.fspath(path)
         self.fs = _ArchiveWriteFileSystem(path, *self._settings)
         self.path = ""
-        if self.fs.remote:
-            self.thread_count = 1   # one upload, written front to back: one data file at a time
+        self.thread_count = 1   # a rank's share is written front to back: one data file at a time
 
     def reset(self, checkpoint_id=None):
         super().reset(None)
@@ -276,9 +228,7 @@ class ArchiveWriter(FileSystemWriter):
 
     def prepare_global_plan(self, plans):
         plans = super().prepare_global_plan(plans)
-        if not self.fs.remote:
-            return plans
-        # One upload for every rank: each gets a range of part numbers for its planned bytes.
+        # One archive for every rank: each gets a range of part numbers for its planned bytes.
         coordinator = self.rank if self.rank is not None else 0
         planned = [sum(_item_bytes(item) for item in plan.items) for plan in plans]
         part_size, ranges = SharedUpload.plan(planned, coordinator, self.part_size)
@@ -291,27 +241,24 @@ class ArchiveWriter(FileSystemWriter):
             self.fs.segment = plan.storage_data
         try:
             written = super().write_data(plan, planner)
-            if not self.fs.remote:
-                return written
             # This rank's segment record travels to the coordinator with its write results.
             record = WriteResult(index=MetadataIndex(_SEGMENT_RECORD), size_in_bytes=0, storage_data=self.fs.finish_segment())
+            if not self.fs.is_coordinator:
+                self.fs.segment = None   # the coordinator owns the archive now
             future = Future()
             future.set_result(written.wait() + [record])
             return future
         except BaseException:
-            self.fs.cancel()   # the archive this rank was writing: its temporary file, or the shared upload
+            self.fs.cancel()   # the shared archive: its temporary file, or its upload
             raise
 
     def finish(self, metadata, results):
-        if self.fs.remote:
-            # The segment records, coordinator's first, then the ranks in order (as their part numbers go).
-            records = [[wr.storage_data for wr in rank if wr.index.fqn == _SEGMENT_RECORD] for rank in results]
-            coordinator = self.rank if self.rank is not None else 0
-            order = [coordinator] + [r for r in range(len(results)) if r != coordinator]
-            self.fs.segment_records = [record for r in order for record in records[r]]
-            results = [[wr for wr in rank if wr.index.fqn != _SEGMENT_RECORD] for rank in results]
-        # The results name every data file of this save, on every rank.
-        self.fs.saved_files = sorted({wr.storage_data.relative_path for rank in results for wr in rank})
+        # The segment records, coordinator's first, then the ranks in order (as their part numbers go).
+        records = [[wr.storage_data for wr in rank if wr.index.fqn == _SEGMENT_RECORD] for rank in results]
+        coordinator = self.rank if self.rank is not None else 0
+        order = [coordinator] + [r for r in range(len(results)) if r != coordinator]
+        self.fs.segment_records = [record for r in order for record in records[r]]
+        results = [[wr for wr in rank if wr.index.fqn != _SEGMENT_RECORD] for rank in results]
         try:
             super().finish(metadata, results)
         except BaseException:

@@ -15,6 +15,13 @@ ssize_t ckpk_copy_file_range(int in, int64_t in_offset, int out, size_t length);
 /// less to wait for. A no-op where unsupported. Returns 0 or -1 with errno.
 int ckpk_start_writeback(int fd, int64_t offset, int64_t length);
 
+/// Removes `length` bytes at `offset` from `fd`'s file, moving what follows
+/// down without copying it (fallocate with FALLOC_FL_COLLAPSE_RANGE; both
+/// numbers multiples of the filesystem's block size, the range short of the
+/// end of the file). Returns 0, or -1 with errno (EOPNOTSUPP, EINVAL... mean:
+/// move the bytes instead).
+int ckpk_collapse_range(int fd, int64_t offset, int64_t length);
+
 /// Nonzero when standard output could not be written: the buffer does not
 /// flush, or an earlier write failed.
 int ckpk_stdout_failed(void);

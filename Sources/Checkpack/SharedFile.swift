@@ -1,0 +1,248 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// One local archive saved by several processes (spec/CHECKPOINT.md, "Saving
+/// from many ranks into one file"), with no staging copies: the coordinator
+/// makes a temporary file beside the destination (`create`); each rank writes
+/// its segment straight into its own region of that file (`FileRegionSink`);
+/// the coordinator closes the gaps between the segments and finishes the
+/// archive (`complete`). Regions are far apart and stay sparse until written,
+/// so no byte is written twice where the filesystem can collapse a range
+/// (ext4, XFS); elsewhere each segment is moved down once.
+public enum SharedFile {
+    /// Creates the temporary file beside `path` that the ranks fill; returns its path.
+    /// Refuses an existing destination unless `overwrite`.
+    public static func create(beside path: String, overwrite: Bool) throws -> String {
+        try FileSink.temporaryFile(for: path, overwrite: overwrite).path
+    }
+
+    /// Removes the temporary file (from any rank), so that nothing is left of a failed save.
+    public static func abort(_ temporary: String) {
+        _ = unlink(temporary)
+        Interruption.untrack(temporary)
+    }
+
+    /// The region of the temporary file for part numbers `parts` of `partSize`
+    /// bytes (the plan of a shared upload): part k is bytes (k−1)·partSize ..< k·partSize.
+    public static func region(parts: ClosedRange<Int>, partSize: Int) throws -> Range<UInt64> {
+        guard parts.lowerBound >= 1, partSize > 0 else {
+            throw CheckpackError(.invalidArgument, "part numbers \(parts) of \(partSize) bytes")
+        }
+        let size = UInt64(partSize)
+        let (start, low) = UInt64(parts.lowerBound - 1).multipliedReportingOverflow(by: size)
+        let (end, high) = UInt64(parts.upperBound).multipliedReportingOverflow(by: size)
+        guard !low, !high, end <= UInt64(Int64.max) else {
+            throw CheckpackError(.limitExceeded, "part numbers \(parts) of \(partSize) bytes pass the largest file offset")
+        }
+        return start..<end
+    }
+
+    /// Room kept free at the end of each region for the padding entry that
+    /// closes the gap after it (at most a block, up to 1 MiB, and the record's own bytes).
+    static let reserve: UInt64 = (1 << 20) + (64 << 10)
+    /// Names of the padding entries, numbered by the gap they fill.
+    public static let paddingPrefix = ".checkpack-padding-"
+
+    /// What one rank's segment left for the coordinator: where its region
+    /// starts and how to place it. Crosses processes as `encoded()` bytes,
+    /// checked by `init(decoding:)`.
+    public struct Segment: Sendable {
+        var offset: UInt64
+        var segment: ArchiveWriter.Segment
+
+        static let magic = Array("CKFSEG1\n".utf8)
+
+        init(offset: UInt64, segment: ArchiveWriter.Segment) { (self.offset, self.segment) = (offset, segment) }
+
+        /// The record as bytes.
+        public func encoded() -> [UInt8] {
+            var out = ByteWriter(capacity: 32 + segment.index.count)
+            out.raw(Segment.magic)
+            out.u64(offset)
+            out.u64(segment.length)
+            out.u32(segment.requiredFeatures)
+            out.u64(UInt64(segment.index.count))
+            out.raw(segment.index)
+            return out.bytes
+        }
+
+        /// Decodes `encoded()` bytes, checking every length against what is there.
+        public init(decoding bytes: [UInt8]) throws {
+            do {
+                var reader = ByteReader(bytes)
+                guard Array(try reader.take(Segment.magic.count)) == Segment.magic else {
+                    throw CheckpackError(.corrupt, "not a rank's segment record")
+                }
+                offset = try reader.u64()
+                let length = try reader.u64(), features = try reader.u32()
+                let index = Array(try reader.take(Int(checked: try reader.u64(), "a segment's index length")))
+                guard reader.remaining == 0 else { throw CheckpackError(.corrupt, "a rank's segment record has bytes after its end") }
+                segment = ArchiveWriter.Segment(length: length, index: index, requiredFeatures: features)
+            } catch let error as CheckpackError where error.kind == .truncated {
+                throw CheckpackError(.corrupt, "a rank's segment record is cut short")
+            }
+        }
+    }
+
+    /// The coordinator's last step: `segments` in archive order (the first is
+    /// the coordinator's, at offset 0, with the file header), then `files`
+    /// (name, bytes) written here, become the archive at `path`. Each gap
+    /// between two segments becomes a padding entry up to the next block
+    /// boundary, and the rest of it is collapsed out of the file (or, where
+    /// the filesystem cannot, the next segment is moved down). Then the
+    /// index and trailer, the header, fsync and rename, as `FileSink` commits.
+    /// On failure the temporary file is removed.
+    public static func complete(temporary: String, path: String, overwrite: Bool, segments: [Segment],
+                                files: [(name: String, bytes: [UInt8])], options: WriterOptions) throws {
+        let sink: FileSink
+        do {
+            sink = try FileSink(adopting: temporary, path: path, overwrite: overwrite)
+        } catch {
+            abort(temporary)
+            throw error
+        }
+        do {
+            guard let file = sink.file else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
+            guard let coordinator = segments.first, coordinator.offset == 0 else {
+                throw CheckpackError(.invalidArgument, "the first segment must be the coordinator's, at the start of the file")
+            }
+            let block = try alignment(of: file)
+            var placed = [coordinator.segment]
+            var end = coordinator.segment.length   // where the archive's bytes end so far
+            var removed: UInt64 = 0                // bytes collapsed out before the segments still to place
+            var collapses = true
+            for (gap, segment) in segments.dropFirst().enumerated() {
+                let length = segment.segment.length
+                guard length > 0 else { placed.append(segment.segment); continue }
+                guard segment.offset >= removed, segment.offset - removed >= end else {
+                    throw CheckpackError(.corrupt, "rank segments overlap: one starts at \(segment.offset), before the end of the last")
+                }
+                var start = segment.offset - removed
+                guard try start.adding(length, "a segment's end") <= file.size else {
+                    throw CheckpackError(.corrupt, "a rank's segment ends after the end of the file")
+                }
+                if start > end {
+                    let name = paddingPrefix + String(gap + 1)
+                    let padded = (end + (try SegmentJoin.paddingMinimum(name)) + block - 1) / block * block
+                    if padded <= start, let padding = try SegmentJoin.padding(name, length: padded - end) {
+                        try padding.bytes.withUnsafeBytes { try file.write($0, at: end) }
+                        placed.append(padding.segment)
+                        end = padded
+                        if start > end && collapses {
+                            collapses = file.collapse(start - end, at: end)
+                            if collapses { (removed, start) = (removed + start - end, end) }
+                        }
+                    }
+                    if start > end { try move(file, count: length, from: start, to: end) }
+                }
+                placed.append(segment.segment)
+                end += length
+            }
+            let written = try SegmentJoin.entries(files, options: options)
+            placed.append(written.segment)
+            let (header, tail) = try SegmentJoin.close(placed)
+            let last = written.bytes + tail
+            try last.withUnsafeBytes { try file.write($0, at: end) }
+            try file.truncate(to: end + UInt64(last.count))
+            try sink.commit(header: header)
+        } catch {
+            sink.abort()
+            throw error.checkpackContext(path: path)
+        }
+    }
+
+    /// The block size collapses align to: the filesystem's, when it is a power of two up to 1 MiB.
+    private static func alignment(of file: SystemFile) throws -> UInt64 {
+        let size = try file.blockSize
+        return size >= 512 && size <= 1 << 20 && size & (size - 1) == 0 ? size : 4096
+    }
+
+    /// Copies `count` bytes at `from` down to `to` (`to` < `from`; front to back, so an overlap is safe).
+    private static func move(_ file: SystemFile, count: UInt64, from: UInt64, to: UInt64) throws {
+        let chunk = 8 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 64)
+        defer { buffer.deallocate() }
+        var done: UInt64 = 0
+        while done < count {
+            let n = Int(min(UInt64(chunk), count - done))
+            let part = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n])
+            try file.read(into: part, at: from + done)
+            try file.write(UnsafeRawBufferPointer(part), at: to + done)
+            done += UInt64(n)
+        }
+    }
+}
+
+/// One rank's share of a `SharedFile`: its segment is written straight into
+/// its region of the temporary file, which must hold it (with
+/// `SharedFile.reserve` to spare). On failure or abort the temporary file is
+/// removed, so the save fails on every rank.
+public final class FileRegionSink: ArchiveSink {
+    /// The temporary file, for messages.
+    public var name: String { file?.path ?? "a closed region" }
+    private var file: SystemFile?
+    private let region: Range<UInt64>
+    private let limit: UInt64
+    private var written: UInt64 = 0
+    private var writeback: Writeback
+    private let tracked: Bool
+
+    /// Opens `temporary` (made by `SharedFile.create`) to write at `region`.
+    public init(temporary: String, region: Range<UInt64>) throws {
+        guard region.count > SharedFile.reserve else {
+            throw CheckpackError(.invalidArgument, "a region of \(region.count) bytes cannot hold a segment", path: temporary)
+        }
+        let file = try SystemFile.openForWriting(temporary)
+        tracked = Interruption.track(file.path)   // not already: the coordinator's own `create` tracks it
+        self.file = file
+        self.region = region
+        limit = UInt64(region.count) - SharedFile.reserve
+        writeback = Writeback(start: region.lowerBound)
+    }
+
+    deinit { abort() }
+
+    /// Writes `bytes` after the previous ones, within the region.
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        guard let file else { throw CheckpackError(.invalidArgument, "segment is closed") }
+        guard UInt64(bytes.count) <= limit - written else {
+            throw CheckpackError(.limitExceeded, "this rank's records need more than the \(limit) bytes planned for it", path: file.path)
+        }
+        try file.write(bytes, at: region.lowerBound + written)
+        written += UInt64(bytes.count)
+        writeback.wrote(bytes.count, to: file)
+    }
+
+    /// Syncs the region (a rank on another host must leave its bytes on the
+    /// shared filesystem) and returns what the coordinator needs.
+    package func finish(_ segment: ArchiveWriter.Segment) throws -> SharedFile.Segment {
+        guard let file else { throw CheckpackError(.invalidArgument, "segment is closed") }
+        guard segment.length == written else {
+            throw CheckpackError(.invalidArgument, "the segment is \(segment.length) bytes, the region got \(written)", path: file.path)
+        }
+        do {
+            try file.sync()
+        } catch {
+            abort()
+            throw error
+        }
+        if tracked { Interruption.untrack(file.path) }   // the coordinator owns the file now
+        self.file = nil
+        return SharedFile.Segment(offset: region.lowerBound, segment: segment)
+    }
+
+    /// A segment is finished with `finish(_:)`, not committed.
+    public func commit(header: [UInt8]) throws {
+        throw CheckpackError(.invalidArgument, "a rank's segment is finished by SharedFile, not committed", path: name)
+    }
+
+    /// Removes the temporary file: the save fails on every rank.
+    public func abort() {
+        guard let file else { return }
+        SharedFile.abort(file.path)
+        self.file = nil
+    }
+}
