@@ -192,14 +192,15 @@ public final class FileRegionSink: ArchiveSink {
 
     /// Opens `temporary` (made by `SharedFile.create`) to write at `region`.
     public init(temporary: String, region: Range<UInt64>) throws {
-        guard region.count > SharedFile.reserve else {
-            throw CheckpackError(.invalidArgument, "a region of \(region.count) bytes cannot hold a segment", path: temporary)
+        let size = region.upperBound - region.lowerBound
+        guard size > SharedFile.reserve, region.upperBound <= UInt64(Int64.max) else {
+            throw CheckpackError(.invalidArgument, "a region of \(size) bytes at \(region.lowerBound) cannot hold a segment", path: temporary)
         }
         let file = try SystemFile.openForWriting(temporary)
         tracked = Interruption.track(file.path)   // not already: the coordinator's own `create` tracks it
         self.file = file
         self.region = region
-        limit = UInt64(region.count) - SharedFile.reserve
+        limit = size - SharedFile.reserve
         writeback = Writeback(start: region.lowerBound)
     }
 

@@ -232,6 +232,7 @@ class ArchiveWriter(FileSystemWriter):
         coordinator = self.rank if self.rank is not None else 0
         planned = [sum(_item_bytes(item) for item in plan.items) for plan in plans]
         part_size, ranges = SharedUpload.plan(planned, coordinator, self.part_size)
+        _SaveSignals.install()   # from here on, a signal removes the archive begun below
         upload_id = SharedUpload.create(self.archive_path)
         return [dataclasses.replace(plan, storage_data=_SegmentPlan(plan.storage_data.prefix, upload_id, first, last, part_size))
                 for plan, (first, last) in zip(plans, ranges)]
