@@ -10,16 +10,6 @@
 #include <linux/falloc.h>
 #endif
 
-ssize_t ckpk_copy_file_range(int in, int64_t in_offset, int out, size_t length) {
-#if defined(__linux__)
-    loff_t offset = (loff_t)in_offset;
-    return copy_file_range(in, &offset, out, NULL, length, 0);
-#else
-    errno = ENOSYS;
-    return -1;
-#endif
-}
-
 int ckpk_start_writeback(int fd, int64_t offset, int64_t length) {
 #if defined(__linux__)
     return sync_file_range(fd, (off64_t)offset, (off64_t)length, SYNC_FILE_RANGE_WRITE);

@@ -31,25 +31,21 @@ public final class FileSink: ArchiveSink {
     public let path: String
     public var name: String { path }
     private let overwrite: Bool
-    private let sync: Bool
     /// Open until committed or aborted.
     private(set) var file: SystemFile?
 
     /// Refuses an existing destination unless `overwrite`, and a directory always.
-    /// Without `sync`, nothing is fsynced (for temporary archives only).
-    public init(path: String, overwrite: Bool, sync: Bool = true) throws {
+    public init(path: String, overwrite: Bool) throws {
         self.path = path
         self.overwrite = overwrite
-        self.sync = sync
         self.file = try FileSink.temporaryFile(for: path, overwrite: overwrite)
     }
 
     /// Takes over `temporary`, a file `temporaryFile(for:overwrite:)` made
     /// beside `path` (perhaps in another process), to finish and commit it.
-    package init(adopting temporary: String, path: String, overwrite: Bool, sync: Bool = true) throws {
+    package init(adopting temporary: String, path: String, overwrite: Bool) throws {
         self.path = path
         self.overwrite = overwrite
-        self.sync = sync
         let file = try SystemFile.openForWriting(temporary)
         Interruption.track(file.path)
         self.file = file
@@ -74,7 +70,7 @@ public final class FileSink: ArchiveSink {
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         guard let file else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
         try file.write(bytes)
-        if sync { writeback.wrote(bytes.count, to: file) }
+        writeback.wrote(bytes.count, to: file)
     }
 
     private var writeback = Writeback(start: 0)
@@ -82,7 +78,7 @@ public final class FileSink: ArchiveSink {
     public func commit(header: [UInt8]) throws {
         guard let file else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
         if !header.isEmpty { try header.withUnsafeBytes { try file.write($0, at: 0) } }
-        if sync { try file.sync() }
+        try file.sync()
         if overwrite {
             try FileSystem.rename(file.path, to: path)
         } else {
@@ -90,7 +86,7 @@ public final class FileSink: ArchiveSink {
         }
         Interruption.untrack(file.path)
         self.file = nil
-        if sync { try FileSystem.syncDirectory(FileSystem.parent(of: path)) }
+        try FileSystem.syncDirectory(FileSystem.parent(of: path))
     }
 
     /// Makes the file visible at the destination as written (no header to replace).

@@ -55,7 +55,7 @@ public final class ArchiveWriter {
     /// An archive file at `path` (refused if it exists, unless `options.overwrite`).
     public convenience init(path: String, options: WriterOptions = WriterOptions()) throws {
         try options.validate()
-        try self.init(sink: FileSink(path: path, overwrite: options.overwrite, sync: options.sync), options: options)
+        try self.init(sink: FileSink(path: path, overwrite: options.overwrite), options: options)
     }
 
     /// An archive written to `sink`, which `finish()` commits and a failure aborts.
@@ -236,11 +236,8 @@ public final class ArchiveWriter {
     /// Appends every entry of another archive by copying its records as they
     /// are — no decoding, no recompression — and re-basing their offsets in
     /// the index (spec section 11.3). Every frame of `other` is checked (its
-    /// stored CRC) after the copy, so damage in the source is not carried
-    /// over, unless `checkingFrames` is false: for staging parts this process
-    /// or its peers just wrote, where that check would be a second pass over
-    /// all the data (a damaged frame is still found by every read of it).
-    public func appendEntries(of other: ArchiveReader, checkingFrames: Bool = true) throws {
+    /// stored CRC) as it is copied, so damage in the source is not carried over.
+    public func appendEntries(of other: ArchiveReader) throws {
         if let open { throw CheckpackError(.invalidArgument, "entry \"\(open.name)\" is still open", path: path) }
         var names = tree
         try asArgumentError { for entry in other.entries { try names.add(entry.name, kind: entry.kind) } }
@@ -250,23 +247,19 @@ public final class ArchiveWriter {
             requiredFeatures |= other.requiredFeatures
             let start = UInt64(Format.headerSize), end = other.index.recordsEnd
             let base = output.offset
-            if checkingFrames {
-                // One pass: each entry's records are checked as a stream reader would (every
-                // rule and stored CRC) while the very bytes read are written, so a remote
-                // source is fetched once. The entries tile the records (checked at open).
-                for entry in other.entries {
-                    try other.forEachFrame(of: entry, stored: true, tee: { [unowned self] in try self.output.write($0) }) { location, frame in
-                        guard let frame, CRC32C.checksum(frame.stored) == frame.header.storedCRC else {
-                            throw CheckpackError(.checksumMismatch, "stored bytes CRC32C mismatch in appended archive", path: other.source.name,
-                                                 offset: location.archiveOffset)
-                        }
+            // One pass: each entry's records are checked as a stream reader would (every
+            // rule and stored CRC) while the very bytes read are written, so a remote
+            // source is fetched once. The entries tile the records (checked at open).
+            for entry in other.entries {
+                try other.forEachFrame(of: entry, stored: true, tee: { [unowned self] in try self.output.write($0) }) { location, frame in
+                    guard let frame, CRC32C.checksum(frame.stored) == frame.header.storedCRC else {
+                        throw CheckpackError(.checksumMismatch, "stored bytes CRC32C mismatch in appended archive", path: other.source.name,
+                                             offset: location.archiveOffset)
                     }
                 }
-                guard output.offset - base == end - start else {
-                    throw CheckpackError(.corrupt, "the appended archive's entries do not cover its records", path: other.source.name)
-                }
-            } else {
-                try output.copy(from: other.source, range: start..<end)
+            }
+            guard output.offset - base == end - start else {
+                throw CheckpackError(.corrupt, "the appended archive's entries do not cover its records", path: other.source.name)
             }
             for entry in other.entries {
                 var row = entry.row

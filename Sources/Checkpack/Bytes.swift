@@ -1,14 +1,14 @@
 /// Appends little-endian integers and raw bytes to a growing buffer.
-struct ByteWriter {
-    private(set) var bytes: [UInt8] = []
+package struct ByteWriter {
+    package private(set) var bytes: [UInt8] = []
 
-    init(capacity: Int = 64) { bytes.reserveCapacity(capacity) }
+    package init(capacity: Int = 64) { bytes.reserveCapacity(capacity) }
 
-    mutating func u8(_ value: UInt8) { bytes.append(value) }
-    mutating func u16(_ value: UInt16) { append(littleEndian: value) }
-    mutating func u32(_ value: UInt32) { append(littleEndian: value) }
-    mutating func u64(_ value: UInt64) { append(littleEndian: value) }
-    mutating func raw<C: Collection>(_ data: C) where C.Element == UInt8 { bytes.append(contentsOf: data) }
+    package mutating func u8(_ value: UInt8) { bytes.append(value) }
+    package mutating func u16(_ value: UInt16) { append(littleEndian: value) }
+    package mutating func u32(_ value: UInt32) { append(littleEndian: value) }
+    package mutating func u64(_ value: UInt64) { append(littleEndian: value) }
+    package mutating func raw<C: Collection>(_ data: C) where C.Element == UInt8 { bytes.append(contentsOf: data) }
 
     /// Appends the CRC32C of everything written so far.
     mutating func crcOfAll() { u32(CRC32C.checksum(bytes)) }
@@ -21,7 +21,7 @@ struct ByteWriter {
 
 /// Reads little-endian integers from a byte slice; every read is bounds-checked
 /// and a short buffer is reported as `truncated`.
-struct ByteReader {
+package struct ByteReader {
     let bytes: ArraySlice<UInt8>
     private(set) var position: Int
 
@@ -30,9 +30,9 @@ struct ByteReader {
         self.position = bytes.startIndex
     }
 
-    init(_ bytes: [UInt8]) { self.init(bytes[...]) }
+    package init(_ bytes: [UInt8]) { self.init(bytes[...]) }
 
-    var remaining: Int { bytes.endIndex - position }
+    package var remaining: Int { bytes.endIndex - position }
     var consumed: Int { position - bytes.startIndex }
 
     /// A little-endian u32 from exactly four bytes (0 for any other count).
@@ -41,12 +41,12 @@ struct ByteReader {
         return bytes.enumerated().reduce(0) { $0 | UInt32($1.element) << ($1.offset * 8) }
     }
 
-    mutating func u8() throws -> UInt8 { try integer() }
-    mutating func u16() throws -> UInt16 { try integer() }
-    mutating func u32() throws -> UInt32 { try integer() }
-    mutating func u64() throws -> UInt64 { try integer() }
+    package mutating func u8() throws -> UInt8 { try integer() }
+    package mutating func u16() throws -> UInt16 { try integer() }
+    package mutating func u32() throws -> UInt32 { try integer() }
+    package mutating func u64() throws -> UInt64 { try integer() }
 
-    mutating func take(_ count: Int) throws -> ArraySlice<UInt8> {
+    package mutating func take(_ count: Int) throws -> ArraySlice<UInt8> {
         guard count >= 0, count <= remaining else {
             throw CheckpackError(.truncated, "needs \(count) more bytes, has \(remaining)")
         }
@@ -65,7 +65,7 @@ struct ByteReader {
 
 extension Int {
     /// Converts a 64-bit count from a file, refusing values that do not fit.
-    init(checked value: UInt64, _ what: @autoclosure () -> String) throws {
+    package init(checked value: UInt64, _ what: @autoclosure () -> String) throws {
         guard value <= UInt64(Int.max) else {
             throw CheckpackError(.limitExceeded, "\(what()) \(value) does not fit in memory")
         }

@@ -50,25 +50,18 @@ extension SegmentJoin {
         return (sink.bytes, segment)
     }
 
-    /// A stored entry of zeros named `name` whose record is exactly `length`
-    /// bytes long (at most a frame: 4 MiB), for filling a gap between
-    /// segments; nil when `length` is below the smallest such record
-    /// (`paddingMinimum(_:)`).
-    package static func padding(_ name: String, length: UInt64) throws -> (bytes: [UInt8], segment: ArchiveWriter.Segment)? {
-        let overhead = try paddingMinimum(name) - 1
-        guard length > overhead, length - overhead <= UInt64(Int32.max) else { return nil }
-        let content = Int(length - overhead)
-        // One frame up to the frame size (4 MiB), so the overhead is the minimum's.
-        let padding = try entries([(name, [UInt8](repeating: 0, count: content))], options: WriterOptions(codec: .stored))
-        guard padding.bytes.count == Int(length) else {
-            throw CheckpackError(.invalidArgument, "a padding entry came out \(padding.bytes.count) bytes long, not \(length)")
+    /// A stored entry of zeros named `name` whose record, placed at
+    /// `offset`, ends at the first multiple of `alignment` that leaves room
+    /// for at least one byte of content: the filler of a gap between
+    /// segments. Its content stays within one frame (`alignment` up to 1 MiB).
+    package static func padding(_ name: String, at offset: UInt64, alignment: UInt64) throws -> (bytes: [UInt8], segment: ArchiveWriter.Segment) {
+        let overhead = try entries([(name, [0])], options: WriterOptions(codec: .stored)).bytes.count - 1
+        let end = (offset + UInt64(overhead) + alignment) / alignment * alignment
+        let padding = try entries([(name, [UInt8](repeating: 0, count: Int(end - offset) - overhead))], options: WriterOptions(codec: .stored))
+        guard UInt64(padding.bytes.count) == end - offset else {
+            throw CheckpackError(.invalidArgument, "a padding entry came out \(padding.bytes.count) bytes long, not \(end - offset)")
         }
         return padding
-    }
-
-    /// The length of the smallest padding record named `name` (one byte of content).
-    package static func paddingMinimum(_ name: String) throws -> UInt64 {
-        UInt64(try entries([(name, [0])], options: WriterOptions(codec: .stored)).bytes.count)
     }
 }
 

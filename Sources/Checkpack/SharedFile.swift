@@ -81,7 +81,7 @@ public enum SharedFile {
                 let index = Array(try reader.take(Int(checked: try reader.u64(), "a segment's index length")))
                 guard reader.remaining == 0 else { throw CheckpackError(.corrupt, "a rank's segment record has bytes after its end") }
                 segment = ArchiveWriter.Segment(length: length, index: index, requiredFeatures: features)
-            } catch let error as CheckpackError where error.kind == .truncated {
+            } catch let error as CheckpackError where error.kind == .truncated || error.kind == .limitExceeded {
                 throw CheckpackError(.corrupt, "a rank's segment record is cut short")
             }
         }
@@ -125,12 +125,11 @@ public enum SharedFile {
                     throw CheckpackError(.corrupt, "a rank's segment ends after the end of the file")
                 }
                 if start > end {
-                    let name = paddingPrefix + String(gap + 1)
-                    let padded = (end + (try SegmentJoin.paddingMinimum(name)) + block - 1) / block * block
-                    if padded <= start, let padding = try SegmentJoin.padding(name, length: padded - end) {
+                    let padding = try SegmentJoin.padding(paddingPrefix + String(gap + 1), at: end, alignment: block)
+                    if end + UInt64(padding.bytes.count) <= start {
                         try padding.bytes.withUnsafeBytes { try file.write($0, at: end) }
                         placed.append(padding.segment)
-                        end = padded
+                        end += UInt64(padding.bytes.count)
                         if start > end && collapses {
                             collapses = file.collapse(start - end, at: end)
                             if collapses { (removed, start) = (removed + start - end, end) }
@@ -176,11 +175,18 @@ public enum SharedFile {
     }
 }
 
+/// A rank's share of an archive that several processes write (a local file's
+/// region, an S3 upload's parts): its segment's bytes go in as they are written.
+package protocol SegmentSink: ArchiveSink {
+    /// Ends the share; returns the record the coordinator completes the archive with.
+    func record(_ segment: ArchiveWriter.Segment) throws -> [UInt8]
+}
+
 /// One rank's share of a `SharedFile`: its segment is written straight into
 /// its region of the temporary file, which must hold it (with
 /// `SharedFile.reserve` to spare). On failure or abort the temporary file is
 /// removed, so the save fails on every rank.
-public final class FileRegionSink: ArchiveSink {
+public final class FileRegionSink: SegmentSink {
     /// The temporary file, for messages.
     public var name: String { file?.path ?? "a closed region" }
     private var file: SystemFile?
@@ -234,6 +240,8 @@ public final class FileRegionSink: ArchiveSink {
         self.file = nil
         return SharedFile.Segment(offset: region.lowerBound, segment: segment)
     }
+
+    package func record(_ segment: ArchiveWriter.Segment) throws -> [UInt8] { try finish(segment).encoded() }
 
     /// A segment is finished with `finish(_:)`, not committed.
     public func commit(header: [UInt8]) throws {

@@ -16,10 +16,6 @@ public struct WriterOptions: Sendable {
     public var threads: Int = WriterOptions.availableCores
     /// Replace an existing file at the destination.
     public var overwrite = false
-    /// fsync the archive (and its folder) before it is renamed into place. Off
-    /// only for temporary archives that nothing relies on after a crash
-    /// (staging parts that are joined into another archive and removed).
-    public var sync = true
     /// Items given an element type (`itemTypes`, `markItemBoundary(elementType:)`)
     /// are split into byte planes (spec section 5.1), in frames of `planeFrameSize`.
     public var bytePlanes = true

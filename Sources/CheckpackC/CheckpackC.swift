@@ -159,20 +159,6 @@ final class WriterHandle {
     init(_ writer: ArchiveWriter, segment: (any SegmentSink)? = nil) { (self.writer, self.segment) = (writer, segment) }
 }
 
-/// A rank's share of an archive that several processes write: an S3 upload's parts or a local file's region.
-protocol SegmentSink: ArchiveSink {
-    /// Ends the share; returns the record the coordinator completes the archive with.
-    func record(_ segment: ArchiveWriter.Segment) throws -> [UInt8]
-}
-
-extension S3SegmentSink: SegmentSink {
-    func record(_ segment: ArchiveWriter.Segment) throws -> [UInt8] { try finish(segment).encoded() }
-}
-
-extension FileRegionSink: SegmentSink {
-    func record(_ segment: ArchiveWriter.Segment) throws -> [UInt8] { try finish(segment).encoded() }
-}
-
 private func writer(_ handle: UnsafeMutableRawPointer) -> ArchiveWriter {
     Unmanaged<WriterHandle>.fromOpaque(handle).takeUnretainedValue().writer
 }
@@ -193,22 +179,15 @@ private func status(_ message: UnsafeMutablePointer<CChar>?, _ capacity: Int, _ 
 /// s3://bucket/key (one multipart upload, completed by `ckpk_writer_finish`;
 /// S3 settings from the AWS_* environment). `codec` is "zstd", "zlib" or
 /// "none"; `level` below -100 means the codec's default; `frame_size` and
-/// `threads` of 0 mean the defaults; `sync` 0 skips the fsyncs (for a staging
-/// part that is joined into another archive and removed); `size_hint`, when
+/// `threads` of 0 mean the defaults; `size_hint`, when
 /// not 0, is about how many bytes will be written (it sizes S3 parts so that
 /// 10,000 suffice). NULL on failure.
 @_cdecl("ckpk_writer_open")
 public func ckpk_writer_open(_ path: UnsafePointer<CChar>, _ codec: UnsafePointer<CChar>, _ level: Int32,
-                             _ frameSize: Int64, _ threads: Int32, _ sync: Int32, _ sizeHint: UInt64,
+                             _ frameSize: Int64, _ threads: Int32, _ sizeHint: UInt64,
                              _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> UnsafeMutableRawPointer? {
     do {
-        guard let codec = Codec(name: String(cString: codec)) else {
-            throw CheckpackError(.invalidArgument, "unknown codec \"\(String(cString: codec))\" (zstd, zlib or none)")
-        }
-        var options = WriterOptions(codec: codec, level: level < -100 ? nil : level, overwrite: true)
-        if frameSize > 0 { options.frameSize = Int(frameSize) }
-        if threads > 0 { options.threads = Int(threads) }
-        options.sync = sync != 0
+        let options = try options(codec: codec, level: level, frameSize: frameSize, threads: threads)
         let opened: ArchiveWriter
         switch try ArchiveLocation(String(cString: path)) {
         case .file(let path):
@@ -273,15 +252,6 @@ public func ckpk_writer_add_file(_ handle: UnsafeMutableRawPointer, _ name: Unsa
     }
 }
 
-/// Appends every entry of the archive at `path`, copying its records as they are.
-@_cdecl("ckpk_writer_append_archive")
-public func ckpk_writer_append_archive(_ handle: UnsafeMutableRawPointer, _ path: UnsafePointer<CChar>, _ checkFrames: Int32,
-                                       _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
-    status(message, capacity) {
-        try writer(handle).appendEntries(of: ArchiveReader(path: String(cString: path)), checkingFrames: checkFrames != 0)
-    }
-}
-
 /// Writes index and trailer, syncs, renames into place, and releases the handle.
 @_cdecl("ckpk_writer_finish")
 public func ckpk_writer_finish(_ handle: UnsafeMutableRawPointer, _ message: UnsafeMutablePointer<CChar>?, _ capacity: Int) -> Int32 {
@@ -322,10 +292,7 @@ private func options(codec: UnsafePointer<CChar>, level: Int32, frameSize: Int64
 public func ckpk_upload_create(_ location: UnsafePointer<CChar>, _ message: UnsafeMutablePointer<CChar>?,
                                _ capacity: Int) -> UnsafeMutablePointer<CChar>? {
     do {
-        switch try ArchiveLocation(String(cString: location)) {
-        case .file(let path): return strdup(try SharedFile.create(beside: path, overwrite: true))
-        case let remote: return strdup(try SharedUpload.create(remote.s3Object()))
-        }
+        return strdup(try SharedArchive(ArchiveLocation(String(cString: location))).create())
     } catch {
         report(error, into: message, capacity: capacity)
         return nil
@@ -356,11 +323,7 @@ public func ckpk_upload_plan(_ count: Int, _ plannedBytes: UnsafePointer<UInt64>
 /// nothing of it stays: the upload, or the temporary file.
 @_cdecl("ckpk_upload_abort")
 public func ckpk_upload_abort(_ location: UnsafePointer<CChar>, _ uploadID: UnsafePointer<CChar>) {
-    switch try? ArchiveLocation(String(cString: location)) {
-    case .file: SharedFile.abort(String(cString: uploadID))
-    case let remote?: if let object = try? remote.s3Object() { SharedUpload.abort(object, uploadID: String(cString: uploadID)) }
-    case nil: break
-    }
+    try? SharedArchive(ArchiveLocation(String(cString: location))).abort(String(cString: uploadID))
 }
 
 /// Starts this rank's segment of the shared archive `uploadID` (what
@@ -379,14 +342,8 @@ public func ckpk_writer_open_segment(_ location: UnsafePointer<CChar>, _ uploadI
         guard firstPart >= 1, lastPart >= firstPart, partSize > 0 else {
             throw CheckpackError(.invalidArgument, "part numbers \(firstPart)...\(lastPart) of \(partSize) bytes")
         }
-        let parts = Int(firstPart)...Int(lastPart), id = String(cString: uploadID)
-        let sink: any SegmentSink
-        switch try ArchiveLocation(String(cString: location)) {
-        case .file:
-            sink = try FileRegionSink(temporary: id, region: SharedFile.region(parts: parts, partSize: Int(partSize)))
-        case let remote:
-            sink = try S3SegmentSink(object: remote.s3Object(), uploadID: id, parts: parts, partSize: Int(partSize), holdsFirst: holdsFirst != 0)
-        }
+        let sink = try SharedArchive(ArchiveLocation(String(cString: location)))
+            .segmentSink(String(cString: uploadID), parts: Int(firstPart)...Int(lastPart), partSize: Int(partSize), holdsFirst: holdsFirst != 0)
         let opened = try ArchiveWriter(sink: sink, options: options, startsArchive: holdsFirst != 0)
         return Unmanaged.passRetained(WriterHandle(opened, segment: sink)).toOpaque()
     } catch {
@@ -441,14 +398,7 @@ public func ckpk_upload_complete(_ location: UnsafePointer<CChar>, _ uploadID: U
             }
             guard dataLength <= UInt64(Int.max) else { throw CheckpackError(.invalidArgument, "bad buffer") }
             let files = [(name: String(cString: name), bytes: data.map { Array(UnsafeRawBufferPointer(start: $0, count: Int(dataLength))) } ?? [])]
-            switch try ArchiveLocation(String(cString: location)) {
-            case .file(let path):
-                try SharedFile.complete(temporary: id, path: path, overwrite: true, segments: recorded.map(SharedFile.Segment.init(decoding:)),
-                                        files: files, options: options)
-            case let remote:
-                try SharedUpload.complete(remote.s3Object(), uploadID: id, segments: recorded.map(SharedUpload.Segment.init(decoding:)),
-                                          files: files, options: options)
-            }
+            try SharedArchive(ArchiveLocation(String(cString: location))).complete(id, records: recorded, files: files, options: options)
         } catch {
             ckpk_upload_abort(location, uploadID)
             throw error

@@ -71,57 +71,55 @@ public enum SharedUpload {
 
         /// The segment as bytes.
         public func encoded() -> [UInt8] {
-            var out = Segment.magic
-            func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
-            func blob(_ b: [UInt8]) { u64(UInt64(b.count)); out += b }
-            u64(segment.length)
-            u64(UInt64(segment.requiredFeatures))
+            var out = ByteWriter(capacity: 64 + segment.index.count + (first?.count ?? 0) + held.count)
+            func blob(_ b: [UInt8]) { out.u64(UInt64(b.count)); out.raw(b) }
+            out.raw(Segment.magic)
+            out.u64(segment.length)
+            out.u64(UInt64(segment.requiredFeatures))
             blob(segment.index)
-            u64(UInt64(parts.count))
+            out.u64(UInt64(parts.count))
             for part in parts {
-                u64(UInt64(part.number))
+                out.u64(UInt64(part.number))
                 blob(Array(part.etag.utf8))
                 blob(Array(part.checksum.utf8))
             }
-            u64(first == nil ? 0 : 1)
+            out.u64(first == nil ? 0 : 1)
             blob(first ?? [])
             blob(held)
-            return out
+            return out.bytes
         }
 
         /// Decodes `encoded()` bytes, checking every length against what is there.
         public init(decoding bytes: [UInt8]) throws {
-            var at = 0
-            func take(_ n: UInt64) throws -> ArraySlice<UInt8> {
-                guard n <= UInt64(bytes.count - at) else { throw CheckpackError(.corrupt, "a rank's segment record is cut short") }
-                defer { at += Int(n) }
-                return bytes[at..<at + Int(n)]
-            }
-            func u64() throws -> UInt64 { try take(8).reversed().reduce(0) { $0 << 8 | UInt64($1) } }
-            func blob() throws -> [UInt8] { Array(try take(u64())) }
+            var reader = ByteReader(bytes)
+            func blob() throws -> [UInt8] { Array(try reader.take(Int(checked: try reader.u64(), "a segment record's field length"))) }
             func text() throws -> String {
                 guard let text = String(validating: try blob(), as: UTF8.self) else { throw CheckpackError(.corrupt, "a part's ETag is not UTF-8") }
                 return text
             }
-            guard Array(try take(UInt64(Segment.magic.count))) == Segment.magic else {
-                throw CheckpackError(.corrupt, "not a rank's segment record")
+            do {
+                guard Array(try reader.take(Segment.magic.count)) == Segment.magic else {
+                    throw CheckpackError(.corrupt, "not a rank's segment record")
+                }
+                let length = try reader.u64(), features = try reader.u64()
+                guard features <= UInt64(UInt32.max) else { throw CheckpackError(.corrupt, "a segment's features do not fit 32 bits") }
+                segment = ArchiveWriter.Segment(length: length, index: try blob(), requiredFeatures: UInt32(features))
+                let count = try reader.u64()
+                guard count <= UInt64(S3MultipartSink.maximumParts) else { throw CheckpackError(.corrupt, "a segment claims \(count) parts") }
+                parts = []
+                for _ in 0..<count {
+                    let number = try reader.u64()
+                    guard (1...UInt64(S3MultipartSink.maximumParts)).contains(number) else { throw CheckpackError(.corrupt, "part number \(number)") }
+                    parts.append(S3Upload.Part(number: Int(number), etag: try text(), checksum: try text()))
+                }
+                let hasFirst = try reader.u64()
+                let firstBytes = try blob()
+                first = hasFirst == 1 ? firstBytes : nil
+                held = try blob()
+                guard reader.remaining == 0 else { throw CheckpackError(.corrupt, "a rank's segment record has bytes after its end") }
+            } catch let error as CheckpackError where error.kind == .truncated || error.kind == .limitExceeded {
+                throw CheckpackError(.corrupt, "a rank's segment record is cut short")
             }
-            let length = try u64(), features = try u64()
-            guard features <= UInt64(UInt32.max) else { throw CheckpackError(.corrupt, "a segment's features do not fit 32 bits") }
-            segment = ArchiveWriter.Segment(length: length, index: try blob(), requiredFeatures: UInt32(features))
-            let count = try u64()
-            guard count <= UInt64(S3MultipartSink.maximumParts) else { throw CheckpackError(.corrupt, "a segment claims \(count) parts") }
-            parts = []
-            for _ in 0..<count {
-                let number = try u64()
-                guard (1...UInt64(S3MultipartSink.maximumParts)).contains(number) else { throw CheckpackError(.corrupt, "part number \(number)") }
-                parts.append(S3Upload.Part(number: Int(number), etag: try text(), checksum: try text()))
-            }
-            let hasFirst = try u64()
-            let firstBytes = try blob()
-            first = hasFirst == 1 ? firstBytes : nil
-            held = try blob()
-            guard at == bytes.count else { throw CheckpackError(.corrupt, "a rank's segment record has bytes after its end") }
         }
 
         init(parts: [S3Upload.Part], first: [UInt8]?, held: [UInt8], segment: ArchiveWriter.Segment) {
@@ -201,7 +199,7 @@ public enum SharedUpload {
 /// the end. A segment below S3's minimum sends nothing and is handed back
 /// whole. On failure or abort, the whole upload is aborted: a failing rank
 /// fails the save on every rank.
-public final class S3SegmentSink: ArchiveSink, @unchecked Sendable {
+public final class S3SegmentSink: SegmentSink, @unchecked Sendable {
     /// The object the upload makes.
     public let object: S3Object
     /// `s3://bucket/key`, for messages.
@@ -267,6 +265,8 @@ public final class S3SegmentSink: ArchiveSink, @unchecked Sendable {
             throw error.checkpackContext(path: name)
         }
     }
+
+    package func record(_ segment: ArchiveWriter.Segment) throws -> [UInt8] { try finish(segment).encoded() }
 
     /// A segment is finished with `finish(_:)`, not committed.
     public func commit(header: [UInt8]) throws {

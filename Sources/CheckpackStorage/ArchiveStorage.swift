@@ -24,8 +24,8 @@ public final class ArchiveStorageWriter: StorageWriter {
     private var path = ""
     private var rank = 0
     private var coordinator = false
-    /// For an s3:// archive: the object.
-    private var object: S3Object?
+    /// Where the archive goes: a local file or an S3 object.
+    private var archive: SharedArchive?
     /// This rank's share of the archive, once planned.
     private var share: UploadShare?
 
@@ -43,8 +43,7 @@ public final class ArchiveStorageWriter: StorageWriter {
 
     public func initializeWriter(checkpointID: String) throws {
         path = checkpointID
-        let location = try ArchiveLocation(checkpointID)
-        object = location.isRemote ? try location.s3Object(environment: environment) : nil
+        archive = try SharedArchive(ArchiveLocation(checkpointID), environment: environment)
     }
 
     public func configureWriter(isCoordinator: Bool, rank: Int, worldSize: Int) throws {
@@ -56,7 +55,7 @@ public final class ArchiveStorageWriter: StorageWriter {
         let plans = CheckpointFiles.assignPrefixes(plans)
         let planned = plans.map { $0.items.reduce(UInt64(0)) { $0 + $1.plannedBytes } }
         let (partSize, ranges) = try SharedUpload.plan(plannedBytes: planned, coordinator: rank)
-        let id = try object.map { try SharedUpload.create($0) } ?? SharedFile.create(beside: path, overwrite: true)
+        let id = try opened().create()
         return zip(plans, ranges).map { plan, range in
             var plan = plan
             plan.storageData = UploadShare(prefix: plan.storageData ?? "", uploadID: id, parts: range, partSize: partSize).encoded
@@ -70,18 +69,10 @@ public final class ArchiveStorageWriter: StorageWriter {
         }
         self.share = share
         // A failure below releases the writer and its sink, which removes the shared archive.
-        let sink: any ArchiveSink, finish: (ArchiveWriter.Segment) throws -> [UInt8]
-        if let object {
-            let upload = try S3SegmentSink(object: object, uploadID: share.uploadID, parts: share.parts, partSize: share.partSize,
-                                           holdsFirst: coordinator)
-            (sink, finish) = (upload, { try upload.finish($0).encoded() })
-        } else {
-            let region = try FileRegionSink(temporary: share.uploadID, region: SharedFile.region(parts: share.parts, partSize: share.partSize))
-            (sink, finish) = (region, { try region.finish($0).encoded() })
-        }
+        let sink = try opened().segmentSink(share.uploadID, parts: share.parts, partSize: share.partSize, holdsFirst: coordinator)
         let writer = try ArchiveWriter(sink: sink, options: options, startsArchive: coordinator)
         var results = try write(plan, planner: planner, prefix: share.prefix, into: writer)
-        let record = try finish(writer.finishSegment())
+        let record = try sink.record(writer.finishSegment())
         results.append(WriteResult(index: MetadataIndex(fqn: UploadShare.recordName), sizeInBytes: 0,
                                    storageData: StorageInfo(relativePath: "", offset: 0, length: 0), writerRecord: record))
         if !coordinator { self.share = nil }   // the coordinator owns the archive now
@@ -118,13 +109,7 @@ public final class ArchiveStorageWriter: StorageWriter {
             let order = [rank] + results.indices.filter { $0 != rank }
             let records = order.flatMap { results[$0].compactMap(\.writerRecord) }
             let files = [(name: CheckpointFiles.metadataName, bytes: try MetadataCoding.encode(metadata))]
-            if let object {
-                try SharedUpload.complete(object, uploadID: share.uploadID, segments: records.map(SharedUpload.Segment.init(decoding:)),
-                                          files: files, options: options)
-            } else {
-                try SharedFile.complete(temporary: share.uploadID, path: path, overwrite: true,
-                                        segments: records.map(SharedFile.Segment.init(decoding:)), files: files, options: options)
-            }
+            try opened().complete(share.uploadID, records: records, files: files, options: options)
         } catch {
             abort()
             throw error
@@ -135,7 +120,12 @@ public final class ArchiveStorageWriter: StorageWriter {
     public func abort() {
         guard let share else { return }
         self.share = nil
-        if let object { SharedUpload.abort(object, uploadID: share.uploadID) } else { SharedFile.abort(share.uploadID) }
+        archive?.abort(share.uploadID)
+    }
+
+    private func opened() throws -> SharedArchive {
+        guard let archive else { throw CheckpackError(.invalidArgument, "the archive writer is not initialized") }
+        return archive
     }
 }
 

@@ -170,11 +170,11 @@ class Archive:
         return _lib.ckpk_reader_frames_decoded(self._handle)
 
 _lib.ckpk_writer_open.restype = ctypes.c_void_p
-_lib.ckpk_writer_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_uint64,
+_lib.ckpk_writer_open.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int32, ctypes.c_int64, ctypes.c_int32, ctypes.c_uint64,
                                   ctypes.c_char_p, ctypes.c_size_t]
 for _name, _args in [("begin_file", [ctypes.c_char_p]), ("write", [ctypes.c_void_p, ctypes.c_uint64]),
                      ("mark_item", []), ("mark_typed_item", [ctypes.c_int32, ctypes.c_int32]), ("end_file", []), ("add_file", [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_uint64]),
-                     ("append_archive", [ctypes.c_char_p, ctypes.c_int32]), ("finish", [])]:
+                     ("finish", [])]:
     _function = getattr(_lib, "ckpk_writer_" + _name)
     _function.restype = ctypes.c_int32
     _function.argtypes = [ctypes.c_void_p] + _args + [ctypes.c_char_p, ctypes.c_size_t]
@@ -289,13 +289,12 @@ class ArchiveBuilder:
     """Writes an archive front to back, to a path or to s3://bucket/key; it appears
     there only when `finish()` succeeds."""
 
-    def __init__(self, path, codec="zstd", level=None, frame_size=0, threads=0, sync=True, size_hint=0):
-        """`sync=False` skips the fsyncs: only for a temporary archive that nothing relies on after a crash.
-        `size_hint` is about how many bytes will be written: it sizes an S3 upload's parts."""
+    def __init__(self, path, codec="zstd", level=None, frame_size=0, threads=0, size_hint=0):
+        """`size_hint` is about how many bytes will be written: it sizes an S3 upload's parts."""
         self.path = os.fspath(path)
         message = ctypes.create_string_buffer(_ERROR_CAPACITY)
         self._handle = _lib.ckpk_writer_open(os.fsencode(self.path), codec.encode(), -1000 if level is None else level,
-                                             frame_size, threads, 1 if sync else 0, size_hint, message, _ERROR_CAPACITY)
+                                             frame_size, threads, size_hint, message, _ERROR_CAPACITY)
         if not self._handle:
             raise _error(message.value.decode("utf-8", "replace"))
         self._message = message   # reused by every call: a builder is used by one thread at a time
@@ -362,12 +361,6 @@ class ArchiveBuilder:
     def add_file(self, name, data):
         with _Bytes(data) as (address, length):
             self._call("add_file", name.encode(), address, length)
-
-    def append_archive(self, path, check_frames=True):
-        """Copies every entry of the archive at `path` as it is. `check_frames=False` skips
-        checking each frame's CRC after the copy (a second pass over the data): only for
-        staging parts just written by this save."""
-        self._call("append_archive", os.fsencode(path), 1 if check_frames else 0)
 
     def finish(self):
         self._call("finish")

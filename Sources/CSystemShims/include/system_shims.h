@@ -5,11 +5,6 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/// copy_file_range(2) from `in` at `in_offset` to `out` at its current file
-/// position, which advances. Returns bytes copied, or -1 with errno set
-/// (ENOSYS, EXDEV, EINVAL... mean: fall back to read and write).
-ssize_t ckpk_copy_file_range(int in, int64_t in_offset, int out, size_t length);
-
 /// Starts writing back `length` bytes at `offset` of `fd` without waiting
 /// (sync_file_range with SYNC_FILE_RANGE_WRITE), so that a later fsync has
 /// less to wait for. A no-op where unsupported. Returns 0 or -1 with errno.
