@@ -1,4 +1,4 @@
-import CSystemShims
+import Dispatch
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -38,7 +38,9 @@ public final class FileSink: ArchiveSink {
     public init(path: String, overwrite: Bool) throws {
         self.path = path
         self.overwrite = overwrite
-        self.file = try FileSink.temporaryFile(for: path, overwrite: overwrite)
+        let file = try FileSink.temporaryFile(for: path, overwrite: overwrite)
+        self.file = file
+        writeback = Writeback(file)
     }
 
     /// Takes over `temporary`, a file `temporaryFile(for:overwrite:)` made
@@ -49,6 +51,7 @@ public final class FileSink: ArchiveSink {
         let file = try SystemFile.openForWriting(temporary)
         Interruption.track(file.path)
         self.file = file
+        writeback = Writeback(file)
     }
 
     /// Checks the destination, then creates the temporary file beside it
@@ -70,14 +73,15 @@ public final class FileSink: ArchiveSink {
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         guard let file else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
         try file.write(bytes)
-        writeback.wrote(bytes.count, to: file)
+        writeback?.wrote(bytes.count)
     }
 
-    private var writeback = Writeback(start: 0)
+    private var writeback: Writeback?
 
     public func commit(header: [UInt8]) throws {
         guard let file else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
         if !header.isEmpty { try header.withUnsafeBytes { try file.write($0, at: 0) } }
+        try writeback?.finish()
         try file.sync()
         if overwrite {
             try FileSystem.rename(file.path, to: path)
@@ -85,7 +89,7 @@ public final class FileSink: ArchiveSink {
             try FileSystem.renameNoReplace(file.path, to: path)
         }
         Interruption.untrack(file.path)
-        self.file = nil
+        (self.file, writeback) = (nil, nil)
         try FileSystem.syncDirectory(FileSystem.parent(of: path))
     }
 
@@ -98,27 +102,50 @@ public final class FileSink: ArchiveSink {
         guard let file else { return }
         _ = unlink(file.path)
         Interruption.untrack(file.path)
-        self.file = nil
+        (self.file, writeback) = (nil, nil)
     }
 }
 
-/// Writes a file back as it grows, so the fsync at the end waits for the
-/// last few MiB, not for everything: the disk works while later frames are
-/// compressed.
-struct Writeback {
-    private var start: UInt64
-    private var end: UInt64
-    static let step: UInt64 = 8 << 20
+/// Makes a file durable as it grows: every `step` bytes, an fdatasync starts
+/// on a thread of its own (one at a time), so the disk persists what was
+/// written while later frames are compressed, and the fsync at the end waits
+/// for the last few MiB only. Only starting the writes (sync_file_range) is
+/// not enough: a virtual machine's disk takes them into its host's cache at
+/// once and persists them at the flush, so all the waiting would come at the
+/// end (a 266 MB pack to ext4 on a 2-core VM: 0.94 s with sync_file_range
+/// every 8 MiB, 0.73 s with this).
+final class Writeback: @unchecked Sendable {
+    static let step: UInt64 = 16 << 20
+    private let file: SystemFile
+    /// Bytes written since the last sync started (the writing thread's own).
+    private var unsynced: UInt64 = 0
+    /// Taken while a sync runs.
+    private let idle = DispatchSemaphore(value: 1)
+    /// The errno of a sync that failed: the file's final fsync would not report it again.
+    private let failure = Locked<Int32?>(nil)
 
-    /// Tracks bytes written from `start` on.
-    init(start: UInt64) { (self.start, self.end) = (start, start) }
+    init(_ file: SystemFile) { self.file = file }
 
-    /// `count` more bytes were written after the previous ones.
-    mutating func wrote(_ count: Int, to file: SystemFile) {
-        end += UInt64(count)
-        if end - start >= Writeback.step {
-            _ = ckpk_start_writeback(file.descriptor, Int64(clamping: start), Int64(clamping: end - start))
-            start = end
+    /// `count` more bytes were written.
+    func wrote(_ count: Int) {
+        unsynced += UInt64(count)
+        // A sync still running when the next step fills takes in the new bytes on the next step.
+        guard unsynced >= Writeback.step, idle.wait(timeout: .now()) == .success else { return }
+        unsynced = 0
+        let (file, idle, failure) = (self.file, self.idle, self.failure)
+        runOnNewThread {
+            if retrying({ fdatasync(file.descriptor) }) != 0 {
+                let code = errno
+                failure.withLock { if $0 == nil { $0 = code } }
+            }
+            idle.signal()
         }
+    }
+
+    /// Waits for a sync still running; throws if any failed.
+    func finish() throws {
+        idle.wait()
+        idle.signal()
+        if let code = failure.withLock({ $0 }) { throw CheckpackError.system("fsync failed", path: file.path, errno: code) }
     }
 }

@@ -193,7 +193,7 @@ public final class FileRegionSink: SegmentSink {
     private let region: Range<UInt64>
     private let limit: UInt64
     private var written: UInt64 = 0
-    private var writeback: Writeback
+    private var writeback: Writeback?
     private let tracked: Bool
 
     /// Opens `temporary` (made by `SharedFile.create`) to write at `region`.
@@ -207,7 +207,7 @@ public final class FileRegionSink: SegmentSink {
         self.file = file
         self.region = region
         limit = size - SharedFile.reserve
-        writeback = Writeback(start: region.lowerBound)
+        writeback = Writeback(file)
     }
 
     deinit { abort() }
@@ -220,7 +220,7 @@ public final class FileRegionSink: SegmentSink {
         }
         try file.write(bytes, at: region.lowerBound + written)
         written += UInt64(bytes.count)
-        writeback.wrote(bytes.count, to: file)
+        writeback?.wrote(bytes.count)
     }
 
     /// Syncs the region (a rank on another host must leave its bytes on the
@@ -231,13 +231,14 @@ public final class FileRegionSink: SegmentSink {
             throw CheckpackError(.invalidArgument, "the segment is \(segment.length) bytes, the region got \(written)", path: file.path)
         }
         do {
+            try writeback?.finish()
             try file.sync()
         } catch {
             abort()
             throw error
         }
         if tracked { Interruption.untrack(file.path) }   // the coordinator owns the file now
-        self.file = nil
+        (self.file, writeback) = (nil, nil)
         return SharedFile.Segment(offset: region.lowerBound, segment: segment)
     }
 
@@ -252,6 +253,6 @@ public final class FileRegionSink: SegmentSink {
     public func abort() {
         guard let file else { return }
         SharedFile.abort(file.path)
-        self.file = nil
+        (self.file, writeback) = (nil, nil)
     }
 }
