@@ -1,5 +1,6 @@
 """checkpack.torch.ArchiveWriter: saves a torch.distributed.checkpoint checkpoint
 straight into one archive (a local file or s3://bucket/key), from one process or many."""
+import contextlib
 import dataclasses
 import functools
 import io
@@ -8,6 +9,7 @@ import os
 import signal
 import threading
 
+import torch.serialization
 from torch.distributed.checkpoint.filesystem import FileSystemBase, FileSystemWriter, _StoragePrefix
 from torch.distributed.checkpoint.metadata import MetadataIndex
 from torch.distributed.checkpoint.storage import WriteResult
@@ -43,6 +45,32 @@ class _SaveSignals:
             previous(number, frame)
         signal.signal(number, signal.SIG_DFL)
         os.kill(os.getpid(), number)
+
+
+_zip_crc = threading.local()
+
+
+@contextlib.contextmanager
+def _without_zip_crc():
+    """torch.save computes a CRC32 of every record of its zip, which cost
+    about 5% of a save's CPU; in an archive every frame carries a CRC32C of
+    its bytes already, and torch.load never checks the zip's (as torch says
+    of `set_crc32_options(False)`). So the thread saving into an archive
+    skips it, while it does. torch's switch is process-wide, so it is asked
+    through a wrapper that answers differently in this thread alone:
+    torch.save anywhere else, even meanwhile, is untouched."""
+    asked = getattr(torch.serialization, "get_crc32_options", None)
+    if asked is not None and not getattr(asked, "_checkpack", False):
+        @functools.wraps(asked)
+        def get_crc32_options():
+            return False if getattr(_zip_crc, "skipped", False) else asked()
+        get_crc32_options._checkpack = True
+        torch.serialization.get_crc32_options = get_crc32_options
+    _zip_crc.skipped = True
+    try:
+        yield
+    finally:
+        _zip_crc.skipped = False
 
 
 class _ArchiveWriteFileSystem(FileSystemBase):
@@ -241,7 +269,8 @@ class ArchiveWriter(FileSystemWriter):
         if isinstance(plan.storage_data, _SegmentPlan):
             self.fs.segment = plan.storage_data
         try:
-            written = super().write_data(plan, planner)
+            with _without_zip_crc():
+                written = super().write_data(plan, planner)
             # This rank's segment record travels to the coordinator with its write results.
             record = WriteResult(index=MetadataIndex(_SEGMENT_RECORD), size_in_bytes=0, storage_data=self.fs.finish_segment())
             if not self.fs.is_coordinator:

@@ -1,4 +1,5 @@
 """torch.distributed.checkpoint loads straight out of Checkpack archives, with real torch."""
+import io
 import json
 import os
 import shutil
@@ -279,6 +280,40 @@ def test_every_item_of_a_saved_archive_starts_a_frame(tmp_path):
     dcp.load(loaded, storage_reader=reader, no_dist=True)
     assert all(torch.equal(loaded[k], v) for k, v in sd.items())
     assert reader.direct_reads == len(sd)
+
+
+def test_the_zip_crc_is_skipped_in_the_saving_thread_only(tmp_path):
+    """Items in an archive carry no zip CRC32 (the frames' CRC32C covers them);
+    torch.save anywhere else keeps it, during a save as after it."""
+    import threading
+    import zipfile
+    from checkpack._torch_writer import _without_zip_crc
+
+    def crc_of_data(blob):
+        """The CRC-32 the zip's central directory gives the tensor's storage record."""
+        return [r.CRC for r in zipfile.ZipFile(io.BytesIO(blob)).infolist() if r.filename.endswith("/data/0")][0]
+
+    def saved_by_torch():
+        buffer = io.BytesIO()
+        torch.save(torch.arange(10), buffer)
+        return buffer.getvalue()
+
+    archive = str(tmp_path / "c.ckpk")
+    sd = {"w": torch.randn(64, 64)}
+    dcp.save(sd, storage_writer=ArchiveWriter(archive), no_dist=True)
+    with Archive(archive) as a:
+        assert crc_of_data(a.read("__0_0.distcp")) == 0
+    loaded = {"w": torch.zeros(64, 64)}
+    dcp.load(loaded, storage_reader=ArchiveReader(archive), no_dist=True)
+    assert torch.equal(loaded["w"], sd["w"])
+    assert torch.serialization.get_crc32_options() and crc_of_data(saved_by_torch()) != 0
+    elsewhere = []
+    with _without_zip_crc():
+        thread = threading.Thread(target=lambda: elsewhere.append(crc_of_data(saved_by_torch())))
+        thread.start()
+        thread.join()
+        assert crc_of_data(saved_by_torch()) == 0
+    assert elsewhere[0] != 0 and crc_of_data(saved_by_torch()) != 0
 
 
 def test_a_file_left_by_a_killed_save_is_not_joined_into_the_next(tmp_path):
