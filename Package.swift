@@ -21,7 +21,7 @@ let package = Package(
         .target(name: "CCRC32C"),
         // The byte-plane transform's inner loops, and zstd's literals-only mode.
         .target(name: "CBytePlanes", dependencies: ["CZstd"]),
-        // Linux system calls that need _GNU_SOURCE (sync_file_range, renameat2, fallocate).
+        // Linux system calls that need _GNU_SOURCE (renameat2, fallocate).
         .target(name: "CSystemShims"),
         .systemLibrary(
             name: "CZstd", pkgConfig: "libzstd",

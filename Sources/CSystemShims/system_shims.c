@@ -10,15 +10,6 @@
 #include <linux/falloc.h>
 #endif
 
-int ckpk_start_writeback(int fd, int64_t offset, int64_t length) {
-#if defined(__linux__)
-    return sync_file_range(fd, (off64_t)offset, (off64_t)length, SYNC_FILE_RANGE_WRITE);
-#else
-    (void)fd; (void)offset; (void)length;
-    return 0;
-#endif
-}
-
 int ckpk_collapse_range(int fd, int64_t offset, int64_t length) {
 #if defined(__linux__) && defined(FALLOC_FL_COLLAPSE_RANGE)
     return fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, (off_t)offset, (off_t)length);

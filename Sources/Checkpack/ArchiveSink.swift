@@ -31,16 +31,15 @@ public final class FileSink: ArchiveSink {
     public let path: String
     public var name: String { path }
     private let overwrite: Bool
-    /// Open until committed or aborted.
-    private(set) var file: SystemFile?
+    /// The temporary file, synced as it grows; open until committed or aborted.
+    private var writing: Writeback?
+    var file: SystemFile? { writing?.file }
 
     /// Refuses an existing destination unless `overwrite`, and a directory always.
     public init(path: String, overwrite: Bool) throws {
         self.path = path
         self.overwrite = overwrite
-        let file = try FileSink.temporaryFile(for: path, overwrite: overwrite)
-        self.file = file
-        writeback = Writeback(file)
+        writing = Writeback(try FileSink.temporaryFile(for: path, overwrite: overwrite))
     }
 
     /// Takes over `temporary`, a file `temporaryFile(for:overwrite:)` made
@@ -50,8 +49,7 @@ public final class FileSink: ArchiveSink {
         self.overwrite = overwrite
         let file = try SystemFile.openForWriting(temporary)
         Interruption.track(file.path)
-        self.file = file
-        writeback = Writeback(file)
+        writing = Writeback(file)
     }
 
     /// Checks the destination, then creates the temporary file beside it
@@ -71,25 +69,23 @@ public final class FileSink: ArchiveSink {
     deinit { abort() }
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
-        guard let file else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
-        try file.write(bytes)
-        writeback?.wrote(bytes.count)
+        guard let writing else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
+        try writing.file.write(bytes)
+        writing.wrote(bytes.count)
     }
 
-    private var writeback: Writeback?
-
     public func commit(header: [UInt8]) throws {
-        guard let file else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
+        guard let writing else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
+        let file = writing.file
         if !header.isEmpty { try header.withUnsafeBytes { try file.write($0, at: 0) } }
-        try writeback?.finish()
-        try file.sync()
+        try writing.sync()
         if overwrite {
             try FileSystem.rename(file.path, to: path)
         } else {
             try FileSystem.renameNoReplace(file.path, to: path)
         }
         Interruption.untrack(file.path)
-        (self.file, writeback) = (nil, nil)
+        self.writing = nil
         try FileSystem.syncDirectory(FileSystem.parent(of: path))
     }
 
@@ -102,7 +98,7 @@ public final class FileSink: ArchiveSink {
         guard let file else { return }
         _ = unlink(file.path)
         Interruption.untrack(file.path)
-        (self.file, writeback) = (nil, nil)
+        writing = nil
     }
 }
 
@@ -116,7 +112,7 @@ public final class FileSink: ArchiveSink {
 /// every 8 MiB, 0.73 s with this).
 final class Writeback: @unchecked Sendable {
     static let step: UInt64 = 16 << 20
-    private let file: SystemFile
+    let file: SystemFile
     /// Bytes written since the last sync started (the writing thread's own).
     private var unsynced: UInt64 = 0
     /// Taken while a sync runs.
@@ -142,10 +138,11 @@ final class Writeback: @unchecked Sendable {
         }
     }
 
-    /// Waits for a sync still running; throws if any failed.
-    func finish() throws {
+    /// Waits for a sync still running, then fsyncs the file; throws if any sync failed.
+    func sync() throws {
         idle.wait()
         idle.signal()
         if let code = failure.withLock({ $0 }) { throw CheckpackError.system("fsync failed", path: file.path, errno: code) }
+        try file.sync()
     }
 }

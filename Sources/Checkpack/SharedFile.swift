@@ -188,12 +188,12 @@ package protocol SegmentSink: ArchiveSink {
 /// removed, so the save fails on every rank.
 public final class FileRegionSink: SegmentSink {
     /// The temporary file, for messages.
-    public var name: String { file?.path ?? "a closed region" }
-    private var file: SystemFile?
+    public var name: String { writing?.file.path ?? "a closed region" }
+    /// The temporary file, synced as it grows; open until finished or aborted.
+    private var writing: Writeback?
     private let region: Range<UInt64>
     private let limit: UInt64
     private var written: UInt64 = 0
-    private var writeback: Writeback?
     private let tracked: Bool
 
     /// Opens `temporary` (made by `SharedFile.create`) to write at `region`.
@@ -204,41 +204,39 @@ public final class FileRegionSink: SegmentSink {
         }
         let file = try SystemFile.openForWriting(temporary)
         tracked = Interruption.track(file.path)   // not already: the coordinator's own `create` tracks it
-        self.file = file
+        writing = Writeback(file)
         self.region = region
         limit = size - SharedFile.reserve
-        writeback = Writeback(file)
     }
 
     deinit { abort() }
 
     /// Writes `bytes` after the previous ones, within the region.
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
-        guard let file else { throw CheckpackError(.invalidArgument, "segment is closed") }
+        guard let writing else { throw CheckpackError(.invalidArgument, "segment is closed") }
         guard UInt64(bytes.count) <= limit - written else {
-            throw CheckpackError(.limitExceeded, "this rank's records need more than the \(limit) bytes planned for it", path: file.path)
+            throw CheckpackError(.limitExceeded, "this rank's records need more than the \(limit) bytes planned for it", path: writing.file.path)
         }
-        try file.write(bytes, at: region.lowerBound + written)
+        try writing.file.write(bytes, at: region.lowerBound + written)
         written += UInt64(bytes.count)
-        writeback?.wrote(bytes.count)
+        writing.wrote(bytes.count)
     }
 
     /// Syncs the region (a rank on another host must leave its bytes on the
     /// shared filesystem) and returns what the coordinator needs.
     package func finish(_ segment: ArchiveWriter.Segment) throws -> SharedFile.Segment {
-        guard let file else { throw CheckpackError(.invalidArgument, "segment is closed") }
+        guard let writing else { throw CheckpackError(.invalidArgument, "segment is closed") }
         guard segment.length == written else {
-            throw CheckpackError(.invalidArgument, "the segment is \(segment.length) bytes, the region got \(written)", path: file.path)
+            throw CheckpackError(.invalidArgument, "the segment is \(segment.length) bytes, the region got \(written)", path: writing.file.path)
         }
         do {
-            try writeback?.finish()
-            try file.sync()
+            try writing.sync()
         } catch {
             abort()
             throw error
         }
-        if tracked { Interruption.untrack(file.path) }   // the coordinator owns the file now
-        (self.file, writeback) = (nil, nil)
+        if tracked { Interruption.untrack(writing.file.path) }   // the coordinator owns the file now
+        self.writing = nil
         return SharedFile.Segment(offset: region.lowerBound, segment: segment)
     }
 
@@ -251,8 +249,8 @@ public final class FileRegionSink: SegmentSink {
 
     /// Removes the temporary file: the save fails on every rank.
     public func abort() {
-        guard let file else { return }
-        SharedFile.abort(file.path)
-        (self.file, writeback) = (nil, nil)
+        guard let writing else { return }
+        SharedFile.abort(writing.file.path)
+        self.writing = nil
     }
 }

@@ -1,5 +1,4 @@
 import Dispatch
-import CSystemShims
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -112,9 +111,9 @@ public enum Unpacker {
         /// Directories made so far, by the bytes of their names; those without an entry of their own are implied.
         private var made: Set<[UInt8]> = []
         private var implied: Set<[UInt8]> = []
-        private var output: SystemFile? = nil
+        /// The file being written, synced as it grows.
+        private var output: Writeback? = nil
         private var written: UInt64 = 0       // bytes of the current file
-        private var writtenBack: UInt64 = 0   // of which writeback has been started
         private var current: EntryRecord? = nil
 
         init(root: String, progress: @escaping (UInt64) -> Void) throws {
@@ -160,6 +159,7 @@ public enum Unpacker {
 
         func append(_ bytes: [UInt8]) throws {
             guard let output else { throw CheckpackError(.corrupt, "data outside a file entry") }
+            let file = output.file
             try bytes.withUnsafeBytes { raw in
                 var start = 0
                 while start < raw.count {
@@ -168,20 +168,16 @@ public enum Unpacker {
                     let piece = UnsafeRawBufferPointer(rebasing: raw[start..<start + n])
                     let zero = n == block && TreeBuilder.zeros.withUnsafeBytes { memcmp($0.baseAddress!, piece.baseAddress!, n) == 0 }
                     if zero {
-                        guard lseek(output.descriptor, off_t(n), SEEK_CUR) >= 0 else { throw CheckpackError.system("seek failed", path: output.path) }
+                        guard lseek(file.descriptor, off_t(n), SEEK_CUR) >= 0 else { throw CheckpackError.system("seek failed", path: file.path) }
                     } else {
-                        try output.write(piece)
+                        try file.write(piece)
                     }
                     endsInHole = zero
                     start += n
                 }
             }
             written += UInt64(bytes.count)
-            // Start writing back every few MiB now, so the fsync at the end of the file waits less.
-            if written - writtenBack >= 8 << 20 {
-                _ = ckpk_start_writeback(output.descriptor, Int64(writtenBack), Int64(written - writtenBack))
-                writtenBack = written
-            }
+            output.wrote(bytes.count)
             summary.bytes += UInt64(bytes.count)
             progress(summary.bytes)
         }
@@ -211,25 +207,24 @@ public enum Unpacker {
                 directoryModes.append((name, record.mode))
                 summary.directories += 1
             case .file:
-                output = try directory.createFile(leaf)
+                output = Writeback(try directory.createFile(leaf))
                 written = 0
-                writtenBack = 0
                 summary.files += 1
             }
         }
 
         func end() throws {
-            if let output, endsInHole {
+            if let file = output?.file, endsInHole {
                 // A hole at the end gives the file no size of its own.
-                guard ftruncate(output.descriptor, off_t(written)) == 0 else { throw CheckpackError.system("cannot set size", path: output.path) }
+                guard ftruncate(file.descriptor, off_t(written)) == 0 else { throw CheckpackError.system("cannot set size", path: file.path) }
             }
             endsInHole = false
             if let output, let current {
-                guard fchmod(output.descriptor, mode_t(current.mode & 0o777)) == 0 else {
-                    throw CheckpackError.system("cannot set mode", path: output.path)
+                guard fchmod(output.file.descriptor, mode_t(current.mode & 0o777)) == 0 else {
+                    throw CheckpackError.system("cannot set mode", path: output.file.path)
                 }
                 // Made durable on a worker thread: fsyncs overlap instead of waiting one after another.
-                syncs.sync(output)
+                syncs.sync { try output.sync() }
             }
             output = nil
             current = nil
@@ -247,7 +242,8 @@ public enum Unpacker {
                 let directory = try directory(name[...])
                 let copy = dup(directory.descriptor)
                 guard copy >= 0 else { throw CheckpackError.system("cannot duplicate a descriptor", path: directory.path) }
-                syncs.sync(SystemFile(descriptor: copy, path: directory.path))
+                let opened = SystemFile(descriptor: copy, path: directory.path)
+                syncs.sync { try opened.sync() }
             }
             try syncs.wait()
             try rootDirectory.sync()
@@ -292,19 +288,19 @@ public enum Unpacker {
     }
 }
 
-/// fsyncs files on worker threads, a bounded number at a time, and closes
-/// them: a tree of many small files waits for its fsyncs together, not one
-/// after another. `wait()` reports the first failure.
+/// Runs fsyncs on worker threads, a bounded number at a time (each closes its
+/// file when done): a tree of many small files waits for its fsyncs
+/// together, not one after another. `wait()` reports the first failure.
 final class ParallelSync: @unchecked Sendable {
     private let group = DispatchGroup()
     private let slots = DispatchSemaphore(value: 32)
     private let failure = Locked<CheckpackError?>(nil)
 
-    func sync(_ file: SystemFile) {
+    func sync(_ work: @escaping @Sendable () throws -> Void) {
         slots.wait()
         group.enter()
         DispatchQueue.global().async { [self] in
-            do { try file.sync() } catch let error as CheckpackError {
+            do { try work() } catch let error as CheckpackError {
                 failure.withLock { if $0 == nil { $0 = error } }
             } catch {}
             slots.signal()

@@ -5,11 +5,6 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/// Starts writing back `length` bytes at `offset` of `fd` without waiting
-/// (sync_file_range with SYNC_FILE_RANGE_WRITE), so that a later fsync has
-/// less to wait for. A no-op where unsupported. Returns 0 or -1 with errno.
-int ckpk_start_writeback(int fd, int64_t offset, int64_t length);
-
 /// Removes `length` bytes at `offset` from `fd`'s file, moving what follows
 /// down without copying it (fallocate with FALLOC_FL_COLLAPSE_RANGE; both
 /// numbers multiples of the filesystem's block size, the range short of the
