@@ -39,6 +39,37 @@ package enum SegmentJoin {
 }
 
 extension SegmentJoin {
+    /// Starts a rank's segment record (what crosses processes to the
+    /// coordinator): `magic`, then the segment's length, features and index;
+    /// the caller appends what its kind of share adds.
+    package static func beginRecord(_ magic: [UInt8], _ segment: ArchiveWriter.Segment, extra: Int = 0) -> ByteWriter {
+        var out = ByteWriter(capacity: magic.count + 20 + segment.index.count + extra)
+        out.raw(magic)
+        out.u64(segment.length)
+        out.u32(segment.requiredFeatures)
+        out.u64(UInt64(segment.index.count))
+        out.raw(segment.index)
+        return out
+    }
+
+    /// Reads a record `beginRecord` started: checks `magic`, reads the segment,
+    /// and hands the rest to `body`, which must read all of it. A record cut
+    /// short, or with bytes after its end, is `corrupt`.
+    package static func readRecord<T>(_ bytes: [UInt8], _ magic: [UInt8],
+                                      _ body: (ArchiveWriter.Segment, inout ByteReader) throws -> T) throws -> T {
+        do {
+            var reader = ByteReader(bytes)
+            guard Array(try reader.take(magic.count)) == magic else { throw CheckpackError(.corrupt, "not a rank's segment record") }
+            let length = try reader.u64(), features = try reader.u32()
+            let index = Array(try reader.take(Int(checked: try reader.u64(), "a segment's index length")))
+            let value = try body(ArchiveWriter.Segment(length: length, index: index, requiredFeatures: features), &reader)
+            guard reader.remaining == 0 else { throw CheckpackError(.corrupt, "a rank's segment record has bytes after its end") }
+            return value
+        } catch let error as CheckpackError where error.kind == .truncated || error.kind == .limitExceeded {
+            throw CheckpackError(.corrupt, "a rank's segment record is cut short")
+        }
+    }
+
     /// Entries (name, bytes) written in memory as a segment: the files the
     /// coordinator adds last (`.metadata`), or a padding entry.
     package static func entries(_ files: [(name: String, bytes: [UInt8])], options: WriterOptions) throws

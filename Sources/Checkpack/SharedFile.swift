@@ -53,36 +53,21 @@ public enum SharedFile {
         var offset: UInt64
         var segment: ArchiveWriter.Segment
 
-        static let magic = Array("CKFSEG1\n".utf8)
+        static let magic = Array("CKFSEG2\n".utf8)   // 2: the offset follows the segment
 
         init(offset: UInt64, segment: ArchiveWriter.Segment) { (self.offset, self.segment) = (offset, segment) }
 
         /// The record as bytes.
         public func encoded() -> [UInt8] {
-            var out = ByteWriter(capacity: 32 + segment.index.count)
-            out.raw(Segment.magic)
+            var out = SegmentJoin.beginRecord(Segment.magic, segment, extra: 8)
             out.u64(offset)
-            out.u64(segment.length)
-            out.u32(segment.requiredFeatures)
-            out.u64(UInt64(segment.index.count))
-            out.raw(segment.index)
             return out.bytes
         }
 
         /// Decodes `encoded()` bytes, checking every length against what is there.
         public init(decoding bytes: [UInt8]) throws {
-            do {
-                var reader = ByteReader(bytes)
-                guard Array(try reader.take(Segment.magic.count)) == Segment.magic else {
-                    throw CheckpackError(.corrupt, "not a rank's segment record")
-                }
-                offset = try reader.u64()
-                let length = try reader.u64(), features = try reader.u32()
-                let index = Array(try reader.take(Int(checked: try reader.u64(), "a segment's index length")))
-                guard reader.remaining == 0 else { throw CheckpackError(.corrupt, "a rank's segment record has bytes after its end") }
-                segment = ArchiveWriter.Segment(length: length, index: index, requiredFeatures: features)
-            } catch let error as CheckpackError where error.kind == .truncated || error.kind == .limitExceeded {
-                throw CheckpackError(.corrupt, "a rank's segment record is cut short")
+            self = try SegmentJoin.readRecord(bytes, Segment.magic) { segment, reader in
+                Segment(offset: try reader.u64(), segment: segment)
             }
         }
     }

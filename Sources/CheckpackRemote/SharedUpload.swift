@@ -67,16 +67,12 @@ public enum SharedUpload {
         var held: [UInt8]
         var segment: ArchiveWriter.Segment
 
-        static let magic = Array("CKSEG1\r\n".utf8)
+        static let magic = Array("CKSEG2\r\n".utf8)   // 2: features are 32 bits, as in SharedFile's record
 
         /// The segment as bytes.
         public func encoded() -> [UInt8] {
-            var out = ByteWriter(capacity: 64 + segment.index.count + (first?.count ?? 0) + held.count)
+            var out = SegmentJoin.beginRecord(Segment.magic, segment, extra: 32 + (first?.count ?? 0) + held.count)
             func blob(_ b: [UInt8]) { out.u64(UInt64(b.count)); out.raw(b) }
-            out.raw(Segment.magic)
-            out.u64(segment.length)
-            out.u64(UInt64(segment.requiredFeatures))
-            blob(segment.index)
             out.u64(UInt64(parts.count))
             for part in parts {
                 out.u64(UInt64(part.number))
@@ -91,22 +87,15 @@ public enum SharedUpload {
 
         /// Decodes `encoded()` bytes, checking every length against what is there.
         public init(decoding bytes: [UInt8]) throws {
-            var reader = ByteReader(bytes)
-            func blob() throws -> [UInt8] { Array(try reader.take(Int(checked: try reader.u64(), "a segment record's field length"))) }
-            func text() throws -> String {
-                guard let text = String(validating: try blob(), as: UTF8.self) else { throw CheckpackError(.corrupt, "a part's ETag is not UTF-8") }
-                return text
-            }
-            do {
-                guard Array(try reader.take(Segment.magic.count)) == Segment.magic else {
-                    throw CheckpackError(.corrupt, "not a rank's segment record")
+            self = try SegmentJoin.readRecord(bytes, Segment.magic) { segment, reader in
+                func blob() throws -> [UInt8] { Array(try reader.take(Int(checked: try reader.u64(), "a segment record's field length"))) }
+                func text() throws -> String {
+                    guard let text = String(validating: try blob(), as: UTF8.self) else { throw CheckpackError(.corrupt, "a part's ETag is not UTF-8") }
+                    return text
                 }
-                let length = try reader.u64(), features = try reader.u64()
-                guard features <= UInt64(UInt32.max) else { throw CheckpackError(.corrupt, "a segment's features do not fit 32 bits") }
-                segment = ArchiveWriter.Segment(length: length, index: try blob(), requiredFeatures: UInt32(features))
                 let count = try reader.u64()
                 guard count <= UInt64(S3MultipartSink.maximumParts) else { throw CheckpackError(.corrupt, "a segment claims \(count) parts") }
-                parts = []
+                var parts: [S3Upload.Part] = []
                 for _ in 0..<count {
                     let number = try reader.u64()
                     guard (1...UInt64(S3MultipartSink.maximumParts)).contains(number) else { throw CheckpackError(.corrupt, "part number \(number)") }
@@ -114,11 +103,7 @@ public enum SharedUpload {
                 }
                 let hasFirst = try reader.u64()
                 let firstBytes = try blob()
-                first = hasFirst == 1 ? firstBytes : nil
-                held = try blob()
-                guard reader.remaining == 0 else { throw CheckpackError(.corrupt, "a rank's segment record has bytes after its end") }
-            } catch let error as CheckpackError where error.kind == .truncated || error.kind == .limitExceeded {
-                throw CheckpackError(.corrupt, "a rank's segment record is cut short")
+                return Segment(parts: parts, first: hasFirst == 1 ? firstBytes : nil, held: try blob(), segment: segment)
             }
         }
 
