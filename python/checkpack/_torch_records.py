@@ -27,11 +27,11 @@ def _plane_element(name):
 
 
 _STORAGE_RECORD = re.compile(rb"/data/\d+$")
-# torch.save's zip records: a 30-byte local file header, the name, then an
-# extra field (id "FB") that pads the data to a 64-byte boundary.
+# torch.save's zip records: a 30-byte local file header (its last four bytes
+# the name's and the extra field's lengths), the name, then an extra field
+# that pads the data to a 64-byte boundary; each written apart.
 _LOCAL_HEADER_LENGTH = 30
 _LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
-_ALIGNMENT_EXTRA_ID = b"FB"
 
 
 class _PartStream(io.RawIOBase):
@@ -42,7 +42,11 @@ class _PartStream(io.RawIOBase):
     a new frame. Inside a torch.save item, the storage record (the tensor's
     raw elements, one write) becomes an item of its own, typed by the dtype
     that data.pkl names, so the archive codes it in byte planes. Anything
-    that does not look like torch.save's zip records is written as it is."""
+    that does not look like torch.save's zip records is written as it is.
+
+    torch.save calls `write` about 37 times per item, mostly for a few bytes,
+    so a write costs two comparisons unless it starts a record's name or data:
+    a record's local header says where both begin."""
 
     def __init__(self, builder, name):
         """Writes file `name` into `builder`."""
@@ -51,33 +55,11 @@ class _PartStream(io.RawIOBase):
         self._builder.begin_file(name)
         self._pending = bytearray()
         self._position = 0
-        self._expect = None   # what the next write is: "name", "extra", or a record's data
-        self._record = None   # "pickle" or "storage" for the record being written
+        self._marked = -1     # the position of the last item boundary
+        self._name_at = -1    # where the current record's name starts (from its local header)
+        self._data_at = -1    # where its data starts
+        self._record = None   # "pickle" or "storage" for the current record
         self._dtype = None    # from the current item's data.pkl
-
-    def _watch(self, data):
-        """Follows torch.save's writes: local header, name, extra field, data."""
-        n = len(data)
-        if self._expect is None and n == _LOCAL_HEADER_LENGTH and bytes(data[:4]) == _LOCAL_HEADER_SIGNATURE:
-            self._expect = "name"
-        elif self._expect == "name":
-            name = bytes(data)
-            self._record = "pickle" if name.endswith(b"/data.pkl") else "storage" if _STORAGE_RECORD.search(name) else None
-            self._expect = "extra"
-        elif self._expect == "extra" and bytes(data[:2]) == _ALIGNMENT_EXTRA_ID:
-            self._expect = "data"
-        else:
-            self._expect = None
-
-    def _typed(self, data):
-        """The dtype when `data` is a storage record's elements, else None."""
-        if self._expect != "data":
-            return None
-        record, self._expect = self._record, None
-        if record == "pickle":
-            found = _STORAGE_GLOBAL.search(bytes(data[:4096]))
-            self._dtype = _STORAGE_DTYPES.get(found.group(1)) if found else None
-        return self._dtype if record == "storage" else None
 
     def writable(self):
         return True
@@ -86,9 +68,11 @@ class _PartStream(io.RawIOBase):
         return False
 
     def tell(self):
-        self._flush()
-        self._builder.mark_item()
-        self._expect = self._dtype = None
+        if self._marked != self._position:   # nothing written since the last boundary: already one
+            self._flush()
+            self._builder.mark_item()
+            self._marked = self._position
+        self._dtype = None
         return self._position
 
     # torch.save writes each zip record's header, name and padding apart: such
@@ -96,24 +80,45 @@ class _PartStream(io.RawIOBase):
     _SMALL = 64 << 10
 
     def write(self, data):
-        dtype = self._typed(data)
-        n = memoryview(data).nbytes
-        if dtype is not None:
-            self._flush()
-            self._builder.mark_item(*_plane_element(dtype))
-            self._builder.write(data)
-            self._builder.mark_item()
-        elif n < self._SMALL:
+        n = data.nbytes if type(data) is memoryview else len(data)
+        position = self._position
+        self._position = position + n
+        if position == self._data_at and self._record is not None:
+            dtype = self._record_data(data)
+            if dtype is not None:
+                self._flush()
+                self._builder.mark_item(*_plane_element(dtype))
+                self._builder.write(data)
+                self._builder.mark_item()
+                self._marked = self._position
+                return n
+        elif n == _LOCAL_HEADER_LENGTH and data[:4] == _LOCAL_HEADER_SIGNATURE:
+            header = bytes(data)
+            name_length = int.from_bytes(header[26:28], "little")
+            self._name_at = position + n
+            self._data_at = self._name_at + name_length + int.from_bytes(header[28:30], "little")
+            self._record = None
+        elif position == self._name_at:
+            name = bytes(data)
+            self._record = "pickle" if name.endswith(b"/data.pkl") else "storage" if _STORAGE_RECORD.search(name) else None
+        if n < self._SMALL:
             self._pending += data
             if len(self._pending) >= self._SMALL:
                 self._flush()
         else:
             self._flush()
             self._builder.write(data)
-        self._position += n
-        if dtype is None and self._expect != "data":
-            self._watch(data)
         return n
+
+    def _record_data(self, data):
+        """`data` is the current record's: its dtype when it is a storage
+        record's elements; data.pkl's names the dtype of those that follow."""
+        record, self._record = self._record, None
+        if record == "pickle":
+            found = _STORAGE_GLOBAL.search(bytes(data[:4096]))
+            self._dtype = _STORAGE_DTYPES.get(found.group(1)) if found else None
+            return None
+        return self._dtype
 
     def _flush(self):
         if self._pending:
