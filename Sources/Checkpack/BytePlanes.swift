@@ -38,34 +38,44 @@ enum BytePlanes {
     enum Method: UInt8 { case raw = 0, coded = 1 }
 
     /// Encodes `input` as planes, or returns nil when that is not smaller than `input`.
+    /// Each plane is coded straight into the result, which is never allowed to grow
+    /// to `input`'s size: a plane that would take it there ends the attempt.
     static func encode(_ input: UnsafeRawBufferPointer, element: ElementType, codec: Codec, level: Int32) throws -> [UInt8]? {
         let e = element.size
         let count = input.count / e
-        guard count >= 1, codec != .stored else { return nil }
-        var planes = [UInt8](unsafeUninitializedCapacity: count * e) { buffer, n in
-            ckpk_planes_split(input.baseAddress!.assumingMemoryBound(to: UInt8.self), count, Int32(e), element.isFloat ? 1 : 0, buffer.baseAddress!)
-            n = count * e
-        }
-        // The table goes first and is filled in as each plane is coded.
-        var out = [UInt8](repeating: 0, count: e * tableEntrySize)
-        out.reserveCapacity(input.count)
-        let fits = try planes.withUnsafeBytes { all -> Bool in
-            for j in 0..<e {
-                let plane = UnsafeRawBufferPointer(rebasing: all[j * count..<(j + 1) * count])
-                let coded = try encodePlane(plane, codec: codec, level: level)
-                out.withUnsafeMutableBytes { table in
-                    table.storeBytes(of: UInt32(coded?.count ?? count).littleEndian, toByteOffset: j * tableEntrySize, as: UInt32.self)
-                    table[j * tableEntrySize + 4] = (coded == nil ? Method.raw : Method.coded).rawValue
+        let tail = input.count - count * e
+        guard count >= 1, codec != .stored, e * tableEntrySize < input.count else { return nil }
+        return try withUnsafeTemporaryAllocation(byteCount: count * e, alignment: 64) { planes -> [UInt8]? in
+            ckpk_planes_split(input.baseAddress!.assumingMemoryBound(to: UInt8.self), count, Int32(e), element.isFloat ? 1 : 0,
+                              planes.baseAddress!.assumingMemoryBound(to: UInt8.self))
+            var fits = true
+            let out = try [UInt8](unsafeUninitializedCapacity: input.count - 1) { buffer, written in
+                let out = UnsafeMutableRawBufferPointer(buffer)
+                // The table goes first and is filled in as each plane is coded.
+                var position = e * tableEntrySize
+                UnsafeMutableRawBufferPointer(rebasing: out[..<position]).initializeMemory(as: UInt8.self, repeating: 0)
+                written = position
+                for j in 0..<e {
+                    let plane = UnsafeRawBufferPointer(rebasing: planes[j * count..<(j + 1) * count])
+                    let room = UnsafeMutableRawBufferPointer(rebasing: out[position...])
+                    var length = try encodePlane(plane, into: UnsafeMutableRawBufferPointer(rebasing: room.prefix(count - 1)),
+                                                 codec: codec, level: level)
+                    out.storeBytes(of: UInt32(length ?? count).littleEndian, toByteOffset: j * tableEntrySize, as: UInt32.self)
+                    out[j * tableEntrySize + 4] = (length == nil ? Method.raw : Method.coded).rawValue
+                    if length == nil {
+                        guard count <= room.count else { fits = false; return }   // planes cannot win: code no more of them
+                        room.copyMemory(from: plane)
+                        length = count
+                    }
+                    position += length ?? count
+                    written = position
                 }
-                if let coded { out.append(contentsOf: coded) } else { out.append(contentsOf: plane) }
-                if out.count >= input.count { return false }   // planes cannot win: code no more of them
+                guard tail <= out.count - position else { fits = false; return }
+                UnsafeMutableRawBufferPointer(rebasing: out[position...]).copyMemory(from: UnsafeRawBufferPointer(rebasing: input[(count * e)...]))
+                written = position + tail   // the bytes after the last whole element
             }
-            return true
+            return fits ? out : nil
         }
-        planes = []
-        guard fits else { return nil }
-        out.append(contentsOf: UnsafeRawBufferPointer(rebasing: input[(count * e)...]))   // bytes after the last whole element
-        return out.count < input.count ? out : nil
     }
 
     /// With zstd, a plane under 7.5 bits per byte (a float's exponent, the
@@ -80,14 +90,16 @@ enum BytePlanes {
     /// found anything either.
     /// zlib has no literals-only mode: it tries every plane, a near-random
     /// one at level 1, and the plane stays raw unless that wins.
-    private static func encodePlane(_ plane: UnsafeRawBufferPointer, codec: Codec, level: Int32) throws -> [UInt8]? {
+    /// Codes `plane` into `output`: the bytes written, or nil to keep it raw.
+    private static func encodePlane(_ plane: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer,
+                                    codec: Codec, level: Int32) throws -> Int? {
         let bits = ckpk_entropy_bits(plane.baseAddress!.assumingMemoryBound(to: UInt8.self), plane.count)
         guard codec == .zstd else {
-            return try FrameCodec.compress(plane, codec: codec, level: bits < 7.0 ? level : min(level, 1))
+            return try FrameCodec.compress(plane, into: output, codec: codec, level: bits < 7.0 ? level : min(level, 1))
         }
         guard bits < 7.5 else { return nil }
         // Levels up to 3 code literals alike; zstd's fastest level gets there 40% sooner.
-        return try FrameCodec.compress(plane, codec: .zstd, level: level > 3 ? level : -1, literalsOnly: true)
+        return try FrameCodec.compress(plane, into: output, codec: .zstd, level: level > 3 ? level : -1, literalsOnly: true)
     }
 
     /// Decodes stored bytes of a transform-1 frame into exactly `output.count` bytes.

@@ -51,50 +51,50 @@ enum FrameCodec {
     /// `literalsOnly` (zstd) codes literals alone, without matches (see BytePlanes).
     static func compress(_ input: UnsafeRawBufferPointer, codec: Codec, level: Int32, literalsOnly: Bool = false) throws -> [UInt8]? {
         guard input.count > 1 else { return nil }
-        let capacity = input.count - 1
+        var written: Int? = nil
+        let out = try [UInt8](unsafeUninitializedCapacity: input.count - 1) { buffer, count in
+            written = try compress(input, into: UnsafeMutableRawBufferPointer(buffer), codec: codec, level: level, literalsOnly: literalsOnly)
+            count = written ?? 0
+        }
+        return written == nil ? nil : out
+    }
+
+    /// Compresses `input` into `output`: the bytes written, or nil when the
+    /// result would not fit there.
+    static func compress(_ input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer, codec: Codec, level: Int32,
+                         literalsOnly: Bool = false) throws -> Int? {
+        guard !input.isEmpty, !output.isEmpty else { return nil }
         switch codec {
         case .stored:
             return nil
         case .zstd:
             return try ZstdContexts.compression.with { cctx in
-                var failure: String? = nil
-                let out = [UInt8](unsafeUninitializedCapacity: capacity) { buffer, count in
-                    ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters)
-                    ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level)
-                    // A frame is independent: let matches reach back across all of it
-                    // (level 3 alone would stop at 2 MiB). No window beyond the frame helps.
-                    let spanning = Int32(Int.bitWidth - (input.count - 1).leadingZeroBitCount)
-                    ZSTD_CCtx_setParameter(cctx, ZSTD_c_windowLog, min(max(spanning, 10), 27))
-                    let literals = literalsOnly ? ckpk_zstd_literals_only(UnsafeMutableRawPointer(cctx)) : 0
-                    if ZSTD_isError(literals) != 0 {
-                        failure = String(cString: ZSTD_getErrorName(literals))
-                        count = 0
-                        return
-                    }
-                    let n = ZSTD_compress2(cctx, buffer.baseAddress, capacity, input.baseAddress, input.count)
-                    if ZSTD_isError(n) != 0 {
-                        // "Destination buffer is too small" means incompressible.
-                        if ZSTD_getErrorCode(n) != ZSTD_error_dstSize_tooSmall { failure = String(cString: ZSTD_getErrorName(n)) }
-                        count = 0
-                    } else {
-                        count = n
-                    }
-                }
+                ZSTD_CCtx_reset(cctx, ZSTD_reset_session_and_parameters)
+                ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level)
+                // A frame is independent: let matches reach back across all of it
+                // (level 3 alone would stop at 2 MiB). No window beyond the frame helps.
+                let spanning = Int32(Int.bitWidth - (input.count - 1).leadingZeroBitCount)
+                ZSTD_CCtx_setParameter(cctx, ZSTD_c_windowLog, min(max(spanning, 10), 27))
+                let literals = literalsOnly ? ckpk_zstd_literals_only(UnsafeMutableRawPointer(cctx)) : 0
                 // Not the caller's fault (exit 1, not 2); zstd names the cause.
-                if let failure { throw CheckpackError(.io(EIO), "zstd compression failed: \(failure)") }
-                return out.isEmpty ? nil : out
+                if ZSTD_isError(literals) != 0 {
+                    throw CheckpackError(.io(EIO), "zstd compression failed: \(String(cString: ZSTD_getErrorName(literals)))")
+                }
+                let n = ZSTD_compress2(cctx, output.baseAddress, output.count, input.baseAddress, input.count)
+                guard ZSTD_isError(n) != 0 else { return n }
+                // "Destination buffer is too small" means it does not fit.
+                guard ZSTD_getErrorCode(n) == ZSTD_error_dstSize_tooSmall else {
+                    throw CheckpackError(.io(EIO), "zstd compression failed: \(String(cString: ZSTD_getErrorName(n)))")
+                }
+                return nil
             }
         case .zlib:
-            var status: Int32 = Z_OK
-            let out = [UInt8](unsafeUninitializedCapacity: capacity) { buffer, count in
-                var length = uLongf(capacity)
-                status = compress2(buffer.baseAddress, &length, input.baseAddress?.assumingMemoryBound(to: Bytef.self),
-                                   uLong(input.count), level)
-                count = status == Z_OK ? Int(length) : 0
-            }
+            var length = uLongf(output.count)
+            let status = compress2(output.baseAddress?.assumingMemoryBound(to: Bytef.self), &length,
+                                   input.baseAddress?.assumingMemoryBound(to: Bytef.self), uLong(input.count), level)
             if status == Z_BUF_ERROR { return nil }
             guard status == Z_OK else { throw CheckpackError(.io(status == Z_MEM_ERROR ? ENOMEM : EIO), "zlib compression failed (\(status))") }
-            return out
+            return Int(length)
         }
     }
 
