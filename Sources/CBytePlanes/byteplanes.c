@@ -225,7 +225,7 @@ void ckpk_planes_merge(const uint8_t *const *planes, size_t count, int size, int
 }
 
 // At most this many bytes of a plane are counted (see ckpk_entropy_bits).
-#define ENTROPY_SAMPLES 2048
+#define ENTROPY_SAMPLES 1024
 
 // c * log2(c) for every count a histogram of ENTROPY_SAMPLES bytes can hold.
 static double count_bits[ENTROPY_SAMPLES + 1];

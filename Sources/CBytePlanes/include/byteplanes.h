@@ -21,7 +21,7 @@ void ckpk_planes_split(const uint8_t *src, size_t count, int size, int rotate, u
 void ckpk_planes_merge(const uint8_t *const *planes, size_t count, int size, int rotate, uint8_t *dst);
 
 /// The order-0 entropy of `bytes`, in bits per byte (0 ... 8), estimated
-/// from 2048 evenly spread bytes when there are more.
+/// from about 1024 evenly spread bytes when there are more.
 double ckpk_entropy_bits(const uint8_t *bytes, size_t count);
 
 /// Makes the next compressions on `cctx` emit literals only (no matches):
