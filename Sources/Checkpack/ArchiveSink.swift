@@ -14,12 +14,20 @@ public protocol ArchiveSink: AnyObject {
     var name: String { get }
     /// Appends `bytes` to the archive.
     func write(_ bytes: UnsafeRawBufferPointer) throws
+    /// Appends `parts`, in order (a file: in one system call, not copied together first).
+    func write(gathering parts: [UnsafeRawBufferPointer]) throws
     /// Replaces the archive's first `header.count` bytes (the file header,
     /// whose feature bits are known only at the end), then makes the whole
     /// archive visible at the destination at once.
     func commit(header: [UInt8]) throws
     /// Discards everything written. Safe to call more than once, and after a failure.
     func abort()
+}
+
+extension ArchiveSink {
+    public func write(gathering parts: [UnsafeRawBufferPointer]) throws {
+        for part in parts { try write(part) }
+    }
 }
 
 /// A file that appears whole or not at all — an archive (spec section 11.1),
@@ -72,6 +80,12 @@ public final class FileSink: ArchiveSink {
         guard let writing else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
         try writing.file.write(bytes)
         writing.wrote(bytes.count)
+    }
+
+    public func write(gathering parts: [UnsafeRawBufferPointer]) throws {
+        guard let writing else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
+        try writing.file.write(gathering: parts)
+        writing.wrote(parts.reduce(0) { $0 + $1.count })
     }
 
     public func commit(header: [UInt8]) throws {

@@ -460,8 +460,8 @@ public final class ArchiveWriter {
             sinkEntry = nil   // keep the validator's buffers uniquely referenced
             if header.transform == BytePlanes.transformID { requiredFeatures |= Format.bytePlanesFeature }
             try entry.validator.accept(header)
-            try output.write(header.encoded())
-            try output.write(payload)
+            try output.write(holding: header.encoded()[...])
+            try output.write(holding: payload)
             try writePages(&entry.validator)
             sinkEntry = entry
             bytesIn += UInt64(header.decodedLength)

@@ -1,29 +1,68 @@
-/// Sequential writes with a buffer for the small records between frames.
+/// Sequential writes, gathered into few system calls. Frames' headers and
+/// payloads are held as they are until a flush writes them all at once (a
+/// file: one writev), so the bytes are never copied together first; the
+/// small records between them are.
 struct BufferedOutput {
     let sink: any ArchiveSink
     private(set) var offset: UInt64 = 0
-    private var buffer: [UInt8] = []
+    /// What waits to be written, in order.
+    private var held: [ArraySlice<UInt8>] = []
+    private var heldBytes = 0
+    /// Small records after the last part held, copied together.
+    private var staged: [UInt8] = []
+    /// A flush comes after this many bytes, or this many parts.
     private let capacity = 1 << 20
+    private let maxParts = 256
 
     init(sink: any ArchiveSink) {
         self.sink = sink
-        buffer.reserveCapacity(capacity)
     }
 
+    /// Writes `bytes`, copied (they are the caller's).
     mutating func write<C: ContiguousCollection>(_ bytes: C) throws {
         if bytes.count >= capacity / 4 {
-            try flush()   // keep the order: buffered bytes go first
+            try flush()   // keep the order: what waits goes first
             try bytes.withUnsafeBytes { try sink.write($0) }
         } else {
-            if buffer.count + bytes.count > capacity { try flush() }
-            buffer.append(contentsOf: bytes)
+            staged.append(contentsOf: bytes)
+            heldBytes += bytes.count
         }
         offset += UInt64(bytes.count)
+        if heldBytes >= capacity { try flush() }
+    }
+
+    /// Writes `bytes`, held until the next flush rather than copied.
+    mutating func write(holding bytes: ArraySlice<UInt8>) throws {
+        if !staged.isEmpty {
+            held.append(staged[...])
+            staged = []
+        }
+        held.append(bytes)
+        heldBytes += bytes.count
+        offset += UInt64(bytes.count)
+        if heldBytes >= capacity || held.count >= maxParts { try flush() }
     }
 
     mutating func flush() throws {
-        guard !buffer.isEmpty else { return }
-        try buffer.withUnsafeBytes { try sink.write($0) }
-        buffer.removeAll(keepingCapacity: true)
+        if !staged.isEmpty {
+            held.append(staged[...])
+            staged = []
+        }
+        guard !held.isEmpty else { return }
+        var parts: [UnsafeRawBufferPointer] = []
+        parts.reserveCapacity(held.count)
+        try BufferedOutput.withAddresses(of: held[...], into: &parts) { try sink.write(gathering: $0) }
+        held.removeAll(keepingCapacity: true)
+        heldBytes = 0
+    }
+
+    /// Calls `body` with the addresses of all of `chunks`' bytes, each valid for the call.
+    private static func withAddresses(of chunks: ArraySlice<ArraySlice<UInt8>>, into parts: inout [UnsafeRawBufferPointer],
+                                      _ body: ([UnsafeRawBufferPointer]) throws -> Void) throws {
+        guard let first = chunks.first else { return try body(parts) }
+        try first.withUnsafeBytes { bytes in
+            parts.append(bytes)
+            try withAddresses(of: chunks.dropFirst(), into: &parts, body)
+        }
     }
 }

@@ -198,13 +198,18 @@ public final class FileRegionSink: SegmentSink {
 
     /// Writes `bytes` after the previous ones, within the region.
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        try write(gathering: [bytes])
+    }
+
+    public func write(gathering parts: [UnsafeRawBufferPointer]) throws {
         guard let writing else { throw CheckpackError(.invalidArgument, "segment is closed") }
-        guard UInt64(bytes.count) <= limit - written else {
+        let count = parts.reduce(0) { $0 + $1.count }
+        guard UInt64(count) <= limit - written else {
             throw CheckpackError(.limitExceeded, "this rank's records need more than the \(limit) bytes planned for it", path: writing.file.path)
         }
-        try writing.file.write(bytes, at: region.lowerBound + written)
-        written += UInt64(bytes.count)
-        writing.wrote(bytes.count)
+        try writing.file.write(gathering: parts, at: region.lowerBound + written)
+        written += UInt64(count)
+        writing.wrote(count)
     }
 
     /// Syncs the region (a rank on another host must leave its bytes on the

@@ -136,6 +136,46 @@ package final class SystemFile: @unchecked Sendable {
         }
     }
 
+    /// Writes all of `parts`, in order, with one writev where it can.
+    public func write(gathering parts: [UnsafeRawBufferPointer]) throws {
+        try writeGathered(parts) { vectors, count in Glibc.writev(descriptor, vectors, count) }
+    }
+
+    /// Writes all of `parts`, in order, at `offset`, with one pwritev where
+    /// it can, leaving the file position alone.
+    public func write(gathering parts: [UnsafeRawBufferPointer], at offset: UInt64) throws {
+        var done: off_t = 0
+        try writeGathered(parts) { vectors, count in
+            let n = pwritev(descriptor, vectors, count, off_t(offset) + done)
+            if n > 0 { done += off_t(n) }
+            return n
+        }
+    }
+
+    /// Calls `call` on the parts' vectors (at most 1024, POSIX's least IOV_MAX,
+    /// at a time) until every byte is written, taking partial writes in stride.
+    private func writeGathered(_ parts: [UnsafeRawBufferPointer], _ call: (UnsafePointer<iovec>, Int32) -> Int) throws {
+        var vectors = parts.filter { !$0.isEmpty }.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
+        var next = 0
+        while next < vectors.count {
+            let count = Int32(min(vectors.count - next, 1024))
+            let n = retrying { vectors.withUnsafeBufferPointer { call($0.baseAddress! + next, count) } }
+            if n < 0 { throw CheckpackError.system("write failed", path: path) }
+            if n == 0 { throw CheckpackError(.io(EIO), "write wrote nothing", path: path) }
+            var left = n
+            while left > 0 {
+                if left >= vectors[next].iov_len {
+                    left -= vectors[next].iov_len
+                    next += 1
+                } else {
+                    vectors[next].iov_base += left
+                    vectors[next].iov_len -= left
+                    left = 0
+                }
+            }
+        }
+    }
+
     /// Opens an existing file for writing in place (no create, no truncate):
     /// a temporary archive that another process made.
     static func openForWriting(_ path: String) throws -> SystemFile {
