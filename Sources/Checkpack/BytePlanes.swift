@@ -58,16 +58,16 @@ enum BytePlanes {
                 for j in 0..<e {
                     let plane = UnsafeRawBufferPointer(rebasing: planes[j * count..<(j + 1) * count])
                     let room = UnsafeMutableRawBufferPointer(rebasing: out[position...])
-                    var length = try encodePlane(plane, into: UnsafeMutableRawBufferPointer(rebasing: room.prefix(count - 1)),
-                                                 codec: codec, level: level)
-                    out.storeBytes(of: UInt32(length ?? count).littleEndian, toByteOffset: j * tableEntrySize, as: UInt32.self)
-                    out[j * tableEntrySize + 4] = (length == nil ? Method.raw : Method.coded).rawValue
-                    if length == nil {
+                    // Coded only when smaller than the plane.
+                    let coded = try encodePlane(plane, into: UnsafeMutableRawBufferPointer(rebasing: room.prefix(count - 1)),
+                                                codec: codec, level: level)
+                    if coded == nil {
                         guard count <= room.count else { fits = false; return }   // planes cannot win: code no more of them
                         room.copyMemory(from: plane)
-                        length = count
                     }
-                    position += length ?? count
+                    out.storeBytes(of: UInt32(coded ?? count).littleEndian, toByteOffset: j * tableEntrySize, as: UInt32.self)
+                    out[j * tableEntrySize + 4] = (coded == nil ? Method.raw : Method.coded).rawValue
+                    position += coded ?? count
                     written = position
                 }
                 guard tail <= out.count - position else { fits = false; return }
