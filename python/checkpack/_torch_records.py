@@ -57,6 +57,7 @@ class _PartStream(io.RawIOBase):
         self._position = 0
         self._marked = -1     # the position of the last item boundary
         self._name_at = -1    # where the current record's name starts (from its local header)
+        self._name_length = 0
         self._data_at = -1    # where its data starts
         self._record = None   # "pickle" or "storage" for the current record
         self._dtype = None    # from the current item's data.pkl
@@ -94,12 +95,12 @@ class _PartStream(io.RawIOBase):
                 return n
         elif n == _LOCAL_HEADER_LENGTH and data[:4] == _LOCAL_HEADER_SIGNATURE:
             header = bytes(data)
-            name_length = int.from_bytes(header[26:28], "little")
+            self._name_length = int.from_bytes(header[26:28], "little")
             self._name_at = position + n
-            self._data_at = self._name_at + name_length + int.from_bytes(header[28:30], "little")
+            self._data_at = self._name_at + self._name_length + int.from_bytes(header[28:30], "little")
             self._record = None
         elif position == self._name_at:
-            name = bytes(data)
+            name = bytes(data[:self._name_length])
             self._record = "pickle" if name.endswith(b"/data.pkl") else "storage" if _STORAGE_RECORD.search(name) else None
         if n < self._SMALL:
             self._pending += data
