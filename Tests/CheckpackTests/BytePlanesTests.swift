@@ -54,6 +54,27 @@ func tensorLikeBytes(_ dtype: String, count: Int, seed: UInt64) -> [UInt8] {
         }
     }
 
+    /// With zstd a plane is Huffman coded below 7.5 bits per byte and kept raw,
+    /// untried, from 7.5 up (spec/FORMAT.md's informative note on 5.1).
+    @Test func planesAreCodedBelowSevenAndAHalfBitsAndKeptRawAbove() throws {
+        let element = try #require(ElementType(size: 2, isFloat: false))
+        var rng = SplitMix(seed: 7)
+        // 16 Ki 2-byte integers: the high byte (plane 0) zero in `percent`% of them, else
+        // any other value; the low byte (plane 1) any value.
+        func encoded(zeros percent: UInt64) throws -> [UInt8]? {
+            let bytes = (0..<(16 << 10)).flatMap { _ in
+                [UInt8.random(in: 0...255, using: &rng), rng.next() % 100 < percent ? 0 : UInt8.random(in: 1...255, using: &rng)]
+            }
+            return try bytes.withUnsafeBytes { try BytePlanes.encode($0, element: element, codec: .zstd, level: 3) }
+        }
+        // 5.8 bits: plane 0 is coded; plane 1 (8 bits) stays raw.
+        let skewed = try #require(try encoded(zeros: 40))
+        #expect(skewed[4] == BytePlanes.Method.coded.rawValue && skewed[12] == BytePlanes.Method.raw.rawValue)
+        // 7.76 bits: Huffman would save 2.5% of plane 0 (zstd codes it when asked), but it
+        // is not tried, so no plane is smaller and the frame is not worth planes at all.
+        #expect(try encoded(zeros: 8) == nil)
+    }
+
     @Test func theSpecsExampleSplitsAsWritten() {
         // spec/FORMAT.md 5.1: bfloat16 1.0 (80 3F) and -1.0 (80 BF) → plane 0 = 7F 7F, plane 1 = 00 01.
         let input: [UInt8] = [0x80, 0x3F, 0x80, 0xBF]
