@@ -14,8 +14,6 @@ public protocol ArchiveSink: AnyObject {
     var name: String { get }
     /// Appends `bytes` to the archive.
     func write(_ bytes: UnsafeRawBufferPointer) throws
-    /// Appends `parts`, in order (a file: in one system call, not copied together first).
-    func write(gathering parts: [UnsafeRawBufferPointer]) throws
     /// Replaces the archive's first `header.count` bytes (the file header,
     /// whose feature bits are known only at the end), then makes the whole
     /// archive visible at the destination at once.
@@ -24,17 +22,18 @@ public protocol ArchiveSink: AnyObject {
     func abort()
 }
 
-extension ArchiveSink {
-    public func write(gathering parts: [UnsafeRawBufferPointer]) throws {
-        for part in parts { try write(part) }
-    }
+/// A sink that takes several parts in one call (a file: one writev), so
+/// that they need not be copied together first.
+package protocol GatheringSink: ArchiveSink {
+    /// Appends `parts`, in order.
+    func write(gathering parts: [UnsafeRawBufferPointer]) throws
 }
 
 /// A file that appears whole or not at all — an archive (spec section 11.1),
 /// or a checkpoint's data or metadata file: written to a temporary file
 /// beside the destination, synced, and renamed into place on commit, then
 /// its folder synced. The one implementation of that sequence.
-public final class FileSink: ArchiveSink {
+public final class FileSink: GatheringSink {
     /// The destination path.
     public let path: String
     public var name: String { path }
@@ -82,7 +81,7 @@ public final class FileSink: ArchiveSink {
         writing.wrote(bytes.count)
     }
 
-    public func write(gathering parts: [UnsafeRawBufferPointer]) throws {
+    package func write(gathering parts: [UnsafeRawBufferPointer]) throws {
         guard let writing else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
         try writing.file.write(gathering: parts)
         writing.wrote(parts.reduce(0) { $0 + $1.count })

@@ -4,6 +4,8 @@
 /// small records between them are.
 struct BufferedOutput {
     let sink: any ArchiveSink
+    /// The sink, when it takes all the parts of a flush in one call.
+    private let gathering: (any GatheringSink)?
     private(set) var offset: UInt64 = 0
     /// What waits to be written, in order.
     private var held: [ArraySlice<UInt8>] = []
@@ -16,6 +18,7 @@ struct BufferedOutput {
 
     init(sink: any ArchiveSink) {
         self.sink = sink
+        gathering = sink as? any GatheringSink
     }
 
     /// Writes `bytes`, copied (they are the caller's).
@@ -51,7 +54,13 @@ struct BufferedOutput {
         guard !held.isEmpty else { return }
         var parts: [UnsafeRawBufferPointer] = []
         parts.reserveCapacity(held.count)
-        try BufferedOutput.withAddresses(of: held[...], into: &parts) { try sink.write(gathering: $0) }
+        try BufferedOutput.withAddresses(of: held[...], into: &parts) { parts in
+            if let gathering {
+                try gathering.write(gathering: parts)
+            } else {
+                for part in parts { try sink.write(part) }
+            }
+        }
         held.removeAll(keepingCapacity: true)
         heldBytes = 0
     }

@@ -171,7 +171,7 @@ package protocol SegmentSink: ArchiveSink {
 /// its region of the temporary file, which must hold it (with
 /// `SharedFile.reserve` to spare). On failure or abort the temporary file is
 /// removed, so the save fails on every rank.
-public final class FileRegionSink: SegmentSink {
+public final class FileRegionSink: SegmentSink, GatheringSink {
     /// The temporary file, for messages.
     public var name: String { writing?.file.path ?? "a closed region" }
     /// The temporary file, synced as it grows; open until finished or aborted.
@@ -201,7 +201,7 @@ public final class FileRegionSink: SegmentSink {
         try write(gathering: [bytes])
     }
 
-    public func write(gathering parts: [UnsafeRawBufferPointer]) throws {
+    package func write(gathering parts: [UnsafeRawBufferPointer]) throws {
         guard let writing else { throw CheckpackError(.invalidArgument, "segment is closed") }
         let count = parts.reduce(0) { $0 + $1.count }
         guard UInt64(count) <= limit - written else {
