@@ -76,9 +76,7 @@ public final class FileSink: GatheringSink {
     deinit { abort() }
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
-        guard let writing else { throw CheckpackError(.invalidArgument, "archive is closed", path: path) }
-        try writing.file.write(bytes)
-        writing.wrote(bytes.count)
+        try write(gathering: [bytes])
     }
 
     package func write(gathering parts: [UnsafeRawBufferPointer]) throws {

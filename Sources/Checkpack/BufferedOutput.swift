@@ -36,10 +36,7 @@ struct BufferedOutput {
 
     /// Writes `bytes`, held until the next flush rather than copied.
     mutating func write(holding bytes: ArraySlice<UInt8>) throws {
-        if !staged.isEmpty {
-            held.append(staged[...])
-            staged = []
-        }
+        holdStaged()
         held.append(bytes)
         heldBytes += bytes.count
         offset += UInt64(bytes.count)
@@ -47,22 +44,23 @@ struct BufferedOutput {
     }
 
     mutating func flush() throws {
-        if !staged.isEmpty {
-            held.append(staged[...])
-            staged = []
-        }
-        guard !held.isEmpty else { return }
-        var parts: [UnsafeRawBufferPointer] = []
-        parts.reserveCapacity(held.count)
-        try BufferedOutput.withAddresses(of: held[...], into: &parts) { parts in
-            if let gathering {
-                try gathering.write(gathering: parts)
-            } else {
-                for part in parts { try sink.write(part) }
-            }
+        holdStaged()
+        if let gathering {
+            var parts: [UnsafeRawBufferPointer] = []
+            parts.reserveCapacity(held.count)
+            try BufferedOutput.withAddresses(of: held[...], into: &parts) { try gathering.write(gathering: $0) }
+        } else {
+            for chunk in held { try chunk.withUnsafeBytes { try sink.write($0) } }
         }
         held.removeAll(keepingCapacity: true)
         heldBytes = 0
+    }
+
+    /// The small records copied so far become a part of their own, before what is held next.
+    private mutating func holdStaged() {
+        guard !staged.isEmpty else { return }
+        held.append(staged[...])
+        staged = []
     }
 
     /// Calls `body` with the addresses of all of `chunks`' bytes, each valid for the call.

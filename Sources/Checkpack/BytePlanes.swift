@@ -78,6 +78,8 @@ enum BytePlanes {
         }
     }
 
+    /// Codes `plane` into `output`: the bytes written, or nil to keep it raw.
+    ///
     /// With zstd, a plane under 7.5 bits per byte (a float's exponent, the
     /// high bits of its mantissa) is coded by its Huffman literals alone:
     /// LZ matching found next to nothing there (0.002% of a 216 MB FSDP2
@@ -90,7 +92,6 @@ enum BytePlanes {
     /// found anything either.
     /// zlib has no literals-only mode: it tries every plane, a near-random
     /// one at level 1, and the plane stays raw unless that wins.
-    /// Codes `plane` into `output`: the bytes written, or nil to keep it raw.
     private static func encodePlane(_ plane: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer,
                                     codec: Codec, level: Int32) throws -> Int? {
         let bits = ckpk_entropy_bits(plane.baseAddress!.assumingMemoryBound(to: UInt8.self), plane.count)

@@ -118,22 +118,12 @@ package final class SystemFile: @unchecked Sendable {
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
-        var done = 0
-        while done < bytes.count {
-            let n = retrying { Glibc.write(descriptor, bytes.baseAddress! + done, bytes.count - done) }
-            if n < 0 { throw CheckpackError.system("write failed", path: path) }
-            done += n
-        }
+        try write(gathering: [bytes])
     }
 
     /// Writes all of `bytes` at `offset`, leaving the file position alone.
     public func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64) throws {
-        var done = 0
-        while done < bytes.count {
-            let n = retrying { pwrite(descriptor, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done)) }
-            if n < 0 { throw CheckpackError.system("write failed", path: path) }
-            done += n
-        }
+        try write(gathering: [bytes], at: offset)
     }
 
     /// Writes all of `parts`, in order, with one writev where it can.
@@ -155,7 +145,11 @@ package final class SystemFile: @unchecked Sendable {
     /// Calls `call` on the parts' vectors (at most 1024, POSIX's least IOV_MAX,
     /// at a time) until every byte is written, taking partial writes in stride.
     private func writeGathered(_ parts: [UnsafeRawBufferPointer], _ call: (UnsafePointer<iovec>, Int32) -> Int) throws {
-        var vectors = parts.filter { !$0.isEmpty }.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
+        var vectors: [iovec] = []
+        vectors.reserveCapacity(parts.count)
+        for part in parts where !part.isEmpty {
+            vectors.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: part.baseAddress), iov_len: part.count))
+        }
         var next = 0
         while next < vectors.count {
             let count = Int32(min(vectors.count - next, 1024))

@@ -69,7 +69,7 @@ class _PartStream(io.RawIOBase):
         return False
 
     def tell(self):
-        if self._marked != self._position:   # nothing written since the last boundary: already one
+        if self._marked != self._position:   # a boundary already marked here is not marked again
             self._flush()
             self._builder.mark_item()
             self._marked = self._position
