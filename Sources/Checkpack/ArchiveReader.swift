@@ -533,10 +533,16 @@ public final class ArchiveReader: Sendable {
         // A read of a whole entry also checks the entry's content CRC, which
         // follows from the frames' decoded CRCs (each checked as it is decoded).
         let crcs = Locked([UInt32](repeating: 0, count: pieces.count))
+        // The archive bytes of each run (a run's frames may overlap: two ranges can want one frame).
+        let spans = runs.map { run in
+            pieces[order[run.lowerBound]].frame.archiveOffset..<run.reduce(0) { max($0, pieces[order[$1]].frameEnd) }
+        }
+        let readAhead = (source as? any ReadAheadSource).map { ReadAhead(source: $0, spans: spans) }
         try forEachConcurrently(runs.count, width: source.readPlan.concurrency) { r in
+            readAhead?.reached(r)
             let run = runs[r].map { order[$0] }
-            let first = pieces[run[0]].frame.archiveOffset
-            let runEnd = run.map { pieces[$0].frameEnd }.max() ?? first
+            let first = spans[r].lowerBound
+            let runEnd = spans[r].upperBound
             // Locally a frame reads on its own (a stored one straight into the buffer); else a run is one read.
             let bytes = run.count == 1 && !source.readPlan.mergesReads ? nil : try fetch(first..<runEnd)
             for i in run {

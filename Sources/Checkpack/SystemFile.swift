@@ -197,6 +197,13 @@ package final class SystemFile: @unchecked Sendable {
         return retrying { ckpk_collapse_range(descriptor, Int64(offset), Int64(length)) } == 0
     }
 
+    /// Asks the kernel to start reading `range` into the page cache, without
+    /// waiting for it (posix_fadvise WILLNEED). A hint: a failure changes nothing.
+    func adviseWillRead(_ range: Range<UInt64>) {
+        guard range.upperBound <= UInt64(Int64.max) else { return }
+        _ = posix_fadvise(descriptor, off_t(range.lowerBound), off_t(range.upperBound - range.lowerBound), POSIX_FADV_WILLNEED)
+    }
+
     /// Flushes the file to stable storage. A failure is final: after a failed
     /// fsync the kernel may have dropped the dirty pages, so retrying proves nothing.
     public func sync() throws {
