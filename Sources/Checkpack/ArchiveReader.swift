@@ -540,12 +540,10 @@ public final class ArchiveReader: Sendable {
         let readAhead = (source as? any ReadAheadSource).map { ReadAhead(source: $0, spans: spans) }
         try forEachConcurrently(runs.count, width: source.readPlan.concurrency) { r in
             readAhead?.reached(r)
-            let run = runs[r].map { order[$0] }
             let first = spans[r].lowerBound
-            let runEnd = spans[r].upperBound
             // Locally a frame reads on its own (a stored one straight into the buffer); else a run is one read.
-            let bytes = run.count == 1 && !source.readPlan.mergesReads ? nil : try fetch(first..<runEnd)
-            for i in run {
+            let bytes = runs[r].count == 1 && !source.readPlan.mergesReads ? nil : try fetch(spans[r])
+            for i in runs[r].lazy.map({ order[$0] }) {
                 let piece = pieces[i]
                 let range = ranges[piece.range]
                 let target = UnsafeMutableRawBufferPointer(rebasing: range.buffer[Int(piece.wanted.lowerBound - range.offset)..<Int(piece.wanted.upperBound - range.offset)])

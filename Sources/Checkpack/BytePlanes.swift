@@ -113,45 +113,53 @@ enum BytePlanes {
         let count = output.count / e
         let tail = output.count - count * e
         guard count >= 1 else { throw CheckpackError(.corrupt, "byte-plane frame of \(output.count) bytes holds no whole \(e)-byte element") }
-        guard stored.count >= e * tableEntrySize else { throw CheckpackError(.corrupt, "byte-plane table is truncated") }
-        var reader = ByteReader(ArraySlice(stored.prefix(e * tableEntrySize)))
-        var position = e * tableEntrySize
-        var sources: [(range: Range<Int>, coded: Bool)] = []
+        let tableSize = e * tableEntrySize
+        guard stored.count >= tableSize else { throw CheckpackError(.corrupt, "byte-plane table is truncated") }
+        /// Plane j's table entry: its length, its method byte, and whether its reserved bytes are zero.
+        func entry(_ j: Int) -> (length: Int, method: UInt8, reservedZero: Bool) {
+            let at = j * tableEntrySize
+            return (Int(UInt32(littleEndian: stored.loadUnaligned(fromByteOffset: at, as: UInt32.self))), stored[at + 4],
+                    stored[at + 5] == 0 && stored[at + 6] == 0 && stored[at + 7] == 0)
+        }
+        // The whole table is checked before any plane is decoded.
+        var position = tableSize
+        var codedCount = 0
         for j in 0..<e {
-            let length = Int(try reader.u32())
-            let methodByte = try reader.u8()
-            guard try reader.u8() == 0, try reader.u8() == 0, try reader.u8() == 0 else {
-                throw CheckpackError(.corrupt, "byte-plane table reserved bytes are not zero")
-            }
+            let (length, methodByte, reservedZero) = entry(j)
+            guard reservedZero else { throw CheckpackError(.corrupt, "byte-plane table reserved bytes are not zero") }
             guard let method = Method(rawValue: methodByte) else { throw CheckpackError(.corrupt, "unknown plane method \(methodByte)") }
             switch method {
             case .raw: guard length == count else { throw CheckpackError(.corrupt, "raw plane \(j) has \(length) bytes, expected \(count)") }
             case .coded: guard length >= 1 else { throw CheckpackError(.corrupt, "coded plane \(j) is empty") }
             }
             guard length <= stored.count - position else { throw CheckpackError(.corrupt, "plane \(j) runs past the stored bytes") }
-            sources.append((position..<position + length, method == .coded))
             position += length
+            if method == .coded { codedCount += 1 }
         }
         guard stored.count - position == tail else {
             throw CheckpackError(.corrupt, "byte-plane frame has \(stored.count - position) bytes after its planes, expected \(tail)")
         }
         // Coded planes are decoded into scratch space; raw planes are read in place.
-        let codedCount = sources.filter(\.coded).count
-        try withUnsafeTemporaryAllocation(byteCount: max(1, codedCount * count), alignment: 64) { scratch in
-            var pointers: [UnsafePointer<UInt8>?] = []
-            var slot = 0
-            for source in sources {
-                let bytes = UnsafeRawBufferPointer(rebasing: stored[source.range])
-                if source.coded {
-                    let target = UnsafeMutableRawBufferPointer(rebasing: scratch[slot * count..<(slot + 1) * count])
-                    try FrameCodec.decompress(bytes, codec: codec, into: target)
-                    pointers.append(UnsafePointer(target.baseAddress!.assumingMemoryBound(to: UInt8.self)))
-                    slot += 1
-                } else {
-                    pointers.append(bytes.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        try withUnsafeTemporaryAllocation(of: UnsafePointer<UInt8>?.self, capacity: e) { planes in
+            try withUnsafeTemporaryAllocation(byteCount: max(1, codedCount * count), alignment: 64) { scratch in
+                var start = tableSize
+                var slot = 0
+                for j in 0..<e {
+                    let (length, method, _) = entry(j)
+                    let bytes = UnsafeRawBufferPointer(rebasing: stored[start..<start + length])
+                    if method == Method.coded.rawValue {
+                        let target = UnsafeMutableRawBufferPointer(rebasing: scratch[slot * count..<(slot + 1) * count])
+                        try FrameCodec.decompress(bytes, codec: codec, into: target)
+                        planes[j] = UnsafePointer(target.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                        slot += 1
+                    } else {
+                        planes[j] = bytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+                    }
+                    start += length
                 }
+                ckpk_planes_merge(planes.baseAddress!, count, Int32(e), element.isFloat ? 1 : 0,
+                                  output.baseAddress!.assumingMemoryBound(to: UInt8.self))
             }
-            ckpk_planes_merge(pointers, count, Int32(e), element.isFloat ? 1 : 0, output.baseAddress!.assumingMemoryBound(to: UInt8.self))
         }
         if tail > 0 {
             UnsafeMutableRawBufferPointer(rebasing: output[(count * e)...]).copyMemory(from: UnsafeRawBufferPointer(rebasing: stored[position...]))

@@ -88,7 +88,7 @@ struct FileHeader {
             throw CheckpackError(.truncated, "file header needs \(Format.headerSize) bytes, has \(bytes.count)", offset: 0)
         }
         var r = ByteReader(bytes)
-        guard Array(try r.take(8)) == Format.headerMagic else {
+        guard try r.take(8).elementsEqual(Format.headerMagic) else {
             throw CheckpackError(.notAnArchive, "not a Checkpack archive (bad header magic)", offset: 0)
         }
         let version = try r.u16()
@@ -136,7 +136,7 @@ struct Trailer {
     static func decode(_ bytes: ArraySlice<UInt8>, base: UInt64) throws -> Trailer {
         var r = ByteReader(bytes)
         let body = try r.take(40)
-        guard Array(try r.take(8)) == Format.trailerMagic else {
+        guard try r.take(8).elementsEqual(Format.trailerMagic) else {
             throw CheckpackError(.notAnArchive, "not a Checkpack archive, or truncated (no trailer magic at the end)", offset: base + 40)
         }
         var b = ByteReader(body)
@@ -213,7 +213,7 @@ public struct EntryRecord: Sendable, Equatable {
     /// Length of the record that starts with this 16-byte head, or an error.
     static func length(head: ArraySlice<UInt8>) throws -> Int {
         var r = ByteReader(head)
-        guard Array(try r.take(4)) == Format.entryTag else { throw CheckpackError(.corrupt, "expected an entry record (ENTR)") }
+        guard try r.take(4).elementsEqual(Format.entryTag) else { throw CheckpackError(.corrupt, "expected an entry record (ENTR)") }
         _ = try r.u16()
         let nameLength = Int(try r.u16())
         _ = try r.u32()
@@ -321,7 +321,7 @@ package struct FrameHeader: Sendable, Equatable {
 
     static func decode(_ bytes: ArraySlice<UInt8>) throws -> FrameHeader {
         var r = ByteReader(bytes)
-        guard Array(try r.take(4)) == Format.frameTag else { throw CheckpackError(.corrupt, "expected a frame header (FRAM)") }
+        guard try r.take(4).elementsEqual(Format.frameTag) else { throw CheckpackError(.corrupt, "expected a frame header (FRAM)") }
         let codecByte = try r.u8()
         let transform = try r.u8()
         let parameter = try r.u16()
@@ -397,7 +397,7 @@ public struct EntryEnd: Sendable, Equatable {
             throw CheckpackError(.truncated, "entry end record needs \(Format.entryEndSize) bytes, has \(bytes.count)")
         }
         var r = ByteReader(bytes)
-        guard Array(try r.take(4)) == Format.entryEndTag else { throw CheckpackError(.corrupt, "expected an entry end record (EEND)") }
+        guard try r.take(4).elementsEqual(Format.entryEndTag) else { throw CheckpackError(.corrupt, "expected an entry end record (EEND)") }
         let reserved = try r.u32()
         let size = try r.u64()
         let frames = try r.u64()

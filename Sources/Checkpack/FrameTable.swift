@@ -117,7 +117,7 @@ struct TablePage: Sendable {
             throw CheckpackError(.truncated, "frame table page needs \(expectedLength) bytes, has \(bytes.count)")
         }
         var r = ByteReader(bytes)
-        guard Array(try r.take(4)) == Format.pageTag else { throw CheckpackError(.corrupt, "expected a frame table page (FTBL)") }
+        guard try r.take(4).elementsEqual(Format.pageTag) else { throw CheckpackError(.corrupt, "expected a frame table page (FTBL)") }
         let foundLevel = try r.u8()
         let reserved1 = try r.u8()
         let reserved2 = try r.u16()

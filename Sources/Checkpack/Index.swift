@@ -179,7 +179,7 @@ package struct ArchiveIndex: Sendable {
     /// The index header: tag and entry count.
     static func decodeHeader(_ bytes: ArraySlice<UInt8>) throws -> UInt64 {
         var r = ByteReader(bytes)
-        guard Array(try r.take(4)) == Format.indexTag else { throw CheckpackError(.corrupt, "expected the index (INDX)") }
+        guard try r.take(4).elementsEqual(Format.indexTag) else { throw CheckpackError(.corrupt, "expected the index (INDX)") }
         guard try r.u32() == 0 else { throw CheckpackError(.corrupt, "index reserved field is not zero") }
         let count = try r.u64()
         guard count <= Format.maxEntries else {
