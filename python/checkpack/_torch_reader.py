@@ -25,9 +25,11 @@ class _ItemView(io.RawIOBase):
     `whole` bytes) are held in memory, filled by the caller through `ends()`
     (with other items' ends, in one batch), so that parsing a torch.save'd
     item's zip structure, found at both ends, reads nothing more. Other reads
-    go to the archive."""
+    go to the archive. A torch.save'd tensor's zip records take under 5 KiB
+    at either end (parsed 4 KiB at a time): a 16 KiB window holds them and
+    decodes two or three of an item's 32 KiB frames, where 64 KiB decoded five."""
 
-    def __init__(self, archive, name, offset, length, window=64 << 10, whole=4 << 20):
+    def __init__(self, archive, name, offset, length, window=16 << 10, whole=4 << 20):
         super().__init__()
         self._archive, self._name, self._offset, self._length = archive, name, offset, length
         self._position = 0
