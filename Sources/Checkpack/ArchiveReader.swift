@@ -529,14 +529,11 @@ public final class ArchiveReader: Sendable {
         }
         // In archive order (a stable sort: a range's own pieces keep their order), for merging.
         let order = pieces.indices.sorted { (pieces[$0].frame.archiveOffset, $0) < (pieces[$1].frame.archiveOffset, $1) }
-        let runs = PlannedFrame.runs(order.map { pieces[$0] }, plan: source.readPlan)
+        // Frames grouped into reads, each with the archive bytes it covers.
+        let (runs, spans) = closeGroups(order.map { pieces[$0].span }, gap: source.readPlan.mergeGap, maxLength: source.readPlan.maxReadSize)
         // A read of a whole entry also checks the entry's content CRC, which
         // follows from the frames' decoded CRCs (each checked as it is decoded).
         let crcs = Locked([UInt32](repeating: 0, count: pieces.count))
-        // The archive bytes of each run (a run's frames may overlap: two ranges can want one frame).
-        let spans = runs.map { run in
-            pieces[order[run.lowerBound]].frame.archiveOffset..<run.reduce(0) { max($0, pieces[order[$1]].frameEnd) }
-        }
         let readAhead = (source as? any ReadAheadSource).map { ReadAhead(source: $0, spans: spans) }
         try forEachConcurrently(runs.count, width: source.readPlan.concurrency) { r in
             readAhead?.reached(r)
@@ -597,28 +594,8 @@ public final class ArchiveReader: Sendable {
             wanted.lowerBound == frame.entryOffset && wanted.upperBound == frame.entryOffset + UInt64(frame.row.decodedLength)
         }
 
-        /// Frames, in archive order, grouped into reads: a frame joins the
-        /// previous read when the gap between them is at most `plan.mergeGap`
-        /// and the read stays within `plan.maxReadSize`. Returns index ranges.
-        static func runs(_ frames: [PlannedFrame], plan: ReadPlan) -> [Range<Int>] {
-            var runs: [Range<Int>] = []
-            var start = 0
-            var end = frames.first?.frameEnd ?? 0
-            for i in frames.indices.dropFirst() {
-                // The same frame wanted twice (by two ranges) has no gap.
-                let gap = frames[i].frame.archiveOffset > end ? frames[i].frame.archiveOffset - end : 0
-                let newEnd = max(end, frames[i].frameEnd)
-                if gap > plan.mergeGap || newEnd - frames[start].frame.archiveOffset > plan.maxReadSize {
-                    runs.append(start..<i)
-                    start = i
-                    end = frames[i].frameEnd
-                } else {
-                    end = newEnd
-                }
-            }
-            if !frames.isEmpty { runs.append(start..<frames.count) }
-            return runs
-        }
+        /// The archive bytes of the frame: its header and stored bytes.
+        var span: Range<UInt64> { frame.archiveOffset..<frameEnd }
     }
 
     /// The frames that hold `range` of the entry, in order, found through its frame table.
@@ -722,6 +699,34 @@ public final class ArchiveReader: Sendable {
         }
         return header
     }
+}
+
+/// Byte ranges, in order of their starts, grouped: a range joins the group
+/// before it when it starts at most `gap` bytes past the furthest end so far
+/// (ranges may overlap: two reads can want one frame) and the group then
+/// spans at most `maxLength` bytes. Returns each group's indices and the
+/// bytes it spans. Frames grouped into reads, and reads into stretches to
+/// fetch ahead, follow this one rule.
+func closeGroups(_ ranges: [Range<UInt64>], gap: UInt64, maxLength: UInt64) -> (members: [Range<Int>], spans: [Range<UInt64>]) {
+    var members: [Range<Int>] = []
+    var spans: [Range<UInt64>] = []
+    guard var current = ranges.first else { return ([], []) }
+    var start = 0
+    for i in ranges.indices.dropFirst() {
+        let range = ranges[i]
+        let end = max(current.upperBound, range.upperBound)
+        if (range.lowerBound > current.upperBound && range.lowerBound - current.upperBound > gap) || end - current.lowerBound > maxLength {
+            members.append(start..<i)
+            spans.append(current)
+            start = i
+            current = range
+        } else {
+            current = current.lowerBound..<end
+        }
+    }
+    members.append(start..<ranges.count)
+    spans.append(current)
+    return (members, spans)
 }
 
 /// A frame as the entry's frame table describes it.

@@ -29,27 +29,16 @@ final class ReadAhead: Sendable {
     static let ahead = 16
     /// Bytes asked for at the start of each stretch.
     static let advised: UInt64 = 1 << 20
-    /// A run that starts within this many bytes of the previous one's end continues its stretch.
+    /// A run that starts within this many bytes of the previous ones' end continues their stretch.
     static let gap: UInt64 = 64 << 10
 
-    /// `spans`: the archive bytes of each run, in archive order (offsets within the archive).
+    /// `spans`: the archive bytes of each run, in archive order.
     init(source: any ReadAheadSource, spans: [Range<UInt64>]) {
         self.source = source
-        var stretches: [Range<UInt64>] = []
-        var startsStretch: [Int?] = []
-        var end: UInt64 = 0
-        for span in spans {
-            if stretches.isEmpty || span.lowerBound > end + Self.gap {
-                startsStretch.append(stretches.count)
-                stretches.append(span.lowerBound..<min(span.upperBound, span.lowerBound + Self.advised))
-            } else {
-                startsStretch.append(nil)
-                let first = stretches[stretches.count - 1].lowerBound
-                stretches[stretches.count - 1] = first..<min(max(end, span.upperBound), first + Self.advised)
-            }
-            end = max(end, span.upperBound)
-        }
-        self.stretches = stretches
+        let groups = closeGroups(spans, gap: Self.gap, maxLength: .max)
+        stretches = groups.spans.map { $0.lowerBound..<min($0.upperBound, $0.lowerBound + Self.advised) }
+        var startsStretch = [Int?](repeating: nil, count: spans.count)
+        for (stretch, runs) in groups.members.enumerated() { startsStretch[runs.lowerBound] = stretch }
         self.startsStretch = startsStretch
     }
 

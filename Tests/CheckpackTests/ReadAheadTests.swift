@@ -25,6 +25,21 @@ import Testing
         }
     }
 
+    @Test func closeRangesGroupUnderBothTheGapAndTheLength() {
+        let ranges: [Range<UInt64>] = [0..<10, 5..<8, 12..<20, 40..<50, 50..<90, 95..<100]
+        // Gap 2: 12 follows 10 by 2 (joins); 40 follows 20 by 20 (splits); an overlap is no gap.
+        let byGap = closeGroups(ranges, gap: 2, maxLength: .max)
+        #expect(byGap.members == [0..<3, 3..<5, 5..<6])
+        #expect(byGap.spans == [0..<20, 40..<90, 95..<100])
+        // Length 60: 0..<50 fits, 0..<90 would not, so 50..<90 starts a group, which 95..<100 joins.
+        let byLength = closeGroups(ranges, gap: 100, maxLength: 60)
+        #expect(byLength.members == [0..<4, 4..<6])
+        #expect(byLength.spans == [0..<50, 50..<100])
+        // Length 0 (a local file's plan): every range on its own.
+        #expect(closeGroups(ranges, gap: 0, maxLength: 0).members == ranges.indices.map { $0..<$0 + 1 })
+        #expect(closeGroups([], gap: 0, maxLength: 0).members.isEmpty)
+    }
+
     @Test func stretchesStartWhereTheRunsJumpAndAreCutToTheAdvisedLength() {
         let source = RecordingSource([])
         let spans: [Range<UInt64>] = [0..<100, 100..<200, 150..<300,            // adjacent and overlapping: one stretch
